@@ -1,0 +1,5 @@
+import sys
+
+from bessemer.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `bessemer` command: one module per verb."""
