@@ -1,0 +1,357 @@
+"""Prompt / chat templates by name: one table shared by `prepare` (SFT data) and generate / chat / serve.
+
+A conversation is a list of `{"role": "system" | "user" | "assistant", "content": str}`. `encode_chat` builds the
+token ids piece by piece (fixed template text, user text, answer text, special token ids) and concatenates them,
+so the loss mask is exact: 1 on each assistant answer and on the end-of-turn marker the model must learn to emit,
+0 elsewhere. The same function builds generation prompts, so a prompt at inference is token for token the prefix
+the model saw in training.
+
+Sentencepiece tokenizers (LLaMA, Mistral, Baichuan) add a "dummy prefix" space to every piece they encode. Pieces
+are encoded the way the reference implementations see them: a piece that starts with one space lets the dummy
+prefix stand for that space; a piece that continues text without a space, or starts with a newline, is encoded
+without the dummy prefix; a piece right after a special token id (a new turn) keeps it, as the legacy LLaMA
+tokenizer and the per-turn reference encoders do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bessemer.errors import ConfigError, DataError
+
+TEMPLATE_NAMES = ("alpaca", "vicuna", "llama2", "mistral", "baichuan2", "aquila", "chatml", "tokenizer")
+ROLES = ("system", "user", "assistant")
+
+ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+AQUILA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+# Baichuan2 reserves two vocabulary entries as role markers (ids 195 and 196 in its 125,696-token vocabulary).
+BAICHUAN2_USER = "<reserved_106>"
+BAICHUAN2_ASSISTANT = "<reserved_107>"
+
+_STOPS = {
+    "alpaca": ["</s>", "### Instruction:"],
+    "vicuna": ["</s>", "USER:"],
+    "llama2": ["</s>", "[INST]"],
+    "mistral": ["</s>", "[INST]"],
+    "baichuan2": ["</s>", BAICHUAN2_USER],
+    "aquila": ["###", "</s>", "[UNK]"],
+    "chatml": ["<|im_end|>"],
+    "tokenizer": [],
+}
+
+_FAMILY_TEMPLATES = {
+    "llama": "llama2",
+    "llama2": "llama2",
+    "vicuna": "vicuna",
+    "mistral": "mistral",
+    "baichuan2": "baichuan2",
+    "aquila": "aquila",
+}
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Text to encode or a token id, and whether the loss is taken on it."""
+
+    value: str | int
+    learn: bool = False
+
+
+def check_template(template: str) -> str:
+    """Return `template` if it is a known name, else raise ConfigError listing the known ones."""
+    if template not in TEMPLATE_NAMES:
+        raise ConfigError(f"unknown template {template!r}; use one of: {', '.join(TEMPLATE_NAMES)}")
+    return template
+
+
+def default_template(model_family: str, tokenizer) -> str:
+    """The template a model family was tuned with; else the tokenizer's own chat_template; else alpaca."""
+    family = (model_family or "").lower().replace("-", "").replace("_", "")
+    for prefix, name in _FAMILY_TEMPLATES.items():
+        if family == prefix or (family.startswith(prefix) and not family[len(prefix) :].isalpha()):
+            return name
+    if getattr(tokenizer, "chat_template", None):
+        return "tokenizer"
+    return "alpaca"
+
+
+def stop_strings(template: str, tokenizer=None) -> list[str]:
+    """Strings that end an assistant turn for `template` (generation also stops on the eos id)."""
+    stops = list(_STOPS[check_template(template)])
+    eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
+    if eos and eos not in stops:
+        stops.append(eos)
+    return stops
+
+
+def encode_prompt(tokenizer, template: str, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` followed by the assistant header: what generation continues from."""
+    return encode_chat(tokenizer, template, messages, add_generation_prompt=True)[0]
+
+
+def encode_chat(
+    tokenizer, template: str, messages: list[dict], *, add_generation_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Encode a conversation; returns (ids, loss_mask) with 1 exactly on the assistant answers and their end marker."""
+    check_template(template)
+    messages = _checked(messages)
+    if template == "tokenizer":
+        return _encode_with_tokenizer_template(tokenizer, messages, add_generation_prompt)
+    pieces = _BUILDERS[template](tokenizer, messages, add_generation_prompt)
+    return _encode_pieces(tokenizer, pieces)
+
+
+def _checked(messages: list[dict]) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError("a conversation must be a non-empty list of {role, content} messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"message {i} must be a dict with 'role' and 'content'; got {m!r:.80}")
+        role, content = m["role"], m["content"]
+        if role not in ROLES:
+            raise DataError(f"message {i} has role {role!r}; use one of: {', '.join(ROLES)}")
+        if role == "system" and i != 0:
+            raise DataError(f"message {i} is a system message; only the first message may be one")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise DataError(f"message {i} content must be text; got {type(content).__name__}")
+        out.append({"role": role, "content": content.strip()})
+    return out
+
+
+def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
+    if messages[0]["role"] == "system":
+        return messages[0]["content"], messages[1:]
+    return None, messages
+
+
+def _special(tokenizer, text: str) -> str | int:
+    """The id of `text` when the tokenizer has it as one vocabulary entry, else the text itself."""
+    tid = tokenizer.convert_tokens_to_ids(text)
+    if isinstance(tid, int) and tokenizer.convert_ids_to_tokens(tid) == text:
+        return tid
+    return text
+
+
+def _eos(tokenizer) -> str | int:
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return "</s>"
+
+
+def _bos(tokenizer) -> list[_Piece]:
+    return [_Piece(tokenizer.bos_token_id)] if tokenizer.bos_token_id is not None else []
+
+
+def _answer(text: str, end: list[str | int], sep: str = " ") -> list[_Piece]:
+    pieces = [_Piece(sep + text, learn=True)] if text else []
+    return pieces + [_Piece(e, learn=True) for e in end]
+
+
+def _alpaca(tok, messages, gen):
+    # the response header ends each instruction, so a prompt ending in a user turn is ready for generation
+    system, turns = _split_system(messages)
+    pieces = [*_bos(tok), _Piece(system if system is not None else ALPACA_SYSTEM)]
+    for m in turns:
+        if m["role"] == "user":
+            pieces.append(_Piece(f"\n\n### Instruction:\n{m['content']}\n\n### Response:\n"))
+        else:
+            pieces += _answer(m["content"], [_eos(tok)], sep="")
+    return pieces
+
+
+def _vicuna(tok, messages, gen):
+    system, turns = _split_system(messages)
+    pieces = [*_bos(tok), _Piece(system if system is not None else VICUNA_SYSTEM)]
+    sep = " "  # FastChat v1.1: "{system} USER: ... ASSISTANT: ...</s>USER: ..."
+    for m in turns:
+        if m["role"] == "user":
+            pieces.append(_Piece(f"{sep}USER: {m['content']} ASSISTANT:"))
+        else:
+            pieces += _answer(m["content"], [_eos(tok)])
+        sep = "" if m["role"] == "assistant" else " "
+    if gen and (not turns or turns[-1]["role"] == "assistant"):
+        pieces.append(_Piece(f"{sep}ASSISTANT:"))
+    return pieces
+
+
+def _llama2(tok, messages, gen):
+    system, turns = _split_system(messages)
+    pieces = []
+    first = True
+    for m in turns:
+        if m["role"] == "user":
+            content = m["content"]
+            if first and system:
+                content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}"
+            pieces += [*_bos(tok), _Piece(f"[INST] {content} [/INST]")]
+            first = False
+        else:
+            pieces += _answer(m["content"], [_eos(tok)])
+    if not pieces:
+        pieces = _bos(tok)
+    return pieces
+
+
+def _mistral(tok, messages, gen):
+    system, turns = _split_system(messages)
+    pieces = [*_bos(tok)]
+    first = True
+    for m in turns:
+        if m["role"] == "user":
+            content = f"{system}\n\n{m['content']}" if first and system else m["content"]
+            pieces.append(_Piece(f"[INST] {content} [/INST]"))
+            first = False
+        else:
+            pieces += _answer(m["content"], [_eos(tok)])
+    return pieces
+
+
+def _baichuan2(tok, messages, gen):
+    system, turns = _split_system(messages)
+    user, assistant = _special(tok, BAICHUAN2_USER), _special(tok, BAICHUAN2_ASSISTANT)
+    pieces = [_Piece(system)] if system else []
+    for m in turns:
+        if m["role"] == "user":
+            pieces += [_Piece(user), _Piece(m["content"])]
+        else:
+            pieces += [_Piece(assistant), *_answer(m["content"], [_eos(tok)], sep="")]
+    if gen:
+        pieces.append(_Piece(assistant))
+    return pieces
+
+
+def _aquila(tok, messages, gen):
+    system, turns = _split_system(messages)
+    pieces = [_Piece((system if system is not None else AQUILA_SYSTEM) + "###")]
+    for m in turns:
+        if m["role"] == "user":
+            pieces.append(_Piece(f"Human: {m['content']}###Assistant:"))
+        else:
+            pieces += _answer(m["content"], ["###"])
+    if gen and (not turns or turns[-1]["role"] == "assistant"):
+        pieces.append(_Piece("Assistant:"))
+    return pieces
+
+
+def _chatml(tok, messages, gen):
+    start, end = _special(tok, "<|im_start|>"), _special(tok, "<|im_end|>")
+    pieces = []
+    for m in messages:
+        pieces += [_Piece(start), _Piece(f"{m['role']}\n")]
+        if m["role"] == "assistant":
+            pieces += _answer(m["content"], [end], sep="")
+        else:
+            pieces += [_Piece(m["content"]), _Piece(end)]
+        pieces.append(_Piece("\n"))
+    if gen:
+        pieces += [_Piece(start), _Piece("assistant\n")]
+    return pieces
+
+
+_BUILDERS = {
+    "alpaca": _alpaca,
+    "vicuna": _vicuna,
+    "llama2": _llama2,
+    "mistral": _mistral,
+    "baichuan2": _baichuan2,
+    "aquila": _aquila,
+    "chatml": _chatml,
+}
+
+
+class _TextEncoder:
+    """Encodes template pieces so that their concatenation matches a whole-string encoding at the joints."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        first = tokenizer.convert_ids_to_tokens(self.plain("a"))
+        self.dummy_prefix = bool(first) and first[0] == "\u2581a"
+        self.sentinel = None
+        if self.dummy_prefix:
+            for s in ("\n", "a", "."):
+                ids = self.plain(s)
+                if self.plain(s + "b")[: len(ids)] == ids:
+                    self.sentinel = (s, len(ids))
+                    break
+
+    def plain(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, text: str, after_text: bool) -> list[int]:
+        if not self.dummy_prefix:
+            return self.plain(text)
+        if text.startswith(" "):
+            return self.plain(text[1:])
+        if after_text or text[0].isspace():
+            return self.bare(text)
+        return self.plain(text)
+
+    def bare(self, text: str) -> list[int]:
+        """Encode without the dummy-prefix space (text continuing a word or following a newline)."""
+        if self.sentinel is not None:
+            s, n = self.sentinel
+            ids = self.plain(s + text)
+            if ids[:n] == self.plain(s):
+                return ids[n:]
+        return self.plain(text)
+
+
+def _encode_pieces(tokenizer, pieces: list[_Piece]) -> tuple[list[int], list[int]]:
+    enc = _TextEncoder(tokenizer)
+    ids: list[int] = []
+    mask: list[int] = []
+    after_text = False
+    for p in pieces:
+        if isinstance(p.value, int):
+            part = [p.value]
+            after_text = False
+        else:
+            if not p.value:
+                continue
+            part = enc.encode(p.value, after_text)
+            after_text = True
+        ids += part
+        mask += [int(p.learn)] * len(part)
+    return ids, mask
+
+
+def _encode_with_tokenizer_template(tokenizer, messages, gen) -> tuple[list[int], list[int]]:
+    """Render with the tokenizer's chat_template; answers located by rendering each conversation prefix."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "template 'tokenizer' needs a chat_template in tokenizer_config.json; "
+            f"pick a named template instead: {', '.join(TEMPLATE_NAMES[:-1])}"
+        )
+
+    def render(msgs, add_gen):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
+
+    full = render(messages, gen)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before, through = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (through.startswith(before) and full.startswith(through)):
+            raise ConfigError(
+                "the tokenizer's chat_template does not render conversations as growing prefixes, so answer "
+                f"masks cannot be located; pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
+            )
+        spans.append((len(before), len(through.rstrip())))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    mask = [0] * len(ids)
+    for k, (start, stop) in enumerate(enc["offset_mapping"]):
+        if any(a <= start < b or (start == stop and a < start <= b) for a, b in spans):
+            mask[k] = 1
+    return ids, mask

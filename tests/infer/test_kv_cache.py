@@ -1,0 +1,44 @@
+"""Decoding through the KV cache gives the logits of recomputing the whole sequence."""
+
+import pytest
+import torch
+
+from bessemer.infer.kv_cache import KVCache
+from bessemer.models import ModelConfig, build_model
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"n_kv_heads": 2, "sliding_window": 5}, {"position": "alibi", "norm_head": True}],
+    ids=["llama", "mistral-window", "baichuan-alibi"],
+)
+def test_cached_steps_equal_full_recompute(kw):
+    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64, **kw)
+    model = build_model(cfg, seed=0).eval()
+    tokens = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+    cache = KVCache(cfg, batch_size=2, max_len=32)
+    with torch.no_grad():
+        full = model(tokens)
+        pos = torch.arange(12).expand(2, 12)
+        steps = [model(tokens[:, :12], positions=pos, cache=cache)]
+        for t in range(12, 20):
+            steps.append(model(tokens[:, t : t + 1], positions=torch.full((2, 1), t), cache=cache))
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_rows_at_different_positions_with_padding():
+    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64)
+    model = build_model(cfg, seed=0).eval()
+    a, b = torch.randint(0, 101, (1, 9)), torch.randint(0, 101, (1, 5))
+    cache = KVCache(cfg, batch_size=2, max_len=16)
+    # right-pad the shorter prompt: padding has position -1 and is never attended to
+    tokens = torch.cat([a, torch.cat([b, torch.zeros(1, 4, dtype=torch.long)], 1)])
+    pos = torch.stack([torch.arange(9), torch.tensor([0, 1, 2, 3, 4, -1, -1, -1, -1])])
+    with torch.no_grad():
+        out = model(tokens, positions=pos, cache=cache)
+        assert torch.allclose(out[0], model(a)[0], atol=1e-5)
+        assert torch.allclose(out[1, :5], model(b)[0], atol=1e-5)
+        nxt = torch.tensor([[7], [8]])
+        step = model(nxt, positions=torch.tensor([[9], [5]]), cache=cache)
+        assert torch.allclose(step[0, 0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-5)
+        assert torch.allclose(step[1, 0], model(torch.cat([b, nxt[1:]], 1))[0, -1], atol=1e-5)
