@@ -15,7 +15,9 @@ def demo_sentencepiece_model() -> Path:
     try:
         import mistral_common
     except ImportError as exc:
-        raise TokenizerError("the demo tokenizer needs `pip install mistral-common`; `make demo` installs it") from exc
+        raise TokenizerError(
+            "the demo tokenizer needs `pip install mistral-common`; `make demo` installs it"
+        ) from exc
     sp_model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     if not sp_model.exists():
         raise TokenizerError(f"{sp_model}: missing from mistral-common; reinstall mistral-common")

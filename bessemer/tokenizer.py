@@ -33,10 +33,14 @@ def load_tokenizer(path: str | Path):
     """
     path = Path(path)
     if not path.is_dir():
-        raise TokenizerError(f"{path}: tokenizer folder not found; pass a folder holding tokenizer.json or tokenizer.model")
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer.model").exists() and not (
-        path / "vocab.json"
-    ).exists():
+        raise TokenizerError(
+            f"{path}: tokenizer folder not found; pass a folder holding tokenizer.json or tokenizer.model"
+        )
+    if (
+        not (path / "tokenizer.json").exists()
+        and not (path / "tokenizer.model").exists()
+        and not (path / "vocab.json").exists()
+    ):
         raise TokenizerError(
             f"{path}: no tokenizer.json, tokenizer.model or vocab.json; copy the tokenizer files of the model here"
         )
@@ -59,14 +63,18 @@ def load_tokenizer(path: str | Path):
             specials.setdefault("eos_token", "</s>")
             specials.setdefault("unk_token", "<unk>")
             add_bos = config.get("add_bos_token", True)
-            backend = sentencepiece_to_tokenizers(path / "tokenizer.model", specials["bos_token"] if add_bos else None)
+            backend = sentencepiece_to_tokenizers(
+                path / "tokenizer.model", specials["bos_token"] if add_bos else None
+            )
             tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
         else:
             tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except TokenizerError:
         raise
     except Exception as exc:
-        raise TokenizerError(f"{path}: could not load the tokenizer ({exc}); check the tokenizer files") from exc
+        raise TokenizerError(
+            f"{path}: could not load the tokenizer ({exc}); check the tokenizer files"
+        ) from exc
     if config.get("chat_template") and not getattr(tok, "chat_template", None):
         tok.chat_template = config["chat_template"]
     return tok
@@ -83,7 +91,9 @@ def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
     except Exception as exc:
         raise TokenizerError(f"{model_file}: not a sentencepiece model ({exc}); replace the file") from exc
     if proto.trainer_spec.model_type != 2:  # 2 = BPE; unigram models come with a tokenizer.json in practice
-        raise TokenizerError(f"{model_file}: only BPE sentencepiece models convert; add the model's tokenizer.json")
+        raise TokenizerError(
+            f"{model_file}: only BPE sentencepiece models convert; add the model's tokenizer.json"
+        )
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     # sentencepiece merges the pair whose result has the best score (lowest id): rank merges that way
     ranked = []
@@ -117,7 +127,9 @@ def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
     )
     if bos_token is not None and bos_token in vocab:
         tk.post_processor = processors.TemplateProcessing(
-            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B", special_tokens=[(bos_token, vocab[bos_token])]
+            single=f"{bos_token} $A",
+            pair=f"{bos_token} $A {bos_token} $B",
+            special_tokens=[(bos_token, vocab[bos_token])],
         )
     return tk
 

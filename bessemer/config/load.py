@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from bessemer.config.schema import JobConfig
 from bessemer.errors import ConfigError

@@ -50,7 +50,9 @@ class ModelConfig:
         if self.n_heads <= 0 or self.dim <= 0 or self.n_layers <= 0 or self.vocab_size <= 0:
             raise ConfigError("model: dim, n_layers, n_heads and vocab_size must be positive")
         if not self.head_dim and self.dim % self.n_heads:
-            raise ConfigError(f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}; pick a divisor")
+            raise ConfigError(
+                f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}; pick a divisor"
+            )
         if self.n_heads % self.kv_heads:
             raise ConfigError(
                 f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.kv_heads}; use a divisor"
@@ -60,7 +62,9 @@ class ModelConfig:
         if self.position not in ("rope", "alibi"):
             raise ConfigError(f"model.position={self.position!r}: use 'rope' or 'alibi'")
         if self.rope_scaling not in ("none", "linear", "dynamic", "llama3"):
-            raise ConfigError(f"model.rope_scaling={self.rope_scaling!r}: use none, linear, dynamic or llama3")
+            raise ConfigError(
+                f"model.rope_scaling={self.rope_scaling!r}: use none, linear, dynamic or llama3"
+            )
 
     def num_params(self, embeddings: bool = True) -> int:
         """Parameter count computed from the shapes (no model needed)."""
@@ -72,7 +76,9 @@ class ModelConfig:
         if embeddings:
             n += self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
         elif not self.tie_embeddings:
-            n += self.vocab_size * self.dim  # the output projection does matmul work; count it as non-embedding
+            n += (
+                self.vocab_size * self.dim
+            )  # the output projection does matmul work; count it as non-embedding
         return n
 
     def to_dict(self) -> dict:
@@ -83,7 +89,9 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - names)
         if unknown:
-            raise ConfigError(f"{where}: unknown model field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"{where}: unknown model field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         return cls(**raw)
 
     def save(self, path: str | Path) -> None:

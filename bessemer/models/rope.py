@@ -12,7 +12,9 @@ from bessemer.models.config import ModelConfig
 def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
     """Inverse frequencies for positions within the trained context (dynamic scaling adjusts later)."""
     hd = cfg.dim_per_head
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd)
+    )
     if cfg.rope_scaling == "linear":
         inv_freq = inv_freq / cfg.rope_factor
     elif cfg.rope_scaling == "llama3":
@@ -27,7 +29,9 @@ def _llama3_scale(inv_freq: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     high_wavelen = orig / cfg.rope_high_freq_factor
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > low_wavelen, inv_freq / cfg.rope_factor, inv_freq)
-    smooth = (orig / wavelen - cfg.rope_low_freq_factor) / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+    smooth = (orig / wavelen - cfg.rope_low_freq_factor) / (
+        cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+    )
     blended = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
     mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return torch.where(mid, blended, scaled)
@@ -43,7 +47,9 @@ def rope_cos_sin(
         if seq_len > orig:
             # NTK-aware: raise the base so the longest wavelength covers the longer sequence
             hd = cfg.dim_per_head
-            base = cfg.rope_theta * ((cfg.rope_factor * seq_len / orig) - (cfg.rope_factor - 1)) ** (hd / (hd - 2))
+            base = cfg.rope_theta * ((cfg.rope_factor * seq_len / orig) - (cfg.rope_factor - 1)) ** (
+                hd / (hd - 2)
+            )
             exps = torch.arange(0, hd, 2, dtype=torch.int64, device=positions.device).float() / hd
             inv_freq = 1.0 / (base**exps)
     freqs = positions.float()[..., None] * inv_freq.float().to(positions.device)

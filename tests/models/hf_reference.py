@@ -63,6 +63,8 @@ def copy_into_hf(model: Transformer, hf_model) -> None:
     sd["model.norm.weight"] = model.norm.weight
     head = model.output.weight
     sd["lm_head.weight"] = torch.nn.functional.normalize(head, dim=-1) if model.config.norm_head else head
-    missing, unexpected = hf_model.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
+    missing, unexpected = hf_model.load_state_dict(
+        {k: v.detach().clone() for k, v in sd.items()}, strict=False
+    )
     assert not unexpected, unexpected
     assert not [k for k in missing if "rotary" not in k], missing
