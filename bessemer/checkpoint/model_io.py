@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
+from bessemer.checkpoint.files import single_process_quiet
 from bessemer.checkpoint.layout import resolve_checkpoint
 from bessemer.errors import CheckpointError
 from bessemer.models import ModelConfig, Transformer, build_model
@@ -22,10 +23,12 @@ def load_model_state(ckpt: str | Path, state_dict: dict[str, torch.Tensor]) -> N
         if (ckpt / "state" / ".metadata").is_file():
             reader = dcp.FileSystemReader(str(ckpt / "state"))
             check_shapes(ckpt, state_dict, _dcp_shapes(reader, prefix="model."))
-            dcp.load({"model": state_dict}, storage_reader=reader)
+            with single_process_quiet():
+                dcp.load({"model": state_dict}, storage_reader=reader)
         elif (ckpt / "model").is_dir() and any((ckpt / "model").glob("*.safetensors")):
             check_shapes(ckpt, state_dict, _safetensors_shapes(ckpt / "model"))
-            dcp.load(state_dict, storage_reader=dcp.HuggingFaceStorageReader(str(ckpt / "model")))
+            with single_process_quiet():
+                dcp.load(state_dict, storage_reader=dcp.HuggingFaceStorageReader(str(ckpt / "model")))
         else:
             raise CheckpointError(
                 f"{ckpt}: no weights (state/.metadata or model/*.safetensors); the checkpoint is incomplete"

@@ -12,7 +12,7 @@ from bessemer.errors import BessemerError
 
 # Each verb module defines `add_arguments(parser)` and `run(args) -> int`, plus a one-line `HELP`.
 # A verb appears here only once it works end to end.
-VERBS = ("demo", "prepare", "train")
+VERBS = ("train",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # verbs that take a config accept dotted overrides such as --optim.lr=3e-4 after their own options
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if a.startswith("--") and "." in a.split("=", 1)[0]]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
     verbose = args.verbose or os.environ.get("BESSEMER_DEBUG") == "1"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
     try:

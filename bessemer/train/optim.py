@@ -1,0 +1,55 @@
+"""AdamW and the learning-rate schedule (linear warmup, then cosine or linear decay to a floor)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bessemer.config import OptimSection, ScheduleSection
+from bessemer.errors import ConfigError
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device_type: str) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (norm weights are not decayed); fused on CUDA, foreach elsewhere."""
+    if cfg.name.lower() != "adamw":
+        raise ConfigError(f"optim.name={cfg.name!r}: only 'adamw' is supported")
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    impl = cfg.implementation
+    if impl == "auto":
+        impl = "fused" if device_type == "cuda" else "foreach"
+    if impl not in ("fused", "foreach", "for-loop"):
+        raise ConfigError(f"optim.implementation={impl!r}: use auto, fused, foreach or for-loop")
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        fused=impl == "fused",
+        foreach=impl == "foreach",
+    )
+
+
+def lr_factor(step: int, cfg: ScheduleSection, total_steps: int) -> float:
+    """Multiplier of the peak lr after `step` optimizer steps (0-based)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    decay_steps = (cfg.decay_steps or total_steps) - cfg.warmup_steps
+    if cfg.decay == "constant" or decay_steps <= 0:
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    if cfg.decay == "cosine":
+        shape = 0.5 * (1 + math.cos(math.pi * progress))
+    elif cfg.decay == "linear":
+        shape = 1 - progress
+    else:
+        raise ConfigError(f"schedule.decay={cfg.decay!r}: use cosine, linear or constant")
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleSection, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    lr_factor(cfg.warmup_steps, cfg, total_steps)  # validate the decay name now, not mid-run
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))

@@ -1,0 +1,172 @@
+"""The one-process trainer: learning, exact resume after SIGKILL, accumulation, NaN policy, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bessemer.cli.main import main
+from bessemer.config import load_config
+from bessemer.errors import ConfigError
+from bessemer.train.trainer import Trainer, TrainingError
+from tests.train.conftest import tiny_overrides
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Per-step loss from metrics.jsonl; after a resume the last record of a step wins."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def write_config(path: Path, overrides: list[str]) -> Path:
+    sections: dict[str, list[str]] = {}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        sections.setdefault(section, []).append(f"{name} = {value}")
+    path.write_text("".join(f"[{s}]\n" + "\n".join(lines) + "\n\n" for s, lines in sections.items()))
+    return path
+
+
+def test_loss_falls_and_checkpoints_are_complete(synthetic_dataset, tmp_path):
+    cfg = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "run", **{"train.steps": 12}))
+    Trainer(cfg).train()
+    got = losses(tmp_path / "run")
+    assert got[12] < 0.6 * got[1]
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-000012"
+    assert not list(ckpts.glob(".*tmp"))
+    for name in ("model.json", "meta.json", "train_state.json", "state/.metadata"):
+        assert (ckpts / "step-000012" / name).exists()
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_identical_losses(synthetic_dataset, tmp_path):
+    steps = 9
+    over = tiny_overrides(synthetic_dataset, tmp_path / "full", **{"train.steps": steps})
+    Trainer(load_config(None, over)).train()
+    reference = losses(tmp_path / "full")
+
+    run = tmp_path / "killed"
+    config = write_config(
+        tmp_path / "cfg.toml", tiny_overrides(synthetic_dataset, run, **{"train.steps": steps})
+    )
+    cmd = [sys.executable, "-m", "bessemer", "train", "--config", str(config)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step-000003").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before the first checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / f"step-{steps:06d}").exists(), "killed too late to test a resume"
+
+    assert main(["train", "--config", str(config), "--resume"]) == 0
+    assert losses(run) == reference  # exactly equal, step by step
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(synthetic_dataset, tmp_path):
+    a = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "a", **{"train.micro_batch_size": 1}))
+    b = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "b", **{"train.micro_batch_size": 4}))
+    Trainer(a).train()
+    Trainer(b).train()
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    for step in la:
+        assert la[step] == pytest.approx(lb[step], rel=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_loss_policy(synthetic_dataset, tmp_path, policy, monkeypatch):
+    cfg = load_config(
+        None, tiny_overrides(synthetic_dataset, tmp_path / "run", **{"train.nan_policy": f'"{policy}"'})
+    )
+    trainer = Trainer(cfg)
+    real = trainer.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(batch, total):
+        calls["n"] += 1
+        out = real(batch, total)
+        return out * float("nan") if calls["n"] == 3 else out  # second step's first micro-batch
+
+    monkeypatch.setattr(trainer, "forward_backward", poisoned)
+    if policy == "stop":
+        with pytest.raises(TrainingError, match="step 2"):
+            trainer.train()
+    else:
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train_step()  # step 1 changes weights
+        trainer.step += 1
+        after_one = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train_step()  # step 2 is skipped: weights stay
+        assert trainer.skipped_steps == 1
+        assert any(not torch.equal(before[k], after_one[k]) for k in before)
+        assert all(torch.equal(after_one[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_finetune_loads_weights_with_fresh_optimizer(synthetic_dataset, tmp_path):
+    Trainer(
+        load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "base", **{"train.steps": 3}))
+    ).train()
+    ckpt = tmp_path / "base" / "checkpoints" / "step-000003"
+    over = tiny_overrides(
+        synthetic_dataset, tmp_path / "ft", **{"train.finetune": f'"{ckpt}"', "train.steps": 1}
+    )
+    trainer = Trainer(load_config(None, over))
+    from bessemer.checkpoint import load_model
+
+    base, _ = load_model(ckpt)
+    for k, v in base.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[k], v), k
+    assert trainer.step == 0 and not trainer.optimizer.state
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_bad_input_gets_one_line(synthetic_dataset, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.toml", tiny_overrides(synthetic_dataset, tmp_path / "r"))
+    rc, err = run_cli(["train", "--config", str(cfg), "--optim.lrr=1"], capsys)
+    assert rc == 2 and "optim.lrr" in err and "did you mean 'lr'" in err and len(err.splitlines()) == 1
+    rc, err = run_cli(["train", "--config", str(tmp_path / "missing.toml")], capsys)
+    assert rc == 2 and "missing.toml" in err
+    rc, err = run_cli(
+        ["train", "--config", str(cfg), "--train.seq_len=4096", "--model.max_seq_len=64"], capsys
+    )
+    assert rc == 2 and "train.seq_len=4096" in err
+    rc, err = run_cli(["train", "--config", str(cfg), '--data.paths=["/nonexistent/ds"]'], capsys)
+    assert rc == 2 and "/nonexistent/ds" in err and len(err.splitlines()) == 1
+    (tmp_path / "bad.toml").write_text("[train\nsteps = 1\n")
+    rc, err = run_cli(["train", "--config", str(tmp_path / "bad.toml")], capsys)
+    assert rc == 2 and "bad.toml" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_of_another_shape_is_refused(synthetic_dataset, tmp_path):
+    Trainer(
+        load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "a", **{"train.steps": 3}))
+    ).train()
+    over = tiny_overrides(synthetic_dataset, tmp_path / "a", **{"model.dim": 128, "train.steps": 5})
+    trainer = Trainer(load_config(None, [*over, "checkpoint.resume=true"]))
+    with pytest.raises(Exception, match=r"tok_embeddings.weight.*shape"):
+        trainer.train()
+
+
+def test_layout_that_does_not_divide_is_refused(synthetic_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="world size 1"):
+        Trainer(load_config(None, [*tiny_overrides(synthetic_dataset, tmp_path / "r"), "parallel.tp=2"]))
