@@ -8,6 +8,7 @@ document_indices is 0..n. Megatron-LM and MindSpeed-LLM read these files as they
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -49,6 +50,29 @@ def idx_path(prefix: str | Path) -> Path:
 def exists(prefix: str | Path) -> bool:
     """Whether both PREFIX.bin and PREFIX.idx exist."""
     return bin_path(prefix).is_file() and idx_path(prefix).is_file()
+
+
+def mask_prefix(prefix: str | Path) -> str:
+    """The sibling dataset holding the loss mask of PREFIX (one uint8 per token): PREFIX_mask.bin/.idx."""
+    return f"{prefix}_mask"
+
+
+def meta_path(prefix: str | Path) -> Path:
+    """The JSON report `bessemer prepare` writes beside PREFIX.bin: PREFIX.meta.json."""
+    return Path(f"{prefix}.meta.json")
+
+
+def read_meta(prefix: str | Path) -> dict:
+    """PREFIX.meta.json as a dict ({} when the dataset was not written by `bessemer prepare`)."""
+    path = meta_path(prefix)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid JSON ({exc}); rebuild the dataset with `bessemer prepare`"
+        ) from exc
 
 
 def _tmp(path: Path) -> Path:

@@ -1,0 +1,194 @@
+"""Turn rows into token ids and loss masks: pretrain text, or SFT conversations through a chat template.
+
+- pretrain: the text fields (default "text") joined by a blank line, encoded with the tokenizer's special tokens
+  (a BOS for LLaMA-style tokenizers); no loss mask (every token is learned).
+- alpaca: instruction, input (optional, appended to the instruction after a blank line), output; optional system
+  and history (a list of [user, assistant] pairs before this exchange).
+- sharegpt: conversations, a list of {"from": human|user|gpt|assistant|system, "value": text}; optional system.
+- messages: OpenAI style, a list of {"role": system|user|assistant, "content": text}.
+SFT handlers learn every assistant turn (its answer and end marker); the rest of the conversation has mask 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bessemer.errors import DataError
+from bessemer.templates import check_template, default_template, encode_chat
+
+HANDLERS = ("pretrain", "alpaca", "sharegpt", "messages")
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "system": "system",
+}
+
+
+@dataclass
+class Skip:
+    """A row left out, with the reason counted in the report."""
+
+    location: str
+    reason: str
+    detail: str = ""
+
+
+class Handler:
+    """Encodes rows for one handler; picklable, so each worker process builds its own copy."""
+
+    def __init__(
+        self,
+        name: str,
+        tokenizer,
+        *,
+        template: str | None = None,
+        fields: tuple[str, ...] = ("text",),
+        backend=None,
+    ):
+        """`backend`: a `tokenizers.Tokenizer` to encode pretrain text with when no transformers tokenizer is given."""
+        if name not in HANDLERS:
+            raise DataError(f"handler {name!r} is unknown; use one of: {', '.join(HANDLERS)}")
+        self.name = name
+        self.tokenizer = tokenizer
+        self.fields = tuple(fields) or ("text",)
+        self.is_sft = name != "pretrain"
+        self.backend = backend if backend is not None else getattr(tokenizer, "backend_tokenizer", None)
+        if template:
+            check_template(template)
+        if self.is_sft:
+            self.template = template or default_template("", tokenizer)
+        else:
+            self.template = None  # pretrain text uses no template
+
+    def encode(self, rows: list[tuple[str, dict]], *, skip_bad: bool = False) -> list[tuple | Skip]:
+        """(ids, mask or None) for each row, or a Skip; bad rows raise DataError unless `skip_bad`."""
+        if self.is_sft:
+            return [self._guard(loc, skip_bad, self._encode_sft, row) for loc, row in rows]
+        texts = [self._guard(loc, skip_bad, self._text, row) for loc, row in rows]
+        todo = [t for t in texts if isinstance(t, str) and t]
+        enc = iter(self._encode_texts(todo))
+        out: list[tuple | Skip] = []
+        for (loc, _), t in zip(rows, texts):
+            if isinstance(t, Skip):
+                out.append(t)
+            elif not t:
+                out.append(Skip(loc, "empty text"))
+            else:
+                out.append((next(enc), None))
+        return out
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        # the Rust tokenizer directly: the same ids as the transformers wrapper, without its import in workers
+        if not texts:
+            return []
+        if self.backend is not None:
+            return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=True)]
+        return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+
+    def _guard(self, loc, skip_bad, fn, row):
+        try:
+            return fn(row)
+        except DataError as exc:
+            reason, _, detail = str(exc).partition(": ")
+            if not skip_bad:
+                raise DataError(f"{loc}: {exc}") from None
+            return Skip(loc, reason, detail)
+
+    def _text(self, row: dict) -> str:
+        parts = []
+        for f in self.fields:
+            if f not in row:
+                raise DataError(
+                    f"missing column {f!r}: the row has {_columns(row)}; choose them with --fields"
+                )
+            v = row[f]
+            if v is None:
+                continue
+            parts.append(v if isinstance(v, str) else str(v))
+        return "\n\n".join(p for p in parts if p.strip())
+
+    def _encode_sft(self, row: dict):
+        messages = getattr(self, f"_{self.name}")(row)
+        try:
+            ids, mask = encode_chat(self.tokenizer, self.template, messages)
+        except DataError as exc:
+            raise DataError(f"bad conversation: {exc}") from None
+        if not any(mask):
+            raise DataError("no answer tokens: the conversation has no non-empty assistant turn")
+        return ids, mask
+
+    def _alpaca(self, row: dict) -> list[dict]:
+        for key in ("instruction", "output"):
+            if key not in row:
+                raise DataError(
+                    f"missing column {key!r}: the row has {_columns(row)}; alpaca rows need instruction, output"
+                )
+        messages = []
+        if row.get("system"):
+            messages.append({"role": "system", "content": _text(row["system"], "system")})
+        for k, pair in enumerate(row.get("history") or []):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise DataError(f"bad history: entry {k} must be a [user, assistant] pair")
+            messages += [
+                {"role": "user", "content": _text(pair[0], "history")},
+                {"role": "assistant", "content": _text(pair[1], "history")},
+            ]
+        prompt = _text(row["instruction"], "instruction")
+        extra = _text(row.get("input"), "input")
+        if extra.strip():
+            prompt = f"{prompt}\n\n{extra}" if prompt.strip() else extra
+        messages += [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _text(row["output"], "output")},
+        ]
+        return messages
+
+    def _sharegpt(self, row: dict) -> list[dict]:
+        if "conversations" not in row:
+            raise DataError(
+                f"missing column 'conversations': the row has {_columns(row)}; sharegpt rows need it"
+            )
+        turns = row["conversations"]
+        if not isinstance(turns, list):
+            raise DataError("bad conversations: must be a list of {from, value}")
+        messages = []
+        if row.get("system"):
+            messages.append({"role": "system", "content": _text(row["system"], "system")})
+        for k, turn in enumerate(turns):
+            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+                raise DataError(f"bad conversations: turn {k} must be a dict with 'from' and 'value'")
+            role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            if role is None:
+                raise DataError(
+                    f"bad conversations: turn {k} is from {turn['from']!r}; use human, gpt or system"
+                )
+            messages.append({"role": role, "content": _text(turn["value"], "value")})
+        return messages
+
+    def _messages(self, row: dict) -> list[dict]:
+        if "messages" not in row:
+            raise DataError(f"missing column 'messages': the row has {_columns(row)}; messages rows need it")
+        turns = row["messages"]
+        if not isinstance(turns, list):
+            raise DataError("bad messages: must be a list of {role, content}")
+        for k, turn in enumerate(turns):
+            if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+                raise DataError(f"bad messages: message {k} must be a dict with 'role' and 'content'")
+        return [{"role": t["role"], "content": _text(t["content"], "content")} for t in turns]
+
+
+def _columns(row: dict) -> str:
+    return ", ".join(repr(k) for k in row) or "no columns"
+
+
+def _text(value, key: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"bad {key}: must be text, got {type(value).__name__}")
+    return value

@@ -1,0 +1,96 @@
+import pytest
+
+from bessemer.data.handlers import Handler, Skip
+from bessemer.errors import ConfigError, DataError
+
+
+def answers(tok, ids, mask):
+    out, cur = [], []
+    for i, m in zip(list(ids) + [None], list(mask) + [0]):
+        if m:
+            cur.append(i)
+        elif cur:
+            out.append(tok.decode(cur))
+            cur = []
+    return out
+
+
+def test_pretrain_fields_and_specials(tokenizer):
+    h = Handler("pretrain", tokenizer, fields=("title", "text"))
+    [(ids, mask)] = h.encode([("f:line 1", {"title": "A title", "text": "Body text.", "other": 1})])
+    assert mask is None
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids[1:]) == "A title\n\nBody text."
+    assert ids == tokenizer("A title\n\nBody text.")["input_ids"]
+
+
+def test_pretrain_missing_column_lists_columns(tokenizer):
+    h = Handler("pretrain", tokenizer)
+    with pytest.raises(DataError, match=r"f\.jsonl:line 3: missing column 'text': the row has 'body', 'id'"):
+        h.encode([("f.jsonl:line 3", {"body": "x", "id": 1})])
+    [skip, empty, ok] = h.encode(
+        [("a:line 1", {"body": "x"}), ("a:line 2", {"text": "  "}), ("a:line 3", {"text": "hi"})],
+        skip_bad=True,
+    )
+    assert isinstance(skip, Skip) and skip.reason == "missing column 'text'" and skip.location == "a:line 1"
+    assert isinstance(empty, Skip) and empty.reason == "empty text"
+    assert ok[0][-1] == tokenizer("hi", add_special_tokens=False)["input_ids"][-1]
+
+
+def test_alpaca_with_input_system_and_history(tokenizer):
+    h = Handler("alpaca", tokenizer, template="vicuna")
+    row = {
+        "instruction": "Now multiply by 3.",
+        "input": "",
+        "output": "5 x 3 = 15.",
+        "history": [["Add 2 and 3.", "2 + 3 = 5."]],
+        "system": "You do arithmetic.",
+    }
+    [(ids, mask)] = h.encode([("a:1", row)])
+    assert answers(tokenizer, ids, mask) == ["2 + 3 = 5.</s>", "5 x 3 = 15.</s>"]
+    text = tokenizer.decode(ids)
+    assert text.startswith("<s> You do arithmetic. USER: Add 2 and 3. ASSISTANT:")
+    [(ids, _)] = h.encode([("a:2", {"instruction": "Sort.", "input": "3, 1", "output": "1, 3"})])
+    assert "USER: Sort.\n\n3, 1 ASSISTANT:" in tokenizer.decode(ids)
+
+
+def test_sharegpt_learns_every_assistant_turn(tokenizer):
+    h = Handler("sharegpt", tokenizer, template="chatml")
+    row = {
+        "conversations": [
+            {"from": "system", "value": "Be kind."},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello."},
+            {"from": "human", "value": "Bye"},
+            {"from": "gpt", "value": "Goodbye."},
+        ]
+    }
+    [(ids, mask)] = h.encode([("s:1", row)])
+    assert answers(tokenizer, ids, mask) == ["Hello.<|im_end|>", "Goodbye.<|im_end|>"]
+
+
+def test_messages(tokenizer):
+    h = Handler("messages", tokenizer, template="llama2")
+    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    [(ids, mask)] = h.encode([("m:1", row)])
+    assert answers(tokenizer, ids, mask) == ["Hello.</s>"]
+
+
+def test_sft_errors_name_location_and_columns(tokenizer):
+    h = Handler("sharegpt", tokenizer, template="vicuna")
+    with pytest.raises(DataError, match=r"s:4: missing column 'conversations': the row has 'messages'"):
+        h.encode([("s:4", {"messages": []})])
+    with pytest.raises(DataError, match=r"s:5: bad conversations: turn 0 is from 'robot'"):
+        h.encode([("s:5", {"conversations": [{"from": "robot", "value": "x"}]})])
+    with pytest.raises(DataError, match=r"a:1: missing column 'output': the row has 'instruction'"):
+        Handler("alpaca", tokenizer).encode([("a:1", {"instruction": "x"})])
+    with pytest.raises(DataError, match=r"m:2: bad conversation: message 0 has role 'tool'"):
+        Handler("messages", tokenizer).encode([("m:2", {"messages": [{"role": "tool", "content": "x"}]})])
+    [skip] = Handler("messages", tokenizer).encode(
+        [("m:3", {"messages": [{"role": "user", "content": "x"}]})], skip_bad=True
+    )
+    assert skip.reason == "no answer tokens"
+    with pytest.raises(ConfigError, match="unknown template 'zzz'"):
+        Handler("alpaca", tokenizer, template="zzz")
+    with pytest.raises(DataError, match="handler 'nope' is unknown; use one of: pretrain, alpaca"):
+        Handler("nope", tokenizer)

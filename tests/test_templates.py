@@ -1,0 +1,138 @@
+import pytest
+
+from bessemer.errors import ConfigError, DataError
+from bessemer.templates import (
+    TEMPLATE_NAMES,
+    default_template,
+    encode_chat,
+    encode_prompt,
+    stop_strings,
+)
+from tests.data.conftest import tokenizer, tokenizer_dir  # noqa: F401 - session fixtures
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "Say 2+2 twice"},
+    {"role": "assistant", "content": "4\nfour"},
+]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+END = {"aquila": "###", "chatml": "<|im_end|>", "tokenizer": "<|im_end|>"}
+
+
+def spans(ids, mask):
+    out, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+@pytest.fixture
+def chat_tokenizer(tokenizer):  # noqa: F811
+    tokenizer.chat_template = CHATML
+    yield tokenizer
+    tokenizer.chat_template = None
+
+
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_mask_decodes_to_answers_plus_end(chat_tokenizer, template):
+    tok = chat_tokenizer
+    ids, mask = encode_chat(tok, template, CONVERSATION)
+    assert len(ids) == len(mask) and set(mask) == {0, 1}
+    end = END.get(template, tok.eos_token)
+    answers = [m["content"] for m in CONVERSATION if m["role"] == "assistant"]
+    assert [tok.decode(s) for s in spans(ids, mask)] == [a + end for a in answers]
+    # the prompt for the second answer is exactly the prefix the model was trained on
+    prompt = encode_prompt(tok, template, CONVERSATION[:4])
+    assert ids[: len(prompt)] == prompt
+    assert mask[len(prompt)] == 1 and not any(mask[len(prompt) - 3 : len(prompt)])
+
+
+@pytest.mark.parametrize(
+    ("template", "text"),
+    [
+        ("vicuna", "<s> Be brief. USER: Hi there ASSISTANT: Hello! How can I help?</s>"),
+        ("llama2", "<s> [INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST] Hello! How can I help?</s>"),
+        ("mistral", "<s> [INST] Be brief.\n\nHi there [/INST] Hello! How can I help?</s>"),
+        ("aquila", "Be brief.###Human: Hi there###Assistant: Hello! How can I help?###"),
+        ("baichuan2", "Be brief.<reserved_106>Hi there<reserved_107>Hello! How can I help?</s>"),
+        (
+            "chatml",
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+            "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n",
+        ),
+        (
+            "alpaca",
+            "<s> Be brief.\n\n### Instruction:\nHi there\n\n### Response:\nHello! How can I help?</s>",
+        ),
+    ],
+)
+def test_published_formats(tokenizer, template, text):  # noqa: F811
+    ids, _ = encode_chat(tokenizer, template, CONVERSATION[:3])
+    assert tokenizer.decode(ids) == text
+
+
+def test_sentencepiece_joints_match_whole_string(tokenizer):  # noqa: F811
+    # no stray dummy-prefix tokens where pieces meet: [INST]...[/INST] + answer encodes like one string
+    ids, _ = encode_chat(tokenizer, "mistral", CONVERSATION[1:3])
+    whole = (
+        [tokenizer.bos_token_id]
+        + tokenizer("[INST] Hi there [/INST] Hello! How can I help?", add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+    )
+    assert ids == whole
+
+
+def test_generation_prompts(tokenizer):  # noqa: F811
+    user = [{"role": "user", "content": "Hi"}]
+    assert tokenizer.decode(encode_prompt(tokenizer, "vicuna", user)).endswith("USER: Hi ASSISTANT:")
+    assert tokenizer.decode(encode_prompt(tokenizer, "llama2", user)) == "<s> [INST] Hi [/INST]"
+    assert tokenizer.decode(encode_prompt(tokenizer, "alpaca", user)).endswith("### Response:\n")
+    assert tokenizer.decode(encode_prompt(tokenizer, "chatml", user)).endswith("<|im_start|>assistant\n")
+
+
+def test_baichuan2_uses_reserved_ids_when_present(tokenizer_dir):  # noqa: F811
+    from bessemer.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)  # a private copy: the session tokenizer stays unchanged
+    tok.add_special_tokens({"additional_special_tokens": ["<reserved_106>", "<reserved_107>"]})
+    user_id, assistant_id = tok.convert_tokens_to_ids(["<reserved_106>", "<reserved_107>"])
+    ids, mask = encode_chat(tok, "baichuan2", CONVERSATION[1:3])
+    assert ids[0] == user_id and ids.count(assistant_id) == 1
+    assert mask[ids.index(assistant_id)] == 0 and mask[ids.index(assistant_id) + 1] == 1
+
+
+def test_stop_strings_and_defaults(tokenizer):  # noqa: F811
+    assert "</s>" in stop_strings("vicuna")
+    assert stop_strings("chatml") == ["<|im_end|>"]
+    assert "###" in stop_strings("aquila")
+    assert default_template("llama2-7b", tokenizer) == "llama2"
+    assert default_template("llama", tokenizer) == "llama2"
+    assert default_template("vicuna", tokenizer) == "vicuna"
+    assert default_template("mistral-7b-32k", tokenizer) == "mistral"
+    assert default_template("baichuan2-13b", tokenizer) == "baichuan2"
+    assert default_template("aquila-7b", tokenizer) == "aquila"
+    assert default_template("tiny", tokenizer) == "alpaca"
+
+
+def test_errors(tokenizer):  # noqa: F811
+    with pytest.raises(ConfigError, match="unknown template 'nope'; use one of: alpaca, vicuna"):
+        encode_chat(tokenizer, "nope", CONVERSATION)
+    with pytest.raises(ConfigError, match="unknown template"):
+        stop_strings("nope")
+    with pytest.raises(ConfigError, match="chat_template"):
+        encode_chat(tokenizer, "tokenizer", CONVERSATION)
+    with pytest.raises(DataError, match="role 'tool'"):
+        encode_chat(tokenizer, "vicuna", [{"role": "tool", "content": "x"}])
+    with pytest.raises(DataError, match="only the first"):
+        encode_chat(tokenizer, "vicuna", [CONVERSATION[1], CONVERSATION[0]])
