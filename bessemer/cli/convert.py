@@ -1,0 +1,93 @@
+"""`bessemer convert`: Hugging Face folder -> checkpoint, checkpoint -> Hugging Face folder, or apply a delta."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from bessemer.errors import ConversionError
+
+HELP = "convert a Hugging Face model to a checkpoint (--from-hf), back (--to-hf), or apply a Vicuna delta"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--from-hf", metavar="DIR", help="a Hugging Face model folder to convert")
+    mode.add_argument("--to-hf", metavar="CKPT", help="a checkpoint (or run dir) to export as a HF folder")
+    mode.add_argument("--apply-delta", metavar="DELTA", help="a HF folder of delta weights (needs --base)")
+    parser.add_argument("--out", required=True, help="the folder to write (refused if it holds anything)")
+    parser.add_argument("--base", metavar="DIR", help="with --apply-delta: the base model's HF folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
+    parser.add_argument(
+        "--dtype",
+        default="keep",
+        choices=("keep", "float32", "bfloat16", "float16"),
+        help="floating-point dtype of the written tensors (default: keep each tensor's)",
+    )
+    parser.add_argument(
+        "--position",
+        choices=("rope", "alibi"),
+        help="with --from-hf, Baichuan2: force RoPE (7B) or ALiBi (13B) instead of detecting it",
+    )
+    parser.add_argument("--template", help="with --from-hf: the chat template meta.json records")
+    parser.add_argument(
+        "--as",
+        dest="as_layout",
+        choices=("llama",),
+        help="with --to-hf: write a plain LlamaForCausalLM folder (Aquila, Baichuan2-7B with NormHead folded)",
+    )
+    parser.add_argument(
+        "--shard-size", default="5GB", help="largest safetensors shard written (e.g. 5GB, 500MB)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from bessemer.hf import apply_delta, convert_from_hf, convert_to_hf
+
+    if args.from_hf:
+        _only(args, "from-hf", ("base", "as_layout"))
+        result = convert_from_hf(
+            args.from_hf,
+            args.out,
+            overwrite=args.overwrite,
+            dtype=args.dtype,
+            position=args.position,
+            template=args.template,
+            shard_size=args.shard_size,
+        )
+    elif args.to_hf:
+        _only(args, "to-hf", ("base", "position", "template"))
+        result = convert_to_hf(
+            args.to_hf,
+            args.out,
+            as_layout=args.as_layout,
+            overwrite=args.overwrite,
+            dtype=args.dtype,
+            shard_size=args.shard_size,
+        )
+    else:
+        if not args.base:
+            raise ConversionError("--apply-delta needs --base DIR, the base model the delta was made from")
+        _only(args, "apply-delta", ("as_layout", "position", "template"))
+        if args.dtype != "keep":
+            raise ConversionError("--dtype is not offered with --apply-delta; the delta's dtype is kept")
+        result = apply_delta(
+            args.apply_delta, args.base, args.out, overwrite=args.overwrite, shard_size=args.shard_size
+        )
+    log.info(
+        "wrote %s (%d tensors, %.2f GB, %.1f s)",
+        result.out,
+        result.n_tensors,
+        result.nbytes / 1e9,
+        result.seconds,
+    )
+    return 0
+
+
+def _only(args: argparse.Namespace, mode: str, not_allowed: tuple[str, ...]) -> None:
+    for name in not_allowed:
+        if getattr(args, name):
+            flag = "--as" if name == "as_layout" else "--" + name.replace("_", "-")
+            raise ConversionError(f"{flag} does not apply to --{mode}; remove it")

@@ -1,0 +1,380 @@
+"""Hugging Face folder <-> Bessemer checkpoint, streaming one tensor at a time.
+
+Both directions follow the same steps: read the config, pick the family adapter, check every tensor's name and
+shape against the config before writing anything, then write the output under a temporary name, shard by
+shard and tensor by tensor, and rename it into place once complete. A tensor that is only renamed and keeps
+its dtype is copied byte for byte from its safetensors source (in the kernel where the system allows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from bessemer.checkpoint.files import atomic_write_text, publish_dir, temp_dir_for
+from bessemer.checkpoint.layout import FORMAT, VERSION, read_meta, resolve_checkpoint, tokenizer_dir
+from bessemer.errors import BessemerError, ConversionError
+from bessemer.hf.adapter import (
+    IGNORED_SUFFIXES,
+    Adapter,
+    ImportOptions,
+    Move,
+    dtype_name,
+    expected_shapes,
+    read_hf_config,
+)
+from bessemer.hf.families import detect, for_export
+from bessemer.hf.safetensors_io import (
+    OutTensor,
+    TensorInfo,
+    copy_bytes,
+    parse_size,
+    tensor_bytes,
+    write_sharded,
+)
+from bessemer.hf.weights import WeightReader, open_checkpoint_weights, open_hf_weights
+from bessemer.models import ModelConfig
+from bessemer.tokenizer import copy_tokenizer_files
+
+log = logging.getLogger(__name__)
+
+DTYPE_CHOICES: dict[str, torch.dtype | None] = {
+    "keep": None,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DEFAULT_SHARD_SIZE = "5GB"
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    family: str
+    n_tensors: int
+    nbytes: int
+    seconds: float
+
+
+# -- output directories -----------------------------------------------------------------------------------
+
+
+def check_output(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an --out that already holds something (unless overwrite) or that is one of the inputs."""
+    out = Path(out)
+    for src in inputs:
+        if out.resolve() == Path(src).resolve():
+            raise ConversionError(f"{out}: is also the input; write to another --out")
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(
+            f"{out}: already exists and is not empty; pass --overwrite or pick another --out"
+        )
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary directory beside `out`, renamed onto it when the block completes, removed on any error."""
+    out = Path(out)
+    tmp = temp_dir_for(out)
+    try:
+        yield tmp
+        _usual_permissions(tmp)
+        check_output(out, overwrite)
+        publish_dir(tmp, out, overwrite=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _usual_permissions(root: Path) -> None:
+    """Temporary names are created private (0700/0600); give the finished output the umask's permissions."""
+    umask = _umask()
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _umask() -> int:
+    # read, not set-and-restore: os.umask would change it for every thread of the process meanwhile
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _dtype(option: str) -> torch.dtype | None:
+    if option not in DTYPE_CHOICES:
+        raise ConversionError(f"--dtype {option!r} is unknown; use one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPE_CHOICES[option]
+
+
+# -- the tensor plan --------------------------------------------------------------------------------------
+
+
+class _MoveRunner:
+    """Computes a move's outputs once and hands them out one by one (W_pack is read once, not three times)."""
+
+    def __init__(self, reader: WeightReader, export: bool, shapes: dict[str, tuple[int, ...]]):
+        self.reader, self.export, self.shapes = reader, export, shapes
+        self._move: Move | None = None
+        self._outputs: list[torch.Tensor] = []
+
+    def output(self, move: Move, j: int) -> torch.Tensor:
+        if move is not self._move:
+            self._outputs = []  # drop the previous move's tensors before reading the next
+            if self.export:
+                self._outputs = move.to_hf([self.reader.get(n) for n in move.ours])
+            else:
+                ins = [self.reader.get(n) for n in move.hf]
+                self._outputs = move.to_ours(ins, [self.shapes[n] for n in move.ours])
+            self._move = move
+        t = self._outputs[j]
+        if j == len(self._outputs) - 1:
+            self._move, self._outputs = None, []
+        return t
+
+
+def _out_tensor(
+    name: str,
+    shape: tuple[int, ...],
+    src: TensorInfo,
+    move: Move,
+    j: int,
+    cast: torch.dtype | None,
+    runner: _MoveRunner,
+) -> OutTensor:
+    dtype = cast if cast is not None and src.dtype.is_floating_point else src.dtype
+    if move.kind == "rename" and dtype == src.dtype and src.offset >= 0:
+
+        def write(f: BinaryIO) -> None:
+            copy_bytes(src.file, src.offset, src.nbytes, f)
+
+    else:
+
+        def write(f: BinaryIO) -> None:
+            f.write(tensor_bytes(runner.output(move, j).to(dtype)))
+
+    return OutTensor(name, dtype, tuple(shape), write)
+
+
+def _plan(
+    moves: list[Move], reader: WeightReader, shapes: dict, cast: torch.dtype | None, export: bool
+) -> list[OutTensor]:
+    """The output tensors in write order, each producing its bytes from `reader` when its turn comes."""
+    infos = reader.infos()
+    runner = _MoveRunner(reader, export, shapes)
+    planned = []
+    for m in moves:
+        our_shapes = [shapes[n] for n in m.ours]
+        src = infos[m.ours[0] if export else m.hf[0]]
+        names, out_shapes = (m.hf, m.hf_shapes(our_shapes)) if export else (m.ours, our_shapes)
+        for j, (name, shape) in enumerate(zip(names, out_shapes)):
+            planned.append(_out_tensor(name, shape, src, m, j, cast, runner))
+    return planned
+
+
+def _check_import(
+    adapter: Adapter, cfg: ModelConfig, shapes: dict, reader: WeightReader, where: Path
+) -> list[Move]:
+    """Every tensor the config implies is present with its shape, and nothing unexplained is left over."""
+    infos = reader.infos()
+    moves = adapter.moves(cfg)
+    used: set[str] = set()
+    arch = adapter.architectures[0]
+    for m in moves:
+        for name, want in zip(m.hf, m.hf_shapes([shapes[n] for n in m.ours])):
+            if name not in infos:
+                raise ConversionError(
+                    f"{reader.where}: tensor {name!r} is missing; the weights are incomplete or do not match "
+                    f"{where.name} ({arch}, {cfg.n_layers} layers)"
+                )
+            if infos[name].shape != tuple(want):
+                raise ConversionError(
+                    f"{infos[name].file}: tensor {name!r} has shape {list(infos[name].shape)}, but {where.name} "
+                    f"implies {list(want)}; use the config.json that came with these weights"
+                )
+            used.add(name)
+    extra = [
+        k
+        for k in infos
+        if k not in used
+        and not k.endswith(IGNORED_SUFFIXES)
+        and not (cfg.tie_embeddings and k == "lm_head.weight")
+    ]
+    if extra:
+        raise ConversionError(
+            f"{infos[extra[0]].file}: unexpected tensor {extra[0]!r} ({len(extra)} in all) for {arch}; "
+            f"the weights do not match {where.name}"
+        )
+    # read the sources in file order, so a shard is read front to back
+    position = {name: k for k, name in enumerate(infos)}
+    return sorted(moves, key=lambda m: (str(infos[m.hf[0]].file), infos[m.hf[0]].offset, position[m.hf[0]]))
+
+
+# -- HF -> Bessemer ---------------------------------------------------------------------------------------
+
+
+def convert_from_hf(
+    hf_dir: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    dtype: str = "keep",
+    position: str | None = None,
+    template: str | None = None,
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
+) -> ConvertResult:
+    """Convert a Hugging Face model folder into a Bessemer checkpoint directory `out`."""
+    start = time.perf_counter()
+    hf_dir, out = Path(hf_dir), Path(out)
+    check_output(out, overwrite, (hf_dir,))
+    cast = _dtype(dtype)
+    size = parse_size(shard_size)
+    where = hf_dir / "config.json"
+    hf = read_hf_config(hf_dir)
+    adapter = detect(hf, where)
+    if position and adapter.family != "baichuan2":
+        raise ConversionError(f"--position applies to Baichuan2 only; {where} is {adapter.architectures[0]}")
+    opts = ImportOptions(position=position, name_hint=hf_dir.resolve().name)
+    cfg = adapter.config_from_hf(hf, where, opts)
+    if template is None:
+        template = adapter.default_template(cfg, hf, opts)
+    else:
+        from bessemer.templates import check_template
+
+        check_template(template)
+    with open_hf_weights(hf_dir) as reader:
+        shapes = expected_shapes(cfg)
+        moves = _check_import(adapter, cfg, shapes, reader, where)
+        tensors = _plan(moves, reader, shapes, cast, export=False)
+        with staged_output(out, overwrite) as tmp:
+            write_sharded(tmp / "model", tensors, size)
+            cfg.save(tmp / "model.json")
+            copied = copy_tokenizer_files(hf_dir, tmp / "tokenizer")
+            if not copied:
+                (tmp / "tokenizer").rmdir()
+                log.warning("%s: no tokenizer files; the checkpoint carries none", hf_dir)
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "step": 0,
+                "family": cfg.family,
+                "template": template,
+                "source": str(hf_dir.resolve()),
+                "hf_architecture": adapter.architectures[0],
+                "hf_token_ids": {k: hf[k] for k in TOKEN_ID_KEYS if hf.get(k) is not None},
+            }
+            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+    nbytes = sum(t.nbytes for t in tensors)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s -> %s: %s, %d tensors, %.2f GB in %.1fs",
+        hf_dir,
+        out,
+        cfg.family,
+        len(tensors),
+        nbytes / 1e9,
+        seconds,
+    )
+    return ConvertResult(out, cfg.family, len(tensors), nbytes, seconds)
+
+
+# -- Bessemer -> HF ---------------------------------------------------------------------------------------
+
+
+def _token_ids(ckpt: Path, meta: dict) -> dict:
+    """bos/eos/pad ids: the checkpoint's tokenizer first, else those the source config.json named."""
+    ids = {k: v for k, v in (meta.get("hf_token_ids") or {}).items() if k in TOKEN_ID_KEYS}
+    tok_dir = tokenizer_dir(ckpt)
+    if tok_dir is None:
+        return ids
+    from bessemer.tokenizer import load_tokenizer
+
+    try:
+        tok = load_tokenizer(tok_dir)
+    except BessemerError as exc:
+        log.warning("%s: tokenizer not loaded (%s); token ids come from meta.json", tok_dir, exc)
+        return ids
+    for key in TOKEN_ID_KEYS:
+        value = getattr(tok, key, None)
+        if value is not None:
+            ids[key] = value
+    return ids
+
+
+def convert_to_hf(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    as_layout: str | None = None,
+    overwrite: bool = False,
+    dtype: str = "keep",
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
+) -> ConvertResult:
+    """Export a Bessemer checkpoint (model/ safetensors or state/ DCP) as a Hugging Face model folder."""
+    start = time.perf_counter()
+    out = Path(out)
+    ckpt = resolve_checkpoint(ckpt)
+    check_output(out, overwrite, (ckpt,))
+    cast = _dtype(dtype)
+    size = parse_size(shard_size)
+    cfg = ModelConfig.load(ckpt / "model.json")
+    meta = read_meta(ckpt)
+    adapter = for_export(cfg.family, as_layout)
+    try:
+        adapter.check_export(cfg)
+    except ConversionError as exc:
+        raise ConversionError(f"{ckpt}: {exc}") from exc
+    shapes = expected_shapes(cfg)
+    with open_checkpoint_weights(ckpt) as reader:
+        infos = reader.infos()
+        for name, want in shapes.items():
+            if name not in infos:
+                raise ConversionError(
+                    f"{reader.where}: tensor {name!r} is missing; the checkpoint does not match its model.json"
+                )
+            if infos[name].shape != want:
+                raise ConversionError(
+                    f"{reader.where}: tensor {name!r} has shape {list(infos[name].shape)}, model.json implies "
+                    f"{list(want)}; the checkpoint is damaged"
+                )
+        moves = adapter.moves(cfg, export=True)
+        tensors = _plan(moves, reader, shapes, cast, export=True)
+        main_dtype = cast or infos["tok_embeddings.weight"].dtype
+        token_ids = _token_ids(ckpt, meta)
+        config = adapter.config_to_hf(cfg, main_dtype, token_ids)
+        with staged_output(out, overwrite) as tmp:
+            write_sharded(tmp, tensors, size)
+            atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
+            generation = {k: v for k, v in token_ids.items() if k in TOKEN_ID_KEYS}
+            atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+            if tokenizer_dir(ckpt) is not None:
+                copy_tokenizer_files(ckpt / "tokenizer", tmp)
+    nbytes = sum(t.nbytes for t in tensors)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s -> %s: %s, %d tensors, %.2f GB in %.1fs",
+        ckpt,
+        out,
+        config["architectures"][0],
+        len(tensors),
+        nbytes / 1e9,
+        seconds,
+    )
+    return ConvertResult(out, cfg.family, len(tensors), nbytes, seconds)
+
+
+__all__ = ["DTYPE_CHOICES", "ConvertResult", "convert_from_hf", "convert_to_hf", "dtype_name"]

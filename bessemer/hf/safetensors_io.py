@@ -1,0 +1,257 @@
+"""Streaming safetensors: read one tensor at a time with plain file reads, write shards tensor by tensor.
+
+The format is an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and byte
+range, then the raw bytes. Reading with `pread` instead of a memory map keeps the resident set to the tensor in
+hand (a mapped 10 GB shard would count fully once touched), and writing a shard needs only its plan (names,
+dtypes, shapes) up front, so no shard is ever assembled in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from bessemer.errors import ConversionError
+
+DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+INDEX_NAME = "model.safetensors.index.json"
+_MAX_HEADER = 100 * 1024 * 1024
+_COPY_CHUNK = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one stored tensor lives: file, dtype, shape and (for safetensors) its absolute byte range."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int = -1  # absolute byte offset in `file`; -1 when the bytes are not addressable (.bin, DCP)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """The tensors of one safetensors file; refuses a damaged or truncated file with a one-line reason."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ConversionError(f"{path}: truncated safetensors file ({size} bytes); download it again")
+        (n,) = struct.unpack("<Q", raw)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise ConversionError(
+                f"{path}: truncated or not a safetensors file (header of {n} bytes, file of {size}); "
+                "download it again"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConversionError(
+                f"{path}: damaged safetensors header ({exc}); download the file again"
+            ) from exc
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path}: damaged safetensors header; download the file again")
+    header.pop("__metadata__", None)
+    base = 8 + n
+    out: dict[str, TensorInfo] = {}
+    end_max = 0
+    for name, entry in header.items():
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(s) for s in entry["shape"])
+            start, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConversionError(
+                f"{path}: tensor {name!r} has a bad header entry ({exc}); download the file again"
+            ) from exc
+        info = TensorInfo(path, dtype, shape, base + start)
+        if end - start != info.nbytes:
+            raise ConversionError(
+                f"{path}: tensor {name!r} spans {end - start} bytes, its shape needs {info.nbytes}; "
+                "the file is damaged, download it again"
+            )
+        end_max = max(end_max, end)
+        out[name] = info
+    if base + end_max > size:
+        raise ConversionError(
+            f"{path}: truncated safetensors file: {size} bytes, its header needs {base + end_max}; "
+            "download it again"
+        )
+    return out
+
+
+def read_tensor(info: TensorInfo, fd: int | None = None) -> torch.Tensor:
+    """Read one tensor's bytes from a safetensors file into a fresh CPU tensor."""
+    out = torch.empty(info.nbytes, dtype=torch.uint8)
+    view = memoryview(out.numpy())
+    own = fd is None
+    if own:
+        fd = os.open(info.file, os.O_RDONLY)
+    try:
+        done = 0
+        while done < info.nbytes:
+            got = os.preadv(fd, [view[done:]], info.offset + done)
+            if got <= 0:
+                raise ConversionError(
+                    f"{info.file}: ended early while reading a tensor; the file is truncated, download it again"
+                )
+            done += got
+    finally:
+        if own:
+            os.close(fd)
+    return out.view(info.dtype).view(info.shape) if info.shape else out.view(info.dtype).reshape(())
+
+
+def copy_bytes(src: Path, offset: int, nbytes: int, dst: BinaryIO) -> None:
+    """Copy a byte range of `src` to the current position of `dst` (in-kernel where the system allows)."""
+    dst.flush()
+    out_fd = dst.fileno()
+    with open(src, "rb") as f:
+        in_fd = f.fileno()
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(in_fd, out_fd, nbytes - done, offset + done)
+                if n <= 0:
+                    break
+                done += n
+        except (AttributeError, OSError):
+            pass  # no copy_file_range here (old kernel, other file systems): copy through user space
+        if done < nbytes:
+            os.lseek(out_fd, 0, os.SEEK_END)
+            f.seek(offset + done)
+            while done < nbytes:
+                chunk = f.read(min(_COPY_CHUNK, nbytes - done))
+                if not chunk:
+                    raise ConversionError(f"{src}: ended early while copying; the file is truncated")
+                os.write(out_fd, chunk)
+                done += len(chunk)
+    dst.seek(0, os.SEEK_END)
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor, without a copy when it is already contiguous."""
+    t = t.detach().contiguous().cpu()
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+@dataclass
+class OutTensor:
+    """One tensor of an output checkpoint: its name, dtype and shape, and how to produce its bytes."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    write: Callable[[BinaryIO], None]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from '5GB' (decimal, as Hugging Face counts), '512MiB', '1000000' and the like."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ConversionError(f"shard size {text!r} is not a size; write it like 5GB, 500MB or 2GiB")
+    num, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    power = "KMGT".index(unit) + 1 if unit else 0
+    return int(num * (1024 if binary else 1000) ** power)
+
+
+def plan_shards(tensors: list[OutTensor], shard_size: int) -> list[list[OutTensor]]:
+    """Split tensors, in order, into shards of at most `shard_size` bytes (a bigger tensor gets its own)."""
+    shards: list[list[OutTensor]] = []
+    current: list[OutTensor] = []
+    used = 0
+    for t in tensors:
+        if current and used + t.nbytes > shard_size:
+            shards.append(current)
+            current, used = [], 0
+        current.append(t)
+        used += t.nbytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _header_bytes(tensors: Iterable[OutTensor]) -> bytes:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for t in tensors:
+        header[t.name] = {
+            "dtype": DTYPE_NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as the reference writer does
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_sharded(folder: Path, tensors: list[OutTensor], shard_size: int, prefix: str = "model") -> dict:
+    """Write `tensors` as PREFIX-0000k-of-0000n.safetensors shards plus PREFIX.safetensors.index.json.
+
+    Each tensor's bytes are produced by its `write` callback only when its turn comes, so memory holds one
+    tensor at a time. Returns the index written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConversionError(f"tensor {dup!r} is written twice; the adapter's key table is wrong")
+    shards = plan_shards(tensors, shard_size)
+    weight_map: dict[str, str] = {}
+    for k, shard in enumerate(shards, 1):
+        fname = f"{prefix}-{k:05d}-of-{len(shards):05d}.safetensors"
+        path = folder / fname
+        header = _header_bytes(shard)
+        with open(path, "wb") as f:
+            f.write(header)
+            for t in shard:
+                start = f.tell()
+                t.write(f)
+                f.seek(0, os.SEEK_END)
+                if f.tell() - start != t.nbytes:
+                    raise ConversionError(
+                        f"{path}: tensor {t.name!r} wrote {f.tell() - start} bytes, expected {t.nbytes}; "
+                        "this is a bug in the converter"
+                    )
+                weight_map[t.name] = fname
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for t in tensors)},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return index
