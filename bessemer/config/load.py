@@ -93,9 +93,8 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+    elif hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
     raise ConfigError(f"{name}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 

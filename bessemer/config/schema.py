@@ -42,10 +42,16 @@ class ParallelSection:
     cp: int = 1
     reshard_after_forward: bool = True  # False: ZeRO-2-like, keep gathered params until backward
     cpu_offload: bool = False
-    param_dtype: str = "bfloat16"  # FSDP2 mixed precision: params cast for compute
+    param_dtype: str = (
+        "auto"  # FSDP2 mixed precision: params cast for compute; auto: train.dtype's compute dtype
+    )
     reduce_dtype: str = "float32"
-    activation_checkpoint: str = "none"  # none, full, selective
+    activation_checkpoint: str = (
+        "none"  # none, full (every block), selective (saves matmul/attention outputs)
+    )
     compile: bool = False
+    loss_parallel: bool = True  # with tp > 1: cross-entropy on vocab-sharded logits (never gathers them)
+    timeout_s: int = 600  # process-group timeout: a hung or dead rank fails the job after this long
 
 
 @dataclass

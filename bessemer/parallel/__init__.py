@@ -1,5 +1,7 @@
 """Parallelism applied to a plain model from outside, in one fixed order (see parallelize.py)."""
 
-from bessemer.parallel.dims import ParallelDims
+from bessemer.parallel.dims import ParallelDims, check_layout
+from bessemer.parallel.mesh import build_mesh
+from bessemer.parallel.parallelize import ParallelModel, load_full_weights, parallelize
 
-__all__ = ["ParallelDims"]
+__all__ = ["ParallelDims", "ParallelModel", "build_mesh", "check_layout", "load_full_weights", "parallelize"]

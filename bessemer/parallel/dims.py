@@ -1,4 +1,4 @@
-"""ParallelDims: the device layout from the parallel config, checked against the world size, and its mesh."""
+"""ParallelDims: the device layout from the parallel config, checked against the world size and the model."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from bessemer.config import ParallelSection
 from bessemer.errors import ConfigError
+from bessemer.models import ModelConfig
+
+PP_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B")
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,67 @@ class ParallelDims:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def fsdp(self) -> bool:
+        """Parameters are sharded (or, with dp_replicate alone, replicated) by FSDP2 over dp x cp."""
+        return self.dp_size * self.cp > 1
+
+
+def check_layout(dims: ParallelDims, cfg: ParallelSection, model: ModelConfig) -> None:
+    """Refuse a layout that does not divide the model, in one line saying what would divide."""
+    if dims.tp > 1:
+        for name, value in (("n_heads", model.n_heads), ("n_kv_heads", model.kv_heads)):
+            if value % dims.tp:
+                raise ConfigError(
+                    f"parallel.tp={dims.tp} does not divide model.{name}={value}; use a tp that divides {value}"
+                )
+        if model.ffn_dim % dims.tp:
+            raise ConfigError(
+                f"parallel.tp={dims.tp} does not divide model.ffn_dim={model.ffn_dim}; use a divisor of it"
+            )
+        if model.tie_embeddings:
+            raise ConfigError("parallel.tp > 1 with model.tie_embeddings is not supported; use tp=1")
+        if model.position == "alibi":
+            raise ConfigError(
+                "parallel.tp > 1 with ALiBi attention is not supported (the bias is per global head); use tp=1"
+            )
+    if dims.pp > 1:
+        if cfg.pp_schedule not in PP_SCHEDULES:
+            raise ConfigError(
+                f"parallel.pp_schedule={cfg.pp_schedule!r}: use one of {', '.join(PP_SCHEDULES)}"
+            )
+        if cfg.pp_stages_per_rank < 1 or (cfg.pp_stages_per_rank > 1) != (
+            cfg.pp_schedule == "Interleaved1F1B"
+        ):
+            raise ConfigError(
+                f"parallel.pp_stages_per_rank={cfg.pp_stages_per_rank} with pp_schedule={cfg.pp_schedule!r}: "
+                "Interleaved1F1B needs 2 or more stages per rank, GPipe and 1F1B exactly 1"
+            )
+        if model.tie_embeddings:
+            raise ConfigError("parallel.pp > 1 with model.tie_embeddings is not supported; use pp=1")
+        stage_layers(model.n_layers, dims.pp * cfg.pp_stages_per_rank, cfg.pp_layers)
+    if dims.cp > 1 and (model.sliding_window or model.position == "alibi"):
+        raise ConfigError(
+            "parallel.cp > 1 needs plain causal attention (no sliding window, no ALiBi); use cp=1 for this model"
+        )
+
+
+def stage_layers(n_layers: int, n_stages: int, pp_layers: list[int]) -> list[range]:
+    """The layer ids of each pipeline stage: `pp_layers` counts, or an even split."""
+    if pp_layers:
+        if len(pp_layers) != n_stages or sum(pp_layers) != n_layers or min(pp_layers) < 0:
+            raise ConfigError(
+                f"parallel.pp_layers={pp_layers} must list {n_stages} non-negative layer counts (pp x "
+                f"pp_stages_per_rank) summing to model.n_layers={n_layers}"
+            )
+        counts = list(pp_layers)
+    else:
+        if n_layers % n_stages:
+            raise ConfigError(
+                f"model.n_layers={n_layers} does not split evenly into {n_stages} pipeline stages; use a pp x "
+                f"pp_stages_per_rank that divides {n_layers}, or set parallel.pp_layers"
+            )
+        counts = [n_layers // n_stages] * n_stages
+    starts = [sum(counts[:i]) for i in range(n_stages)]
+    return [range(s, s + c) for s, c in zip(starts, counts)]

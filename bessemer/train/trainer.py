@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -16,10 +17,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
     set_state_dict,
 )
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
 
 from bessemer.checkpoint.files import atomic_write_text
 from bessemer.checkpoint.layout import read_meta, resolve_checkpoint
@@ -27,8 +31,10 @@ from bessemer.checkpoint.manager import CheckpointManager
 from bessemer.checkpoint.model_io import load_model_state
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError, ConfigError
-from bessemer.models import ModelConfig, Transformer, build_model, get_preset
-from bessemer.parallel import ParallelDims
+from bessemer.models import ModelConfig, build_model, get_preset
+from bessemer.parallel import ParallelDims, build_mesh, check_layout, load_full_weights, parallelize
+from bessemer.parallel.cp import apply_cp
+from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train.loggers import MetricsWriter
 from bessemer.train.metrics import device_peak_flops, flops_per_token, memory_gib
 from bessemer.train.optim import build_optimizer, build_scheduler
@@ -36,6 +42,8 @@ from bessemer.train.optim import build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+# optimizer state keyed by parameter name, so it reshards onto any layout (pipeline ranks hold different groups)
+STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 class TrainingError(BessemerError):
@@ -62,7 +70,8 @@ def pick_device(name: str) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig, data_factory=None):
+        """data_factory(trainer) -> batches: another source of micro-batches than data.paths (benchmarks)."""
         self.cfg = cfg
         tc = cfg.train
         self.device = pick_device(tc.device)
@@ -72,6 +81,17 @@ class Trainer:
             cfg.parallel, dist.get_world_size() if dist.is_initialized() else 1
         )
         self.model_cfg = resolve_model_config(cfg)
+        check_layout(self.dims, cfg.parallel, self.model_cfg)
+        if self.dims.cp > 1 and self.device.type != "cuda":
+            raise ConfigError(
+                f"parallel.cp={self.dims.cp}: context parallelism needs CUDA attention kernels; use cp=1 on "
+                f"{self.device.type}"
+            )
+        if self.dims.is_distributed and self.model_cfg.tie_embeddings:
+            raise ConfigError(
+                "model.tie_embeddings is supported on one process only; untie it or train on one process"
+            )
+        self.mesh = build_mesh(self.dims, self.device.type) if self.dims.is_distributed else None
         if tc.seq_len > self.model_cfg.max_seq_len:
             raise ConfigError(
                 f"train.seq_len={tc.seq_len} exceeds the model's context {self.model_cfg.max_seq_len}; "
@@ -88,12 +108,14 @@ class Trainer:
             )
         self.global_batch_size = gbs
         self.accum_steps = gbs // (tc.micro_batch_size * self.dp_size)
+        self.pp_microbatches = self._pp_microbatches()
 
-        self.data = self._build_data()
+        self.data = data_factory(self) if data_factory else self._build_data()
         tok = cfg.data.tokenizer or self.data.meta.get("tokenizer")
         self.tokenizer_src = Path(tok) if tok and Path(tok).is_dir() else None
 
         torch.manual_seed(tc.seed)
+        self._pp_targets = 1.0
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tc.steps)
@@ -117,10 +139,26 @@ class Trainer:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=timedelta(seconds=self.cfg.parallel.timeout_s))
 
     def _dp_coords(self) -> tuple[int, int]:
-        return 0, 1
+        if self.mesh is None:
+            return 0, 1
+        dp = self.mesh["dp"]
+        return dp.get_local_rank(), dp.size()
+
+    def _pp_microbatches(self) -> int:
+        pc = self.cfg.parallel
+        if self.dims.pp == 1:
+            return 1
+        n = pc.pp_microbatches or self.dims.pp * pc.pp_stages_per_rank
+        local = self.accum_steps * self.cfg.train.micro_batch_size
+        if n < 1 or local % n:
+            raise ConfigError(
+                f"parallel.pp_microbatches={n} does not divide the {local} sequences per data-parallel rank and "
+                f"step (train.global_batch_size / dp); pick a divisor of {local}"
+            )
+        return n
 
     def _amp_dtype(self, name: str) -> torch.dtype | None:
         if name == "auto":
@@ -150,13 +188,37 @@ class Trainer:
             tokenizer_fingerprint=fingerprint,
         )
 
-    def _build_model(self) -> Transformer:
-        model = build_model(self.model_cfg, device=self.device, seed=self.cfg.train.seed)
-        if self.cfg.train.finetune:
-            ckpt = resolve_checkpoint(self.cfg.train.finetune)
+    def _build_model(self) -> torch.nn.Module:
+        """Shape on meta, lay out, materialise, then fill with the one-process initial weights.
+
+        Every layout starts from the same numbers: the full model initialised on CPU from the seed (one fp32
+        copy per rank while setting up), sliced onto this rank's shards. Sets `stages` and `schedule`.
+        """
+        cfg = self.cfg
+        full = build_model(self.model_cfg, device="cpu", seed=cfg.train.seed)
+        laid_out = parallelize(
+            build_model(self.model_cfg, device="meta"),
+            self.dims,
+            self.mesh,
+            cfg.parallel,
+            self.device,
+            self.amp_dtype or torch.float32,
+            loss_fn=self._pp_loss,
+            n_microbatches=self.pp_microbatches,
+        )
+        for stage in laid_out.stages:
+            stage.to_empty(device=self.device)
+            if self.model_cfg.tie_embeddings:
+                stage.output.weight = stage.tok_embeddings.weight  # to_empty() unties shared parameters
+        load_full_weights(laid_out.stages, full)
+        del full
+        self.stages, self.stage_ids, self.schedule = laid_out.stages, laid_out.stage_ids, laid_out.schedule
+        model = laid_out.model
+        if cfg.train.finetune:
+            ckpt = resolve_checkpoint(cfg.train.finetune)
             state = {
                 k: v
-                for k, v in model.state_dict().items()
+                for k, v in get_model_state_dict(model).items()
                 if not (self.model_cfg.tie_embeddings and k == "output.weight")
             }
             load_model_state(ckpt, state)
@@ -166,7 +228,7 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------------------------
     def _tensor_state(self) -> dict:
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=STATE_OPTIONS)
         return {"model": model_sd, "optimizer": optim_sd}
 
     def _train_state(self) -> dict:
@@ -189,6 +251,7 @@ class Trainer:
             self.optimizer,
             model_state_dict=tensors["model"],
             optim_state_dict=tensors["optimizer"],
+            options=STATE_OPTIONS,
         )
         self.step = state["step"]
         self.scheduler.load_state_dict(state["scheduler"])
@@ -248,12 +311,16 @@ class Trainer:
                 f"step {self.step + 1}: no target tokens in the batch (every label is masked)"
             )
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        for batch in micro:
-            loss_sum += self.forward_backward(batch, global_targets)
-        loss = self._sum_over_dp(float(loss_sum))
+        if self.schedule is not None:
+            loss_sum = self.pipeline_forward_backward(micro, global_targets)
+        else:
+            loss_sum = torch.zeros((), device=self.device)
+            for batch in micro:
+                loss_sum += self.forward_backward(batch, global_targets)
+        loss = self._sum_loss(loss_sum)
+        pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
         grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip or float("inf"))
+            clip_grad_norm(list(self.model.parameters()), tc.grad_clip or float("inf"), pp_group)
         )
         lr = self.scheduler.get_last_lr()[0]
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -273,7 +340,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - started
+        # the slowest rank's time and the fullest rank's memory are the job's
+        elapsed, memory = self._max_over_ranks(time.perf_counter() - started, memory_gib(self.device))
         tokens = self.global_batch_size * tc.seq_len
         world = self.dims.world_size
         metrics = {
@@ -285,34 +353,97 @@ class Trainer:
             "mfu": (self.flops_per_token * tokens / elapsed / world / self.peak_flops)
             if self.peak_flops
             else None,
-            **memory_gib(self.device),
+            **memory,
         }
         return metrics
+
+    def _autocast(self):
+        if self.amp_dtype:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def _loss_context(self):
+        """Cross-entropy over vocabulary-sharded logits when the head leaves them sharded (tp + loss_parallel)."""
+        if self.dims.tp > 1 and self.cfg.parallel.loss_parallel:
+            return loss_parallel()
+        return contextlib.nullcontext()
+
+    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, global_targets: float) -> torch.Tensor:
+        """Summed token cross-entropy over the step's global number of target tokens."""
+        return (
+            F.cross_entropy(
+                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+            )
+            / global_targets
+        )
 
     def forward_backward(self, batch: dict, global_targets: float) -> torch.Tensor:
         """Loss of one micro-batch as its share of the step's mean over all target tokens; backward included."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            logits = self.model(
-                batch["tokens"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
+        cp = apply_cp(self.mesh["cp"], batch) if self.dims.cp > 1 else contextlib.nullcontext()
+        with cp, self._loss_context():
+            with self._autocast():
+                logits = self.stages[0](
+                    batch["tokens"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
+                )
+            loss = self.loss_fn(logits, batch["labels"], global_targets)
+            loss.backward()
+        return _local(loss.detach())
+
+    def pipeline_forward_backward(self, micro: list[dict], global_targets: float) -> torch.Tensor:
+        """The step's micro-batches through the pipeline schedule; the loss summed on the last stage (0 elsewhere)."""
+        batch = {k: torch.cat([b[k] for b in micro]).to(self.device) for k in micro[0]}
+        kwargs = {k: batch[k] for k in ("positions", "doc_ids") if k in batch}
+        n_stages = self.dims.pp * self.cfg.parallel.pp_stages_per_rank
+        first, last = 0 in self.stage_ids, n_stages - 1 in self.stage_ids
+        args = (batch["tokens"],) if first else ()
+        losses: list[torch.Tensor] = []
+        self._pp_targets = global_targets
+        with self._loss_context(), self._autocast():
+            self.schedule.step(
+                *args,
+                target=batch["labels"] if last else None,
+                losses=losses if last else None,
+                return_outputs=False,
+                **kwargs,
             )
-        loss = (
-            F.cross_entropy(
-                logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
-            )
-            / global_targets
-        )
-        loss.backward()
-        return loss.detach()
+        total = torch.zeros((), device=self.device)
+        for loss in losses:
+            total += _local(loss.detach())
+        return total
+
+    def _pp_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(logits, labels, self._pp_targets)
 
     # ---- collectives -------------------------------------------------------------------------------------
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def _all_reduce(self, value: float, groups: list, op=None) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
+        for group in groups:
+            dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
+        return float(t.item())
+
     def _sum_over_dp(self, value: float) -> float:
-        return value
+        """Sum over the data-parallel ranks (each holds a distinct share of the step's samples)."""
+        if self.mesh is None or self.dp_size == 1:
+            return value
+        return self._all_reduce(value, [self.mesh["dp"].get_group()])
+
+    def _sum_loss(self, local: torch.Tensor) -> float:
+        """The step's loss: partial sums live on every dp and cp rank, and on the last pipeline stage only."""
+        if self.mesh is None:
+            return float(local)
+        groups = [self.mesh[name].get_group() for name in ("dp_cp", "pp") if self.mesh[name].size() > 1]
+        return self._all_reduce(float(local), groups) if groups else float(local)
+
+    def _max_over_ranks(self, elapsed: float, memory: dict[str, float]) -> tuple[float, dict[str, float]]:
+        if not dist.is_initialized():
+            return elapsed, memory
+        t = torch.tensor([elapsed, *memory.values()], dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t[0]), dict(zip(memory, t[1:].tolist()))
 
     def _agree(self, flag: bool) -> bool:
         """True if any rank says so (so every rank stops at the same step)."""
@@ -324,6 +455,11 @@ class Trainer:
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_requested = True
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A loss computed under loss_parallel is a DTensor (replicated, or a pending sum): make it a plain value."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _main_thread() -> bool:

@@ -1,0 +1,1 @@
+"""Benchmarks: training throughput on synthetic tokens, and two runs' loss curves compared."""

@@ -1,0 +1,87 @@
+"""Training throughput on synthetic tokens: the trainer's own step, no dataset, no checkpoints."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from bessemer.config import JobConfig
+from bessemer.errors import ConfigError
+
+
+class SyntheticBatches:
+    """Uniform random token ids standing in for a dataset: the same shapes and work, no files."""
+
+    def __init__(self, vocab_size: int, seq_len: int, micro_batch_size: int, seed: int):
+        self.meta: dict = {}  # no tokenizer, no dataset facts
+        self.shape = (micro_batch_size, seq_len + 1)
+        self.vocab_size = vocab_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        ids = torch.randint(0, self.vocab_size, self.shape, generator=self.generator)
+        positions = torch.arange(self.shape[1] - 1).expand(self.shape[0], -1)
+        return {"tokens": ids[:, :-1], "labels": ids[:, 1:], "positions": positions}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class BenchResult:
+    tokens_per_s_per_device: float
+    step_time_s: float
+    mfu: float | None
+    memory_gib: dict[str, float]
+    world_size: int
+    measured_steps: int
+    losses: list[float]
+
+
+def run_throughput(cfg: JobConfig, warmup: int) -> tuple[BenchResult, object]:
+    """Run `cfg.train.steps` training steps on synthetic tokens; average the ones after `warmup`.
+
+    Returns the result and the trainer (its rank, model config and layout describe what was measured).
+    """
+    from bessemer.train.trainer import Trainer
+
+    steps = cfg.train.steps
+    if steps <= warmup:
+        raise ConfigError(f"bench: --steps={steps} must exceed the {warmup} warm-up steps; raise --steps")
+
+    def synthetic(trainer: Trainer) -> SyntheticBatches:
+        tc = trainer.cfg.train
+        seed = tc.seed + trainer.dp_rank  # each data-parallel rank its own tokens
+        return SyntheticBatches(trainer.model_cfg.vocab_size, tc.seq_len, tc.micro_batch_size, seed)
+
+    trainer = Trainer(cfg, data_factory=synthetic)
+    records = []
+    for _ in range(steps):
+        records.append(trainer.train_step())
+        trainer.step += 1
+    timed = records[warmup:]
+    step_time = statistics.median(r["step_time_s"] for r in timed)
+    tokens = trainer.global_batch_size * cfg.train.seq_len
+    world = trainer.dims.world_size
+    mfu = None
+    if trainer.peak_flops:
+        mfu = trainer.flops_per_token * tokens / step_time / world / trainer.peak_flops
+    memory = {k: max(r[k] for r in records) for k in records[0] if k.startswith(("mem_", "rss_"))}
+    result = BenchResult(
+        tokens_per_s_per_device=tokens / step_time / world,
+        step_time_s=step_time,
+        mfu=mfu,
+        memory_gib=memory,
+        world_size=world,
+        measured_steps=len(timed),
+        losses=[r["loss"] for r in records],
+    )
+    return result, trainer

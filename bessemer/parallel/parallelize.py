@@ -1,0 +1,100 @@
+"""The one place a job's layout is applied: PP split, then per stage TP/SP -> activation checkpointing ->
+compile -> FSDP2. Reading `parallelize` tells how a run is laid out; each step is a short function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from bessemer.config import ParallelSection
+from bessemer.errors import ConfigError
+from bessemer.parallel.ac import apply_activation_checkpointing
+from bessemer.parallel.compile import apply_compile
+from bessemer.parallel.dims import ParallelDims
+from bessemer.parallel.fsdp import apply_fsdp
+from bessemer.parallel.mesh import ParallelMesh
+from bessemer.parallel.pp import StageParts, apply_pp, build_pp_schedule
+from bessemer.parallel.tp import apply_tp
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# wrappers that insert a level into parameter names; checkpoints and the reference model use the plain names
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+@dataclass
+class ParallelModel:
+    model: nn.Module  # every parameter this rank holds, under the full model's names
+    stages: list[nn.Module]  # the modules that run forward: [model] without pipeline parallelism
+    stage_ids: list[int] = field(default_factory=lambda: [0])
+    schedule: object | None = None  # the pipeline schedule when pp > 1
+
+
+def resolve_dtype(name: str, key: str, auto: torch.dtype) -> torch.dtype:
+    if name == "auto":
+        return auto
+    if name not in DTYPES:
+        raise ConfigError(f"{key}={name!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def parallelize(
+    model: nn.Module,
+    dims: ParallelDims,
+    mesh: ParallelMesh | None,
+    cfg: ParallelSection,
+    device: torch.device,
+    compute_dtype: torch.dtype,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    n_microbatches: int = 1,
+) -> ParallelModel:
+    """Lay `model` (best built on meta: nothing is allocated here) out over `mesh`, in the fixed order.
+
+    compute_dtype: the dtype FSDP casts parameters to for compute when parallel.param_dtype is "auto".
+    loss_fn, n_microbatches: the pipeline schedule's per-micro-batch loss and micro-batch count (pp > 1).
+    """
+    param_dtype = resolve_dtype(cfg.param_dtype, "parallel.param_dtype", compute_dtype)
+    reduce_dtype = resolve_dtype(cfg.reduce_dtype, "parallel.reduce_dtype", torch.float32)
+    if dims.pp > 1:
+        stages, stage_ids = apply_pp(model, mesh["pp"], cfg)
+    else:
+        stages, stage_ids = [model], [0]
+    for stage in stages:
+        if dims.tp > 1:
+            apply_tp(stage, mesh["tp"], cfg.sequence_parallel, cfg.loss_parallel)
+        apply_activation_checkpointing(stage, cfg.activation_checkpoint)
+        if cfg.compile:
+            apply_compile(stage)
+        if dims.fsdp:
+            apply_fsdp(
+                stage, mesh.fsdp(dims), param_dtype, reduce_dtype, cfg.reshard_after_forward, cfg.cpu_offload
+            )
+    if dims.pp == 1:
+        return ParallelModel(model, stages)
+    schedule = build_pp_schedule(stages, stage_ids, mesh["pp"], cfg, device, n_microbatches, loss_fn)
+    return ParallelModel(StageParts(stages), stages, stage_ids, schedule)
+
+
+def plain_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+@torch.no_grad()
+def load_full_weights(stages: list[nn.Module], full: nn.Module) -> None:
+    """Fill every parameter and buffer of the (materialised, possibly sharded) `stages` with the matching
+    slice of the unsharded `full` model, which every rank built the same way: no communication, and the
+    result is exactly the one-process initialisation whatever the layout."""
+    source = {**dict(full.named_parameters()), **dict(full.named_buffers())}
+    for stage in stages:
+        for name, tensor in [*stage.named_parameters(), *stage.named_buffers()]:
+            src = source[plain_name(name)]
+            if isinstance(tensor, DTensor):
+                local = distribute_tensor(src, tensor.device_mesh, tensor.placements, src_data_rank=None)
+                tensor.to_local().copy_(local.to_local())
+            else:
+                tensor.copy_(src)
