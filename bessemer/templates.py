@@ -46,13 +46,15 @@ _STOPS = {
     "tokenizer": [],
 }
 
+# First match wins, so "llama2..." is tried before "llama". LLaMA-1 base models have no chat format of their
+# own; they are instruction-tuned on Alpaca rows, so that is their default (as `bessemer convert` records).
 _FAMILY_TEMPLATES = {
-    "llama": "llama2",
     "llama2": "llama2",
     "vicuna": "vicuna",
     "mistral": "mistral",
     "baichuan2": "baichuan2",
     "aquila": "aquila",
+    "llama": "alpaca",
 }
 
 

@@ -117,7 +117,8 @@ def test_stop_strings_and_defaults(tokenizer):  # noqa: F811
     assert stop_strings("chatml") == ["<|im_end|>"]
     assert "###" in stop_strings("aquila")
     assert default_template("llama2-7b", tokenizer) == "llama2"
-    assert default_template("llama", tokenizer) == "llama2"
+    assert default_template("llama", tokenizer) == "alpaca"
+    assert default_template("llama-13b", tokenizer) == "alpaca"
     assert default_template("vicuna", tokenizer) == "vicuna"
     assert default_template("mistral-7b-32k", tokenizer) == "mistral"
     assert default_template("baichuan2-13b", tokenizer) == "baichuan2"

@@ -26,7 +26,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from bessemer.checkpoint.files import atomic_write_text
-from bessemer.checkpoint.layout import read_meta, resolve_checkpoint
+from bessemer.checkpoint.layout import read_meta, resolve_checkpoint, tokenizer_dir
 from bessemer.checkpoint.manager import CheckpointManager
 from bessemer.checkpoint.model_io import load_model_state
 from bessemer.config import JobConfig, to_dict
@@ -169,13 +169,26 @@ class Trainer:
             return torch.bfloat16
         raise ConfigError(f"train.dtype={name!r}: use auto, float32 or bfloat16")
 
+    def _expected_tokenizer_fingerprint(self) -> str | None:
+        """The tokenizer the data must have been prepared with: data.tokenizer, else the fine-tuned checkpoint's."""
+        from bessemer.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+        if self.cfg.data.tokenizer:
+            return tokenizer_fingerprint(load_tokenizer(self.cfg.data.tokenizer))
+        if not self.cfg.train.finetune:
+            return None
+        ckpt = resolve_checkpoint(self.cfg.train.finetune)
+        recorded = read_meta(ckpt).get("tokenizer_fingerprint")
+        if recorded:
+            return recorded
+        tok_dir = tokenizer_dir(ckpt)
+        return tokenizer_fingerprint(load_tokenizer(tok_dir)) if tok_dir else None
+
     def _build_data(self):
         from bessemer.data.dataset import PackedBatches
 
         tc = self.cfg.train
-        fingerprint = None
-        if self.cfg.train.finetune:
-            fingerprint = read_meta(resolve_checkpoint(self.cfg.train.finetune)).get("tokenizer_fingerprint")
+        fingerprint = self._expected_tokenizer_fingerprint()
         return PackedBatches(
             self.cfg.data,
             seq_len=tc.seq_len,

@@ -170,3 +170,18 @@ def test_checkpoint_of_another_shape_is_refused(synthetic_dataset, tmp_path):
 def test_layout_that_does_not_divide_is_refused(synthetic_dataset, tmp_path):
     with pytest.raises(ConfigError, match="world size 1"):
         Trainer(load_config(None, [*tiny_overrides(synthetic_dataset, tmp_path / "r"), "parallel.tp=2"]))
+
+
+def test_dataset_prepared_with_another_tokenizer_is_refused(synthetic_dataset, tmp_path, capsys):
+    import shutil
+
+    from bessemer.assets import build_demo_tokenizer
+
+    prefix = tmp_path / "seq"
+    for ext in (".bin", ".idx"):
+        shutil.copy(synthetic_dataset + ext, str(prefix) + ext)
+    (tmp_path / "seq.meta.json").write_text(json.dumps({"tokenizer_fingerprint": "0123456789abcdef"}))
+    tok = build_demo_tokenizer(tmp_path / "tok")
+    cfg = write_config(tmp_path / "c.toml", tiny_overrides(str(prefix), tmp_path / "r"))
+    rc, err = run_cli(["train", "--config", str(cfg), f"--data.tokenizer={str(tok)!r}"], capsys)
+    assert rc == 2 and "0123456789abcdef" in err and "bessemer prepare" in err and len(err.splitlines()) == 1
