@@ -11,34 +11,66 @@ class KVCache:
     """Static cache of shape [B, H_kv, max_len + 1, D] per layer; the extra last slot absorbs padding writes.
 
     Slot i holds position i. Each forward first calls `prepare(positions)` (records which slots fill), then
-    every layer `update`s its keys and values into those slots and reads the whole cache back.
+    every layer `update`s its keys and values into those slots and reads the cache back.
+
+    bucket: 0 reads every slot each step (static shapes, for torch.compile); N > 0 reads only the slots below
+    the highest position of the step rounded up to a multiple of N, so short sequences in a long cache do not
+    pay attention over empty slots.
     """
 
     def __init__(
-        self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype: torch.dtype = torch.float32
+        self,
+        cfg: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        bucket: int = 0,
     ):
         shape = (batch_size, cfg.kv_heads, max_len + 1, cfg.dim_per_head)
         self.max_len = max_len
+        self.bucket = bucket
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.key_positions = torch.full((batch_size, max_len + 1), -1, dtype=torch.long, device=device)
         self._slots: torch.Tensor | None = None
+        self._read = max_len + 1
+
+    @property
+    def batch_size(self) -> int:
+        return self.key_positions.shape[0]
 
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
-        if int(positions.max()) >= self.max_len:
-            raise ValueError(f"position {int(positions.max())} is beyond the cache length {self.max_len}")
+        # reading the top position syncs with the device; a compiled static-shape step skips it (callers check)
+        checked = self.bucket or not torch.compiler.is_compiling()
+        top = int(positions.max()) if checked else -1
+        if top >= self.max_len:
+            raise ValueError(f"position {top} is beyond the cache length {self.max_len}")
         # padding (position -1) writes go to the spare last slot, which stays marked empty
         self._slots = torch.where(positions >= 0, positions, self.max_len)
         self.key_positions.scatter_(1, self._slots, positions.clamp(min=-1))
         self.key_positions[:, self.max_len] = -1
-        return self.key_positions
+        if self.bucket:
+            # every row's history lies below its current position, so slots past the step's top stay unread
+            self._read = min(self.max_len, -(-(top + 1) // self.bucket) * self.bucket)
+        return self.key_positions[:, : self._read]
 
     def update(self, layer_id: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.arange(k.shape[0], device=k.device)[:, None]
         self.k[layer_id][rows, :, self._slots] = k.transpose(1, 2).to(self.k[layer_id].dtype)
         self.v[layer_id][rows, :, self._slots] = v.transpose(1, 2).to(self.v[layer_id].dtype)
-        return self.k[layer_id], self.v[layer_id]
+        return self.k[layer_id][:, :, : self._read], self.v[layer_id][:, :, : self._read]
 
     def reset_rows(self, rows: torch.Tensor | list[int]) -> None:
         """Empty the given rows (a finished request frees its slot for the next one)."""
         self.key_positions[rows] = -1
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows [start, stop) that shares this cache's storage (prefill one request into its row)."""
+        view = object.__new__(KVCache)
+        view.max_len, view.bucket = self.max_len, self.bucket
+        view.k = [t[start:stop] for t in self.k]
+        view.v = [t[start:stop] for t in self.v]
+        view.key_positions = self.key_positions[start:stop]
+        view._slots, view._read = None, self.max_len + 1
+        return view

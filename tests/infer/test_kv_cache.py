@@ -42,3 +42,23 @@ def test_rows_at_different_positions_with_padding():
         step = model(nxt, positions=torch.tensor([[9], [5]]), cache=cache)
         assert torch.allclose(step[0, 0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-5)
         assert torch.allclose(step[1, 0], model(torch.cat([b, nxt[1:]], 1))[0, -1], atol=1e-5)
+
+
+def test_bucketed_reads_and_row_views_match_the_full_cache():
+    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=256)
+    model = build_model(cfg, seed=0).eval()
+    tokens = torch.randint(0, 101, (3, 12), generator=torch.Generator().manual_seed(0))
+    full = KVCache(cfg, batch_size=3, max_len=200)
+    bucketed = KVCache(cfg, batch_size=3, max_len=200, bucket=8)
+    with torch.no_grad():
+        want = model(tokens, positions=torch.arange(12).expand(3, 12), cache=full)
+        # prefill each row on its own through a view: the rows share the parent's storage
+        got = torch.cat([model(tokens[i : i + 1], cache=bucketed.rows(i, i + 1)) for i in range(3)])
+        assert torch.allclose(got, want, atol=1e-5)
+        assert bucketed.prepare(torch.full((3, 1), 12)).shape == (3, 16)  # 13 positions -> 2 buckets of 8
+        step = torch.tensor([[5], [6], [7]])
+        a = model(step, positions=torch.full((3, 1), 12), cache=full)
+        b = model(step, positions=torch.full((3, 1), 12), cache=bucketed)
+        assert torch.allclose(a, b, atol=1e-5)
+    bucketed.reset_rows([1])
+    assert (bucketed.key_positions[1] == -1).all() and (bucketed.key_positions[0, :13] >= 0).all()

@@ -1,0 +1,264 @@
+"""Batch-1 decode speed and time to first token: Bessemer against transformers `generate`, same weights, same run.
+
+    python benchmarks/decode.py                      # CPU: a small LLaMA-shaped model in fp32
+    python benchmarks/decode.py --compile            # GPU: 7B-shaped bf16, static cache + torch.compile
+    python benchmarks/decode.py --server             # also: server tokens/s at 1, 8 and 32 concurrent streams
+
+Weights are random (the speed of a forward pass does not depend on their values). On a GPU it also prints the
+fraction of the memory-bandwidth bound: every decode step must read all weights once, so
+tokens/s <= peak bandwidth / weight bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bessemer.infer.generate import DecodeBatch, Sequence  # noqa: E402
+from bessemer.infer.sampling import SamplingParams  # noqa: E402
+from bessemer.models import ModelConfig, build_model, get_preset  # noqa: E402
+
+# peak memory bandwidth in bytes/s, by a substring of torch.cuda.get_device_name()
+PEAK_BANDWIDTH = {
+    "H200": 4.8e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,  # SXM
+    "A100-SXM4-80GB": 2.039e12,
+    "A100 80GB PCIe": 1.935e12,
+    "A100": 1.555e12,  # 40GB
+    "L40S": 0.864e12,
+    "L4": 0.3e12,
+    "A10G": 0.6e12,
+    "RTX 4090": 1.008e12,
+}
+
+CPU_MODEL = dict(
+    family="llama2", vocab_size=32000, dim=512, n_layers=8, n_heads=8, ffn_dim=1376, max_seq_len=2048
+)
+
+
+def peak_bandwidth(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
+
+
+def weight_bytes(model) -> int:
+    """Bytes a decode step reads: every weight except the embedding table (one row of it is gathered)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not model.config.tie_embeddings:
+        total -= model.tok_embeddings.weight.numel() * model.tok_embeddings.weight.element_size()
+    return total
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_bessemer(
+    model, prompt: list[int], new_tokens: int, compiled: bool
+) -> tuple[float, float, list[int]]:
+    """(time to first token s, decode tokens/s, tokens) through the library's prefill + decode loop."""
+    device = next(model.parameters()).device
+    # a static cache (bucket 0) keeps shapes fixed for torch.compile; else read only the slots in use
+    batch = DecodeBatch(model, 1, len(prompt) + new_tokens, bucket=0 if compiled else 64, compile=compiled)
+    seq = Sequence(prompt, SamplingParams(max_new_tokens=new_tokens))
+    sync(device)
+    start = time.perf_counter()
+    batch.add([seq])
+    first = time.perf_counter()
+    while batch.active():
+        batch.step()
+    sync(device)
+    end = time.perf_counter()
+    return first - start, (new_tokens - 1) / (end - first), seq.output_ids
+
+
+def bench_hf(hf, prompt: list[int], new_tokens: int, compiled: bool) -> tuple[float, float, list[int]]:
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    device = hf.device
+    clock = Clock()
+    extra = {"cache_implementation": "static"} if compiled else {}
+    ids = torch.tensor([prompt], device=device)
+    sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            eos_token_id=None,
+            pad_token_id=0,
+            streamer=clock,
+            **extra,
+        )
+    sync(device)
+    end = time.perf_counter()
+    # put() is called once with the prompt, then once per new token (after it is chosen)
+    first = clock.times[1]
+    return first - start, (new_tokens - 1) / (end - first), out[0, len(prompt) :].tolist()
+
+
+def build(args, device: torch.device, dtype: torch.dtype):
+    cfg = get_preset(args.preset) if args.preset else ModelConfig(**CPU_MODEL)
+    torch.manual_seed(0)
+    model = build_model(cfg, device=device).to(dtype).eval()
+    from transformers import LlamaForCausalLM
+
+    from tests.models.hf_reference import copy_into_hf, hf_llama_config
+
+    hf_cfg = hf_llama_config(cfg)
+    hf_cfg.attn_implementation = "sdpa"
+    with torch.device(device):
+        hf = LlamaForCausalLM(hf_cfg).to(dtype).eval()
+    copy_into_hf(model, hf)
+    return cfg, model, hf
+
+
+def median_run(fn, repeats: int):
+    runs = [fn() for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2]
+
+
+def bench_server(model, cfg, streams: list[int], new_tokens: int, prompt_text: str) -> dict[int, float]:
+    """Completion tokens/s of the OpenAI-compatible server at each number of concurrent streams."""
+    import httpx
+
+    from bessemer.assets import build_demo_tokenizer
+    from bessemer.config.schema import ServeSection
+    from bessemer.infer.loading import InferenceModel
+    from bessemer.infer.server import BackgroundServer, build_app, build_engine
+    from bessemer.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(build_demo_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"))
+    loaded = InferenceModel(model, tok, "alpaca", cfg.family, "bench", Path("."))
+    settings = ServeSection(
+        max_batch=max(streams), max_queue=max(streams), max_tokens=new_tokens, max_prompt_tokens=64
+    )
+    engine = build_engine(loaded, settings)
+    body = {
+        "prompt": prompt_text,
+        "max_tokens": new_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    results = {}
+    with BackgroundServer(build_app(loaded, engine, settings)) as server:
+
+        def one(counts: list[int]) -> None:
+            n = 0
+            with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=600) as r:
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        n += bool(json.loads(line[6:])["choices"][0]["text"])
+            counts.append(n)
+
+        one([])  # warm up
+        for n in streams:
+            counts: list[int] = []
+            threads = [threading.Thread(target=one, args=(counts,)) for _ in range(n)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            seconds = time.perf_counter() - start
+            stats = engine.stats()
+            assert stats["active"] == 0 and len(counts) == n
+            results[n] = n * new_tokens / seconds
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--preset", help="model preset (default: llama2-7b on GPU, a ~60M model on CPU)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=0, help="default 256 on GPU, 64 on CPU")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (HF: static cache)")
+    p.add_argument("--server", action="store_true", help="also measure the server at 1, 8, 32 streams")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = device.type == "cuda"
+    if gpu and not args.preset:
+        args.preset = "llama2-7b"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    new_tokens = args.new_tokens or (256 if gpu else 64)
+    cfg, model, hf = build(args, device, dtype)
+    prompt = torch.randint(
+        3, cfg.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
+
+    # warm-up (and compile) before timing
+    bench_bessemer(model, prompt, min(new_tokens, 8), args.compile)
+    bench_hf(hf, prompt, min(new_tokens, 8), args.compile)
+    b_ttft, b_tps, b_tokens = median_run(
+        lambda: bench_bessemer(model, prompt, new_tokens, args.compile), args.repeats
+    )
+    h_ttft, h_tps, h_tokens = median_run(lambda: bench_hf(hf, prompt, new_tokens, args.compile), args.repeats)
+
+    where = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(
+        f"device: {where}; torch {torch.__version__}; {str(dtype).removeprefix('torch.')}; compile={args.compile}"
+    )
+    print(
+        f"model: {args.preset or 'cpu-small'} ({cfg.num_params() / 1e6:.0f}M params, {cfg.n_layers} layers, "
+        f"dim {cfg.dim}); prompt {args.prompt_len} tokens, {new_tokens} new tokens, median of {args.repeats}"
+    )
+    bound = peak_bandwidth(device)
+    bound_tps = bound / weight_bytes(model) if bound else None
+    print(f"{'':14}{'TTFT ms':>10}{'decode tok/s':>14}" + (f"{'% of BW bound':>15}" if bound_tps else ""))
+    for name, ttft, tps in (("bessemer", b_ttft, b_tps), ("transformers", h_ttft, h_tps)):
+        extra = f"{100 * tps / bound_tps:>14.1f}%" if bound_tps else ""
+        print(f"{name:14}{ttft * 1e3:>10.1f}{tps:>14.1f}{extra}")
+    print(f"ratio bessemer/transformers: decode {b_tps / h_tps:.2f}x, TTFT {h_ttft / b_ttft:.2f}x faster")
+    if bound_tps:
+        print(f"bandwidth bound: {bound_tps:.0f} tok/s ({weight_bytes(model) / 1e9:.1f} GB of weights)")
+    same = sum(a == b for a, b in zip(b_tokens, h_tokens))
+    print(f"greedy tokens equal to transformers: {same}/{len(b_tokens)}")
+
+    if args.server:
+        streams = [1, 8, 32]
+        tps = bench_server(model, cfg, streams, min(new_tokens, 64), "Once upon a time, in a quiet village,")
+        print(
+            "server (OpenAI API, streaming, continuous batching): "
+            + ", ".join(f"{n} streams {v:.1f} tok/s" for n, v in tps.items())
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Load a model for generate / chat / serve: a Bessemer checkpoint or a Hugging Face folder, with its tokenizer."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bessemer.errors import CheckpointError, ConfigError
+from bessemer.models import Transformer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES |= {"float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class InferenceModel:
+    """A model ready to decode, with what decoding needs around it."""
+
+    model: Transformer
+    tokenizer: object
+    template: str  # the prompt template name (bessemer.templates)
+    family: str
+    name: str  # shown as the model id by the server
+    path: Path
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if not dtype:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_for_inference(
+    path: str | Path, device: str | None = None, dtype: str | None = None, template: str | None = None
+) -> InferenceModel:
+    """Load a Bessemer checkpoint (or run dir) or a Hugging Face folder (config.json, no model.json).
+
+    template: a name from bessemer.templates; default the checkpoint's meta.json "template", else the
+    family's default.
+    """
+    from bessemer.checkpoint import load_model, read_meta, tokenizer_dir
+    from bessemer.templates import check_template, default_template
+    from bessemer.tokenizer import load_tokenizer
+
+    path = Path(path)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if (path / "config.json").is_file() and not (path / "model.json").is_file():
+        return _load_hf(path, dev, dt, template)
+    model, ckpt = load_model(path, device=dev, dtype=dt)
+    meta = read_meta(ckpt)
+    tok_dir = tokenizer_dir(ckpt)
+    if tok_dir is None:
+        raise CheckpointError(
+            f"{ckpt}: no tokenizer/ folder; copy the model's tokenizer files into {ckpt}/tokenizer"
+        )
+    tokenizer = load_tokenizer(tok_dir)
+    family = meta.get("family") or model.config.family
+    name = template or meta.get("template") or default_template(family, tokenizer)
+    return InferenceModel(model, tokenizer, check_template(name), family, _model_name(ckpt), ckpt)
+
+
+def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, template: str | None) -> InferenceModel:
+    import bessemer.hf as hf
+    from bessemer.templates import check_template, default_template
+    from bessemer.tokenizer import load_tokenizer
+
+    loader = getattr(hf, "load_hf_model", None)
+    if loader is not None:
+        model = loader(path, device=device, dtype=dtype)
+        tokenizer = load_tokenizer(path)
+        name = template or default_template(model.config.family, tokenizer)
+        return InferenceModel(
+            model.eval(), tokenizer, check_template(name), model.config.family, path.name, path
+        )
+    # no in-memory loader: convert (streaming, tensor by tensor) into a temporary checkpoint and load that
+    with tempfile.TemporaryDirectory(prefix="bessemer-hf-") as tmp:
+        log.info("%s: converting to a temporary checkpoint", path)
+        hf.convert_from_hf(path, Path(tmp) / "ckpt", template=template)
+        loaded = load_for_inference(Path(tmp) / "ckpt", str(device), _dtype_name(dtype), template)
+    loaded.name, loaded.path = path.name, path
+    return loaded
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def _model_name(ckpt: Path) -> str:
+    ckpt = ckpt.resolve()
+    # a step dir names its run: runs/demo/checkpoints/step-000100 -> "demo"
+    if ckpt.name.startswith("step-") and ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent.name
+    return ckpt.name

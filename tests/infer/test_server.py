@@ -1,0 +1,234 @@
+"""The OpenAI-compatible server driven by the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from bessemer.infer.generate import generate, stop_token_ids
+from bessemer.infer.sampling import SamplingParams
+from tests.infer.server_helpers import running_server, wait_for
+
+openai = pytest.importorskip("openai")
+
+KEY = "sk-test-key"
+PROMPT = "The old lighthouse keeper said"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(loaded):
+    with running_server(
+        loaded,
+        api_key=KEY,
+        max_batch=8,
+        max_queue=64,
+        max_tokens=256,
+        max_prompt_tokens=256,
+        max_body_bytes=16384,
+    ) as (url, engine):
+        yield url, engine
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def reference(loaded, ids: list[int], n: int, stops: list[str] = ()):
+    params = SamplingParams(
+        max_new_tokens=n, stop=list(stops), stop_token_ids=stop_token_ids(loaded.tokenizer, stops)
+    )
+    return generate(loaded.model, [ids], params, loaded.tokenizer)[0]
+
+
+def test_models_and_health(client, server, loaded):
+    assert [m.id for m in client.models.list().data] == [loaded.name]
+    health = httpx.get(server[0] + "/health").json()
+    assert health["status"] == "ok" and health["max_batch"] == 8
+
+
+def test_completion_greedy_equals_generate(client, loaded):
+    want = reference(loaded, loaded.tokenizer.encode(PROMPT), 20)
+    r = client.completions.create(model=loaded.name, prompt=PROMPT, max_tokens=20, temperature=0)
+    assert r.choices[0].text == want.text
+    assert r.choices[0].finish_reason == want.finish_reason == "length"
+    assert r.usage.completion_tokens == len(want.output_ids) == 20
+    assert r.usage.prompt_tokens == len(want.prompt_ids)
+    # prompts may also be token ids
+    r2 = client.completions.create(model=loaded.name, prompt=want.prompt_ids, max_tokens=20, temperature=0)
+    assert r2.choices[0].text == want.text
+
+
+def test_completion_stream_equals_non_stream(client, loaded):
+    full = client.completions.create(model=loaded.name, prompt=PROMPT, max_tokens=24, temperature=0)
+    chunks = list(
+        client.completions.create(
+            model=loaded.name,
+            prompt=PROMPT,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == full.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 24
+
+
+def test_chat_greedy_equals_template_generate(client, loaded):
+    from bessemer.templates import encode_prompt, stop_strings
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    ids = encode_prompt(loaded.tokenizer, loaded.template, messages)
+    want = reference(loaded, ids, 16, stop_strings(loaded.template, loaded.tokenizer))
+    r = client.chat.completions.create(model=loaded.name, messages=messages, max_tokens=16, temperature=0)
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == want.text
+    assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(want.output_ids)
+    stream = client.chat.completions.create(
+        model=loaded.name, messages=messages, max_tokens=16, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+def test_stop_string_cuts_the_text(client, loaded):
+    full = (
+        client.completions.create(model=loaded.name, prompt=PROMPT, max_tokens=24, temperature=0)
+        .choices[0]
+        .text
+    )
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    r = client.completions.create(model=loaded.name, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == full[: full.index(stop)]
+
+
+def test_seeded_sampling_repeats_through_the_server(client, loaded):
+    kw = dict(model=loaded.name, prompt=PROMPT, max_tokens=12, temperature=1.0, top_p=0.9, seed=11)
+    a = client.completions.create(**kw).choices[0].text
+    assert client.completions.create(**kw).choices[0].text == a
+    assert client.completions.create(**{**kw, "seed": 12}).choices[0].text != a
+
+
+def first_event(lines) -> str:
+    """The first SSE data line; `lines` stays open (dropping the iterator would close the connection)."""
+    for line in lines:
+        if line.startswith("data: "):
+            return line
+    raise AssertionError("stream ended without data")
+
+
+def error_of(resp: httpx.Response) -> dict:
+    body = resp.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_api_key_is_required(server, loaded):
+    url = server[0]
+    assert httpx.get(url + "/v1/models").status_code == 401
+    bad = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert bad.status_code == 401 and error_of(bad)["code"] == "invalid_api_key"
+    no_key = openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        no_key.completions.create(model=loaded.name, prompt="hi", max_tokens=2)
+
+
+def test_bad_requests_get_openai_errors(server):
+    url = server[0] + "/v1/completions"
+    headers = {**AUTH, "Content-Type": "application/json"}
+    bad_json = httpx.post(url, content=b'{"prompt": "hi", ', headers=headers)
+    assert bad_json.status_code == 400 and "not valid JSON" in error_of(bad_json)["message"]
+    big = httpx.post(url, content=json.dumps({"prompt": "x" * 20000}).encode(), headers=headers)
+    assert big.status_code == 413 and error_of(big)["code"] == "body_too_large"
+    too_many = httpx.post(url, json={"prompt": "hi", "max_tokens": 257}, headers=AUTH)
+    assert too_many.status_code == 400 and error_of(too_many)["param"] == "max_tokens"
+    long_prompt = httpx.post(url, json={"prompt": "word " * 400, "max_tokens": 4}, headers=AUTH)
+    assert long_prompt.status_code == 400 and error_of(long_prompt)["code"] == "context_length_exceeded"
+    assert httpx.post(url, json={"prompt": "hi", "n": 2}, headers=AUTH).status_code == 400
+    assert httpx.post(url, json={"prompt": "hi", "temperature": "hot"}, headers=AUTH).status_code == 400
+    assert httpx.post(url, json={"prompt": ""}, headers=AUTH).status_code == 400
+    chat = httpx.post(server[0] + "/v1/chat/completions", json={"messages": [{"role": "bot"}]}, headers=AUTH)
+    assert chat.status_code == 400 and error_of(chat)["param"] == "messages"
+
+
+def test_client_disconnect_mid_stream_frees_the_row(server):
+    url, engine = server
+    before = engine.stats()["cancelled"]
+    body = {"prompt": PROMPT, "max_tokens": 256, "temperature": 0, "stream": True, "ignore_eos": True}
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", url + "/v1/completions", json=body, headers=AUTH) as r,
+    ):
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert first_event(lines)
+        assert engine.stats()["active"] == 1
+    wait_for(lambda: engine.stats()["active"] == 0, what="the row to be freed")
+    stats = engine.stats()
+    assert stats["cancelled"] == before + 1 and stats["free_rows"] == stats["max_batch"]
+
+
+def test_concurrent_load_shares_the_batch_without_leaks(client, server, loaded):
+    url, engine = server
+    prompts = [f"Story number {i}:" for i in range(4)]
+    want = {p: reference(loaded, loaded.tokenizer.encode(p), 12).text for p in prompts}
+    steps_before = engine.stats()["steps"]
+
+    def one(i: int) -> str:
+        p = prompts[i % 4]
+        kw = dict(model=loaded.name, prompt=p, max_tokens=12, temperature=0)
+        if i % 2:
+            text = "".join(
+                c.choices[0].text for c in client.completions.create(**kw, stream=True) if c.choices
+            )
+        else:
+            text = client.completions.create(**kw).choices[0].text
+        assert text == want[p], f"request {i}: batching changed the greedy output"
+        return text
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(32)))
+    assert len(results) == 32
+    stats = engine.stats()
+    assert stats["active"] == 0 and stats["queued"] == 0 and stats["free_rows"] == stats["max_batch"]
+    # 32 requests x 12 tokens in far fewer steps than one at a time: they were decoded together
+    assert stats["steps"] - steps_before < 32 * 12 // 2
+
+
+def test_full_queue_answers_429(loaded):
+    with running_server(loaded, max_batch=1, max_queue=1, max_tokens=1000, max_prompt_tokens=24) as (
+        url,
+        engine,
+    ):
+        long = {"prompt": PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True, "ignore_eos": True}
+        short = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0}
+        with httpx.Client(timeout=60) as http:
+            with http.stream("POST", url + "/v1/completions", json=long) as first:
+                lines = first.iter_lines()
+                first_event(lines)
+                queued = {}
+                waiter = threading.Thread(
+                    target=lambda: queued.update(
+                        r=httpx.post(url + "/v1/completions", json=short, timeout=60)
+                    )
+                )
+                waiter.start()
+                wait_for(lambda: engine.stats()["queued"] == 1, what="the second request to queue")
+                third = http.post(url + "/v1/completions", json=short)
+                assert third.status_code == 429
+                assert error_of(third)["type"] == "rate_limit_error"
+            waiter.join(timeout=60)  # the first stream closed: its row went to the queued request
+            assert queued["r"].status_code == 200
+            assert queued["r"].json()["usage"]["completion_tokens"] == 3
+        wait_for(lambda: engine.stats()["active"] == 0, what="rows to empty")
