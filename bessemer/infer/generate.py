@@ -19,9 +19,7 @@ from bessemer.infer.kv_cache import KVCache
 from bessemer.infer.sampling import SamplingParams, sample_next
 from bessemer.models import Transformer
 
-PREFILL_CHUNK = (
-    512  # prompt tokens per forward: bounds the [T, vocab] logits a long prompt would need at once
-)
+PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention mask a long prompt needs at once
 READ_BUCKET = 64  # see KVCache.bucket
 
 
@@ -31,19 +29,14 @@ def prefill(
 ) -> torch.Tensor:
     """Run right-padded prompts [B, T] (padding at position -1) into `cache`; logits [B, V] of each last token."""
     bsz = tokens.shape[0]
-    rows = torch.arange(bsz, device=tokens.device)
     last = (positions >= 0).sum(1) - 1
     out = torch.zeros(bsz, model.config.vocab_size, device=tokens.device)
     for start in range(0, tokens.shape[1], PREFILL_CHUNK):
         stop = start + PREFILL_CHUNK
         idx = (last - start).clamp(0, min(stop, tokens.shape[1]) - start - 1)
-        # only one position per row needs logits: cut the hidden states before the output head
-        # (a [T, vocab] projection would cost as much as the rest of a small model's prefill)
-        handle = model.norm.register_forward_hook(lambda _m, _i, h, idx=idx: h[rows, idx][:, None])
-        try:
-            logits = model(tokens[:, start:stop], positions=positions[:, start:stop], cache=cache)[:, 0]
-        finally:
-            handle.remove()
+        logits = model(
+            tokens[:, start:stop], positions=positions[:, start:stop], cache=cache, logits_index=idx
+        )[:, 0]
         here = (last >= start) & (last < stop)
         out = torch.where(here[:, None], logits.float(), out)
     return out

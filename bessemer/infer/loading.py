@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,29 +74,14 @@ def load_for_inference(
 
 
 def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, template: str | None) -> InferenceModel:
-    import bessemer.hf as hf
-    from bessemer.templates import check_template, default_template
+    from bessemer.hf import hf_default_template, load_hf_model
+    from bessemer.templates import check_template
     from bessemer.tokenizer import load_tokenizer
 
-    loader = getattr(hf, "load_hf_model", None)
-    if loader is not None:
-        model = loader(path, device=device, dtype=dtype)
-        tokenizer = load_tokenizer(path)
-        name = template or default_template(model.config.family, tokenizer)
-        return InferenceModel(
-            model.eval(), tokenizer, check_template(name), model.config.family, path.name, path
-        )
-    # no in-memory loader: convert (streaming, tensor by tensor) into a temporary checkpoint and load that
-    with tempfile.TemporaryDirectory(prefix="bessemer-hf-") as tmp:
-        log.info("%s: converting to a temporary checkpoint", path)
-        hf.convert_from_hf(path, Path(tmp) / "ckpt", template=template)
-        loaded = load_for_inference(Path(tmp) / "ckpt", str(device), _dtype_name(dtype), template)
-    loaded.name, loaded.path = path.name, path
-    return loaded
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(k for k, v in DTYPES.items() if v == dtype)
+    model = load_hf_model(path, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(path)
+    name = template or hf_default_template(path)
+    return InferenceModel(model, tokenizer, check_template(name), model.config.family, path.name, path)
 
 
 def _model_name(ckpt: Path) -> str:

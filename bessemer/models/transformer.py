@@ -71,12 +71,15 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         cache: KVCacheLike | None = None,
+        logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for token ids [B, T] (or hidden states [B, T, dim] into a later pipeline stage).
 
         positions: [B, T] positions (default 0..T-1); -1 marks padding when decoding with a cache.
         doc_ids: [B, T] document number of each token; attention then stays within a document.
         cache: a KV cache; keys of earlier steps come from it.
+        logits_index: [B] one position per row to project (logits [B, 1, vocab]); prefill needs only the last,
+            and a [T, vocab] projection would cost as much as the rest of a small model's prefill.
         """
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         bsz, seq = h.shape[:2]
@@ -88,6 +91,8 @@ class Transformer(nn.Module):
         mask = self._mask(positions, doc_ids, cache, h.dtype)
         for block in self.layers.values():
             h = block(h, rope, mask, cache)
+        if logits_index is not None:
+            h = h[torch.arange(bsz, device=h.device), logits_index][:, None]
         if self.norm is not None:
             h = self.norm(h)
         return self.output(h) if self.output is not None else h

@@ -137,3 +137,14 @@ def test_wrong_wpack_order_or_rotary_layout_would_show(tmp_path):
     with torch.no_grad():
         for wrong in (swapped, permuted):
             assert (llama_reference(wrong)(x).logits - ours).abs().max() > 1e-3
+
+
+def test_load_hf_model_in_memory_equals_converted_checkpoint(tmp_path):
+    from bessemer.hf import load_hf_model
+
+    write_baichuan_folder(tmp_path / "hf", alibi=False, shards=2)
+    x = tokens()
+    direct = load_hf_model(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.equal(direct(x), converted_logits(tmp_path / "hf", tmp_path / "ck", x))
+    assert load_hf_model(tmp_path / "hf", dtype=torch.bfloat16).output.weight.dtype == torch.bfloat16

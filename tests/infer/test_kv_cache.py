@@ -62,3 +62,16 @@ def test_bucketed_reads_and_row_views_match_the_full_cache():
         assert torch.allclose(a, b, atol=1e-5)
     bucketed.reset_rows([1])
     assert (bucketed.key_positions[1] == -1).all() and (bucketed.key_positions[0, :13] >= 0).all()
+
+
+def test_logits_index_projects_one_position_per_row():
+    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64)
+    model = build_model(cfg, seed=0).eval()
+    tokens = torch.randint(0, 101, (2, 10))
+    with torch.no_grad():
+        full = model(tokens)
+        picked = model(tokens, logits_index=torch.tensor([9, 4]))
+    assert picked.shape == (2, 1, 101)
+    assert torch.allclose(picked[0, 0], full[0, 9], atol=1e-6) and torch.allclose(
+        picked[1, 0], full[1, 4], atol=1e-6
+    )

@@ -1,0 +1,51 @@
+"""Load a Hugging Face folder straight into a model (for chat/serve/generate), tensor by tensor, no temp files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bessemer.hf.adapter import ImportOptions, expected_shapes, read_hf_config
+from bessemer.hf.convert import _check_import
+from bessemer.hf.families import detect
+from bessemer.hf.weights import open_hf_weights
+from bessemer.models import Transformer, build_model
+
+
+def load_hf_model(
+    hf_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    position: str | None = None,
+) -> Transformer:
+    """The model of an HF folder, with the same checks and transforms as `bessemer convert --from-hf`."""
+    hf_dir = Path(hf_dir)
+    where = hf_dir / "config.json"
+    hf = read_hf_config(hf_dir)
+    adapter = detect(hf, where)
+    cfg = adapter.config_from_hf(hf, where, ImportOptions(position=position, name_hint=hf_dir.resolve().name))
+    model = build_model(cfg, device="meta")
+    model.to_empty(device=device)
+    model.init_weights(buffer_device=torch.device(device))  # buffers; every parameter is overwritten below
+    if dtype is not None:
+        model.to(dtype)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with open_hf_weights(hf_dir) as reader:
+        shapes = expected_shapes(cfg)
+        for move in _check_import(adapter, cfg, shapes, reader, where):
+            outputs = move.to_ours([reader.get(n) for n in move.hf], [shapes[n] for n in move.ours])
+            with torch.no_grad():
+                for name, tensor in zip(move.ours, outputs):
+                    params[name].copy_(tensor)
+    return model.eval()
+
+
+def hf_default_template(hf_dir: str | Path) -> str:
+    """The chat template `bessemer convert` would record for this folder (Vicuna by name, else by family)."""
+    hf_dir = Path(hf_dir)
+    hf = read_hf_config(hf_dir)
+    adapter = detect(hf, hf_dir / "config.json")
+    opts = ImportOptions(name_hint=hf_dir.resolve().name)
+    return adapter.default_template(adapter.config_from_hf(hf, hf_dir / "config.json", opts), hf, opts)
