@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *overrides]
     verbose = args.verbose or os.environ.get("BESSEMER_DEBUG") == "1"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
     try:
         return int(args._run(args) or 0)
     except BessemerError as exc:

@@ -204,10 +204,11 @@ class PackedBatches:
         self.vocab_size = vocab_size
         self.reset_positions = bool(data.reset_positions)
         self.micro_batches_per_step = global_batch_size // (micro_batch_size * dp_size)
+        # open first: a missing dataset is one error, not a warning about its missing meta.json and then the error
+        sources = [_Source(str(p), i, data.split, split, seq_len, seed) for i, p in enumerate(data.paths)]
         self._metas = [read_meta(p) for p in data.paths]
         for p, meta in zip(data.paths, self._metas):
             _check_meta(p, meta, vocab_size, tokenizer_fingerprint)
-        sources = [_Source(str(p), i, data.split, split, seq_len, seed) for i, p in enumerate(data.paths)]
         weights = list(data.weights) if data.weights else [s.num_tokens for s in sources]
         for s, w in zip(sources, weights):
             if w > 0 and s.samples_per_epoch == 0:
