@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(cfg.train.out_dir)
 
     console.rule("[bold]4/4 generate")
+    console.print(f"[dim]prompt:[/dim] {args.prompt}", soft_wrap=True)
     rc = bessemer(
         [
             "generate",
@@ -101,6 +102,7 @@ Try next:
   bessemer chat --checkpoint {run_dir}
   bessemer serve --checkpoint {run_dir}          # OpenAI-compatible, on 127.0.0.1:8000
   bessemer train --config {args.config} --resume --steps {cfg.train.steps + 100}
-  tensorboard --logdir {run_dir}/tensorboard"""
+  tensorboard --logdir {run_dir}/tensorboard""",
+        soft_wrap=True,
     )
     return 0

@@ -17,7 +17,8 @@ VERBS = ("demo", "prepare", "convert", "train", "generate", "chat", "serve", "be
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bessemer", description="Prepare, convert, train, generate, serve and evaluate open LLMs."
+        prog="bessemer",
+        description="Prepare data, convert weights, train, generate, chat, serve and benchmark open LLMs.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)

@@ -58,7 +58,7 @@ def load_for_inference(
     path = Path(path)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    if (path / "config.json").is_file() and not (path / "model.json").is_file():
+    if _is_hf_folder(path):
         return _load_hf(path, dev, dt, template)
     model, ckpt = load_model(path, device=dev, dtype=dt)
     meta = read_meta(ckpt)
@@ -71,6 +71,13 @@ def load_for_inference(
     family = meta.get("family") or model.config.family
     name = template or meta.get("template") or default_template(family, tokenizer)
     return InferenceModel(model, tokenizer, check_template(name), family, _model_name(ckpt), ckpt)
+
+
+def _is_hf_folder(path: Path) -> bool:
+    """An HF model folder has config.json and weights; a Bessemer checkpoint or run dir has model.json / checkpoints/."""
+    if (path / "model.json").is_file() or (path / "checkpoints").is_dir():
+        return False
+    return (path / "config.json").is_file()
 
 
 def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, template: str | None) -> InferenceModel:

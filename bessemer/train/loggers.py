@@ -60,9 +60,9 @@ class MetricsWriter:
             if self._progress is not None:
                 self._progress.update(self._task, completed=step, info=line.split("  ", 1)[1])
                 if step % max(self.cfg.interval * 10, 1) == 0 or step == self.total_steps:
-                    self._progress.console.print(line)
+                    self._progress.console.print(line, soft_wrap=True)
             else:
-                self.console.print(line)
+                self.console.print(line, soft_wrap=True)
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -277,7 +277,7 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.train
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+            atomic_write_text(self.out_dir / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         if cfg.checkpoint.resume:
             latest = self.checkpoints.latest()
             if latest is not None:

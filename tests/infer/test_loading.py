@@ -41,3 +41,13 @@ def test_hf_folder_loads_and_decodes_like_transformers(tmp_path, demo_tokenizer_
     with torch.no_grad():
         ref = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10, min_new_tokens=10)
     assert ours == ref[0, len(prompt) :].tolist()
+
+
+def test_a_run_dir_is_not_taken_for_an_hf_folder(tmp_path):
+    from bessemer.infer.loading import _is_hf_folder
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text("{}")  # older runs kept their job config under this name
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert not _is_hf_folder(tmp_path / "run") and _is_hf_folder(tmp_path / "hf")
