@@ -8,7 +8,7 @@ from bessemer.templates import (
     encode_prompt,
     stop_strings,
 )
-from tests.data.conftest import tokenizer, tokenizer_dir  # noqa: F401 - session fixtures
+from tests.data.conftest import tokenizer_dir  # noqa: F401 - session fixture
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: the real demo tokenizer (built once per session) and small indexed datasets."""
+"""Fixtures for the data tests: the demo tokenizer folder (tests/conftest.py builds it) and small datasets."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ from bessemer.data.indexed import IndexedDatasetWriter
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory):
-    from bessemer.assets import build_demo_tokenizer
-
-    return build_demo_tokenizer(tmp_path_factory.mktemp("tok") / "demo")
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tokenizer_dir):
-    from bessemer.tokenizer import load_tokenizer
-
-    return load_tokenizer(tokenizer_dir)
+def tokenizer_dir(demo_tokenizer_dir):
+    return demo_tokenizer_dir
 
 
 def write_dataset(prefix, docs, dtype=np.uint16, masks=None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,22 +11,17 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from tests.train.conftest import synthetic_dataset, tiny_overrides  # noqa: F401 (fixture re-exported)
+from tests.train.conftest import (  # noqa: F401 (fixture and helpers re-exported)
+    losses,
+    synthetic_dataset,
+    tiny_overrides,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
-
-
-def write_config(path: Path, overrides: list[str]) -> Path:
-    sections: dict[str, list[str]] = {}
-    for item in overrides:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        sections.setdefault(section, []).append(f"{name} = {value}")
-    path.write_text("".join(f"[{s}]\n" + "\n".join(lines) + "\n\n" for s, lines in sections.items()))
-    return path
 
 
 def worker_env() -> dict[str, str]:
@@ -72,14 +66,6 @@ def torchrun(nproc: int, module_args: list[str], timeout: float = 240) -> subpro
 
 def train(nproc: int, config: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return torchrun(nproc, ["bessemer", "train", "--config", str(config), *extra], timeout=timeout)
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
-    return out
 
 
 def children(pid: int) -> list[int]:

@@ -10,20 +10,6 @@ import torch
 from bessemer.models import build_model, get_preset
 
 
-@pytest.fixture(scope="session")
-def demo_tokenizer_dir(tmp_path_factory):
-    from bessemer.assets import build_demo_tokenizer
-
-    return build_demo_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer")
-
-
-@pytest.fixture(scope="session")
-def tokenizer(demo_tokenizer_dir):
-    from bessemer.tokenizer import load_tokenizer
-
-    return load_tokenizer(demo_tokenizer_dir)
-
-
 def write_checkpoint(out, tokenizer_dir, template: str = "chatml", **overrides):
     """A Bessemer checkpoint of random weights: model.json, model/model.safetensors, meta.json, tokenizer/."""
     import shutil

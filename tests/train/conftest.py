@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -39,3 +42,23 @@ def tiny_overrides(data: str, out_dir, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def write_config(path: Path, overrides: list[str]) -> Path:
+    """A TOML file holding `section.key=value` overrides, for CLI and torchrun runs."""
+    sections: dict[str, list[str]] = {}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        sections.setdefault(section, []).append(f"{name} = {value}")
+    path.write_text("".join(f"[{s}]\n" + "\n".join(lines) + "\n\n" for s, lines in sections.items()))
+    return path
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Per-step loss from metrics.jsonl; after a resume the last record of a step wins."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,26 +16,7 @@ from bessemer.cli.main import main
 from bessemer.config import load_config
 from bessemer.errors import ConfigError
 from bessemer.train.trainer import Trainer, TrainingError
-from tests.train.conftest import tiny_overrides
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    """Per-step loss from metrics.jsonl; after a resume the last record of a step wins."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
-    return out
-
-
-def write_config(path: Path, overrides: list[str]) -> Path:
-    sections: dict[str, list[str]] = {}
-    for item in overrides:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        sections.setdefault(section, []).append(f"{name} = {value}")
-    path.write_text("".join(f"[{s}]\n" + "\n".join(lines) + "\n\n" for s, lines in sections.items()))
-    return path
+from tests.train.conftest import losses, tiny_overrides, write_config
 
 
 def test_loss_falls_and_checkpoints_are_complete(synthetic_dataset, tmp_path):
@@ -172,16 +152,16 @@ def test_layout_that_does_not_divide_is_refused(synthetic_dataset, tmp_path):
         Trainer(load_config(None, [*tiny_overrides(synthetic_dataset, tmp_path / "r"), "parallel.tp=2"]))
 
 
-def test_dataset_prepared_with_another_tokenizer_is_refused(synthetic_dataset, tmp_path, capsys):
+def test_dataset_prepared_with_another_tokenizer_is_refused(
+    synthetic_dataset, demo_tokenizer_dir, tmp_path, capsys
+):
     import shutil
-
-    from bessemer.assets import build_demo_tokenizer
 
     prefix = tmp_path / "seq"
     for ext in (".bin", ".idx"):
         shutil.copy(synthetic_dataset + ext, str(prefix) + ext)
     (tmp_path / "seq.meta.json").write_text(json.dumps({"tokenizer_fingerprint": "0123456789abcdef"}))
-    tok = build_demo_tokenizer(tmp_path / "tok")
+    tok = demo_tokenizer_dir
     cfg = write_config(tmp_path / "c.toml", tiny_overrides(str(prefix), tmp_path / "r"))
     rc, err = run_cli(["train", "--config", str(cfg), f"--data.tokenizer={str(tok)!r}"], capsys)
     assert rc == 2 and "0123456789abcdef" in err and "bessemer prepare" in err and len(err.splitlines()) == 1
