@@ -87,7 +87,9 @@ class Handler:
         if not texts:
             return []
         if self.backend is not None:
-            return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=True)]
+            # encode_batch_fast skips character offsets, which we never use (tokenizers >= 0.21)
+            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+            return [e.ids for e in encode(texts, add_special_tokens=True)]
         return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
 
     def _guard(self, loc, skip_bad, fn, row):

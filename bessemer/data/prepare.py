@@ -16,6 +16,7 @@ and PREFIX.meta.json lists them; `merge` joins prepared datasets into one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -165,13 +166,13 @@ class Encoder:
             lengths.append(len(ids))
             if self.handler.is_sft:
                 mask_parts.append(list(mask) + [0] * len(eod))
-        flat = np.fromiter((t for d in ids_parts for t in d), dtype=np.int64, count=sum(lengths))
+        flat = np.fromiter(itertools.chain.from_iterable(ids_parts), dtype=np.int64, count=sum(lengths))
         if flat.size and (flat.min() < 0 or flat.max() > np.iinfo(self.dtype).max):
             raise DataError(
                 f"{o.tokenizer}: token id {int(flat.max())} does not fit {self.dtype}; report this"
             )
         masks = (
-            np.fromiter((m for d in mask_parts for m in d), dtype=np.uint8, count=sum(lengths))
+            np.fromiter(itertools.chain.from_iterable(mask_parts), dtype=np.uint8, count=sum(lengths))
             if self.handler.is_sft
             else None
         )
