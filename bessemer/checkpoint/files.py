@@ -37,9 +37,14 @@ def temp_dir_for(final: Path) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    # read, not set-and-restore: os.umask would change it for every thread of the process meanwhile
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def publish_dir(tmp: Path, final: Path, overwrite: bool = False) -> None:

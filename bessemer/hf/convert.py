@@ -88,31 +88,11 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
     tmp = temp_dir_for(out)
     try:
         yield tmp
-        _usual_permissions(tmp)
         check_output(out, overwrite)
         publish_dir(tmp, out, overwrite=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _usual_permissions(root: Path) -> None:
-    """Temporary names are created private (0700/0600); give the finished output the umask's permissions."""
-    umask = _umask()
-    root.chmod(0o777 & ~umask)
-    for path in root.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _umask() -> int:
-    # read, not set-and-restore: os.umask would change it for every thread of the process meanwhile
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
 
 
 def _dtype(option: str) -> torch.dtype | None:
