@@ -79,9 +79,7 @@ def load_model(
     """Build the model a checkpoint describes and load its weights; returns (model in eval mode, checkpoint dir)."""
     ckpt = resolve_checkpoint(path)
     cfg = ModelConfig.load(ckpt / "model.json")
-    model = build_model(cfg, device="meta")
-    model.to_empty(device=device)
-    model.init_weights(buffer_device=torch.device(device))  # buffers; parameters are overwritten below
+    model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
     state = {k: v for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         state.pop("output.weight", None)

@@ -26,9 +26,7 @@ def load_hf_model(
     hf = read_hf_config(hf_dir)
     adapter = detect(hf, where)
     cfg = adapter.config_from_hf(hf, where, ImportOptions(position=position, name_hint=hf_dir.resolve().name))
-    model = build_model(cfg, device="meta")
-    model.to_empty(device=device)
-    model.init_weights(buffer_device=torch.device(device))  # buffers; every parameter is overwritten below
+    model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
     if dtype is not None:
         model.to(dtype)
     params = dict(model.named_parameters(remove_duplicate=False))
