@@ -148,18 +148,22 @@ def _jsonl(path: Path, skip_bad: bool, stats: ReadStats):
                         ) from exc
                     _bad(stats, "malformed JSON", loc)
                     continue
-                if not isinstance(row, dict):
-                    if not skip_bad:
-                        raise DataError(
-                            f"{loc}: a JSON {type(row).__name__}, not an object; fix it or pass --skip-bad"
-                        )
-                    _bad(stats, "not a JSON object", loc)
-                    continue
-                yield loc, row
+                if _is_object(row, loc, skip_bad, stats):
+                    yield loc, row
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from exc
         except (OSError, EOFError) as exc:
             raise DataError(f"{path}: cannot be read ({exc}); check the file (a truncated .gz?)") from exc
+
+
+def _is_object(row, loc: str, skip_bad: bool, stats: ReadStats) -> bool:
+    """A row must be a JSON object; anything else stops the run, or is counted and skipped with --skip-bad."""
+    if isinstance(row, dict):
+        return True
+    if not skip_bad:
+        raise DataError(f"{loc}: a JSON {type(row).__name__}, not an object; fix it or pass --skip-bad")
+    _bad(stats, "not a JSON object", loc)
+    return False
 
 
 def _json(path: Path, skip_bad: bool, stats: ReadStats):
@@ -178,14 +182,8 @@ def _json(path: Path, skip_bad: bool, stats: ReadStats):
         )
     for n, row in enumerate(data, 1):
         loc = f"{path}:item {n}"
-        if not isinstance(row, dict):
-            if not skip_bad:
-                raise DataError(
-                    f"{loc}: a JSON {type(row).__name__}, not an object; fix it or pass --skip-bad"
-                )
-            _bad(stats, "not a JSON object", loc)
-            continue
-        yield loc, row
+        if _is_object(row, loc, skip_bad, stats):
+            yield loc, row
 
 
 def _txt(path: Path, mode: str):
