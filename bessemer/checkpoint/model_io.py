@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
 
+from bessemer.checkpoint import safe_dcp
 from bessemer.checkpoint.files import single_process_quiet
-from bessemer.checkpoint.layout import resolve_checkpoint
-from bessemer.errors import CheckpointError
+from bessemer.checkpoint.layout import STATE_DIR, WEIGHTS_DIR, load_model_config, resolve_checkpoint
+from bessemer.errors import CheckpointError, ConfigError
 from bessemer.models import ModelConfig, Transformer, build_model
 
 log = logging.getLogger(__name__)
@@ -19,24 +21,23 @@ log = logging.getLogger(__name__)
 def load_model_state(ckpt: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
     """Fill `state_dict` (plain tensors or DTensors, any sharding) in place from checkpoint `ckpt`."""
     ckpt = Path(ckpt)
-    try:
-        if (ckpt / "state" / ".metadata").is_file():
-            reader = dcp.FileSystemReader(str(ckpt / "state"))
-            check_shapes(ckpt, state_dict, _dcp_shapes(reader, prefix="model."))
+    state_dir, weights_dir = ckpt / STATE_DIR, ckpt / WEIGHTS_DIR
+    if (state_dir / safe_dcp.METADATA).is_file():
+        check_shapes(ckpt, state_dict, safe_dcp.dcp_shapes(state_dir, prefix="model."))
+        safe_dcp.load({"model": state_dict}, state_dir)
+    elif weights_dir.is_dir() and any(weights_dir.glob("*.safetensors")):
+        check_shapes(ckpt, state_dict, _safetensors_shapes(weights_dir))
+        try:
             with single_process_quiet():
-                dcp.load({"model": state_dict}, storage_reader=reader)
-        elif (ckpt / "model").is_dir() and any((ckpt / "model").glob("*.safetensors")):
-            check_shapes(ckpt, state_dict, _safetensors_shapes(ckpt / "model"))
-            with single_process_quiet():
-                dcp.load(state_dict, storage_reader=dcp.HuggingFaceStorageReader(str(ckpt / "model")))
-        else:
+                dcp.load(state_dict, storage_reader=dcp.HuggingFaceStorageReader(str(weights_dir)))
+        except Exception as exc:  # DCP's own errors are long; keep the cause but say what to do
             raise CheckpointError(
-                f"{ckpt}: no weights (state/.metadata or model/*.safetensors); the checkpoint is incomplete"
-            )
-    except CheckpointError:
-        raise
-    except Exception as exc:  # DCP's own errors are long; keep the cause but say what to do
-        raise CheckpointError(f"{ckpt}: could not load weights ({str(exc).splitlines()[0][:200]})") from exc
+                f"{ckpt}: could not load weights ({str(exc).splitlines()[0][:200]})"
+            ) from exc
+    else:
+        raise CheckpointError(
+            f"{ckpt}: no weights (state/.metadata or model/*.safetensors); the checkpoint is incomplete"
+        )
 
 
 def check_shapes(ckpt: Path, wanted: dict[str, torch.Tensor], stored: dict[str, tuple]) -> None:
@@ -53,24 +54,43 @@ def check_shapes(ckpt: Path, wanted: dict[str, torch.Tensor], stored: dict[str, 
             )
 
 
-def _dcp_shapes(reader, prefix: str) -> dict[str, tuple]:
-    meta = reader.read_metadata()
-    return {
-        k[len(prefix) :]: tuple(v.size)
-        for k, v in meta.state_dict_metadata.items()
-        if k.startswith(prefix) and hasattr(v, "size")
-    }
-
-
 def _safetensors_shapes(folder: Path) -> dict[str, tuple]:
-    from safetensors import safe_open
+    """Shapes from each shard's header, validated strictly (and confined to the folder) before DCP opens it."""
+    from bessemer.errors import BessemerError
+    from bessemer.hf.weights import SafetensorsReader
 
-    shapes = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                shapes[key] = tuple(f.get_slice(key).get_shape())
-    return shapes
+    try:
+        with SafetensorsReader(folder) as reader:
+            return {name: info.shape for name, info in reader.infos().items()}
+    except CheckpointError:
+        raise
+    except BessemerError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def check_fits_in_memory(cfg: ModelConfig, device: str | torch.device, dtype: torch.dtype | None) -> None:
+    """Refuse, before allocating, a model larger than this machine's memory (CPU) or device memory."""
+    itemsize = (dtype or torch.float32).itemsize
+    need = cfg.num_params() * max(itemsize, 4)  # built in fp32, cast afterwards
+    device = torch.device(device)
+    if device.type == "cpu":
+        have = _physical_memory()
+    elif device.type == "cuda" and torch.cuda.is_available():
+        have = torch.cuda.mem_get_info(device)[1]
+    else:
+        return
+    if have and need > have:
+        raise ConfigError(
+            f"model: {cfg.num_params():,} parameters need {need / 2**30:.1f} GiB, {device.type} has "
+            f"{have / 2**30:.1f} GiB; use a smaller model or a machine with more memory"
+        )
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def load_model(
@@ -78,8 +98,14 @@ def load_model(
 ) -> tuple[Transformer, Path]:
     """Build the model a checkpoint describes and load its weights; returns (model in eval mode, checkpoint dir)."""
     ckpt = resolve_checkpoint(path)
-    cfg = ModelConfig.load(ckpt / "model.json")
-    model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
+    cfg = load_model_config(ckpt)
+    check_fits_in_memory(cfg, device, dtype)
+    try:
+        model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise ConfigError(
+            f"{ckpt}/model.json: the model does not fit in {device} memory; use a machine with more"
+        ) from exc
     state = {k: v for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         state.pop("output.weight", None)

@@ -12,6 +12,7 @@ from typing import Any
 import tomllib
 
 from bessemer.config.schema import JobConfig
+from bessemer.config.validate import check_finite, check_ranges
 from bessemer.errors import ConfigError
 
 
@@ -28,13 +29,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc}); fix the line it names") from exc
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise ConfigError(
+                f"{path}: not a readable TOML file ({type(exc).__name__}); save it as UTF-8"
+            ) from exc
     for item in overrides or []:
         key, value = parse_override(item)
         section, _, name = key.partition(".")
         if not name:
             raise ConfigError(f"override {item!r}: write it as section.key=value, e.g. optim.lr=3e-4")
         raw.setdefault(section, {})[name] = value
-    return from_dict(JobConfig, raw, where)
+    cfg = from_dict(JobConfig, raw, where)
+    check_ranges(cfg, where)
+    return cfg
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -45,7 +52,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, value = item.split("=", 1)
     try:
         return key.strip(), tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return key.strip(), value
 
 
@@ -89,7 +96,7 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
             return value.lower() == "true"
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return check_finite(float(value), name)
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -23,7 +23,6 @@ class DataSection:
     split: str = "98,1,1"  # train,valid,test ratio of documents
     tokenizer: str = ""  # folder; default: the one recorded in the dataset's meta.json
     reset_positions: bool = False  # restart positions and attention at document boundaries
-    num_workers: int = 0
 
 
 @dataclass
@@ -85,7 +84,6 @@ class TrainSection:
     device: str = "auto"
     finetune: str = ""  # checkpoint whose weights start training, with a fresh optimizer and schedule
     nan_policy: str = "stop"  # stop, skip
-    deterministic: bool = True
 
 
 @dataclass
@@ -93,7 +91,7 @@ class CheckpointSection:
     interval: int = 500
     keep: int = 3  # newest step dirs kept; 0 keeps all
     resume: bool = False
-    async_save: bool = False
+    async_save: bool = False  # write shards in the background (torch.distributed.checkpoint.async_save)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bessemer.errors import BessemerError, ConversionError
+from bessemer.hf.config_check import check_hf_numbers
 from bessemer.models import ModelConfig, build_model
 
 KINDS = ("rename", "pack_rows", "norm_rows")
@@ -135,10 +136,11 @@ def read_hf_config(folder: Path) -> dict:
         raise ConversionError(f"{path}: not found; a Hugging Face model folder needs its config.json")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConversionError(f"{path}: not valid JSON ({exc}); download it again") from exc
     if not isinstance(raw, dict):
         raise ConversionError(f"{path}: not a JSON object; download it again")
+    check_hf_numbers(raw, path)
     return raw
 
 

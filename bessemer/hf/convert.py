@@ -8,20 +8,29 @@ its dtype is copied byte for byte from its safetensors source (in the kernel whe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import shutil
+import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-from bessemer.checkpoint.files import atomic_write_text, publish_dir, temp_dir_for
-from bessemer.checkpoint.layout import FORMAT, VERSION, read_meta, resolve_checkpoint, tokenizer_dir
+from bessemer.checkpoint.files import atomic_write_text
+from bessemer.checkpoint.layout import (
+    TOKENIZER_DIR,
+    WEIGHTS_DIR,
+    load_model_config,
+    read_meta,
+    resolve_checkpoint,
+    save_model_config,
+    tokenizer_dir,
+    write_meta,
+)
+from bessemer.checkpoint.manifest import write_manifest
+from bessemer.checkpoint.outputs import check_output, staged_output
 from bessemer.errors import BessemerError, ConversionError
 from bessemer.hf.adapter import (
     IGNORED_SUFFIXES,
@@ -66,39 +75,21 @@ class ConvertResult:
     seconds: float
 
 
-# -- output directories -----------------------------------------------------------------------------------
-
-
-def check_output(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Refuse an --out that already holds something (unless overwrite) or that is one of the inputs."""
-    out = Path(out)
-    for src in inputs:
-        if out.resolve() == Path(src).resolve():
-            raise ConversionError(f"{out}: is also the input; write to another --out")
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConversionError(
-            f"{out}: already exists and is not empty; pass --overwrite or pick another --out"
-        )
-
-
-@contextlib.contextmanager
-def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary directory beside `out`, renamed onto it when the block completes, removed on any error."""
-    out = Path(out)
-    tmp = temp_dir_for(out)
-    try:
-        yield tmp
-        check_output(out, overwrite)
-        publish_dir(tmp, out, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _dtype(option: str) -> torch.dtype | None:
     if option not in DTYPE_CHOICES:
         raise ConversionError(f"--dtype {option!r} is unknown; use one of {', '.join(DTYPE_CHOICES)}")
     return DTYPE_CHOICES[option]
+
+
+def check_weights_hold(cfg: ModelConfig, reader: WeightReader, where: Path) -> None:
+    """Refuse a config that needs more parameters than the weight files hold, before building any shape."""
+    held = sum(math.prod(info.shape) for info in reader.infos().values())
+    need = cfg.num_params()
+    if need > held:
+        raise ConversionError(
+            f"{where}: describes {need:,} parameters ({cfg.n_layers} layers), the weights in {reader.where} hold "
+            f"{held:,}; use the config.json that came with these weights"
+        )
 
 
 # -- the tensor plan --------------------------------------------------------------------------------------
@@ -237,27 +228,27 @@ def convert_from_hf(
 
         check_template(template)
     with open_hf_weights(hf_dir) as reader:
+        check_weights_hold(cfg, reader, where)
         shapes = expected_shapes(cfg)
         moves = _check_import(adapter, cfg, shapes, reader, where)
         tensors = _plan(moves, reader, shapes, cast, export=False)
-        with staged_output(out, overwrite) as tmp:
-            write_sharded(tmp / "model", tensors, size)
-            cfg.save(tmp / "model.json")
-            copied = copy_tokenizer_files(hf_dir, tmp / "tokenizer")
+        with staged_output(out, overwrite, "convert --from-hf", (hf_dir,)) as tmp:
+            write_sharded(tmp / WEIGHTS_DIR, tensors, size)
+            save_model_config(cfg, tmp)
+            copied = copy_tokenizer_files(hf_dir, tmp / TOKENIZER_DIR)
             if not copied:
-                (tmp / "tokenizer").rmdir()
+                (tmp / TOKENIZER_DIR).rmdir()
                 log.warning("%s: no tokenizer files; the checkpoint carries none", hf_dir)
-            meta = {
-                "format": FORMAT,
-                "version": VERSION,
-                "step": 0,
-                "family": cfg.family,
-                "template": template,
-                "source": str(hf_dir.resolve()),
-                "hf_architecture": adapter.architectures[0],
-                "hf_token_ids": {k: hf[k] for k in TOKEN_ID_KEYS if hf.get(k) is not None},
-            }
-            atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+            write_meta(
+                tmp,
+                0,
+                family=cfg.family,
+                template=template,
+                source=str(hf_dir.resolve()),
+                hf_architecture=adapter.architectures[0],
+                hf_token_ids={k: hf[k] for k in TOKEN_ID_KEYS if hf.get(k) is not None},
+            )
+            write_manifest(tmp)
     nbytes = sum(t.nbytes for t in tensors)
     seconds = time.perf_counter() - start
     log.info(
@@ -306,12 +297,12 @@ def convert_to_hf(
 ) -> ConvertResult:
     """Export a Bessemer checkpoint (model/ safetensors or state/ DCP) as a Hugging Face model folder."""
     start = time.perf_counter()
-    out = Path(out)
+    out, ckpt_arg = Path(out), ckpt
     ckpt = resolve_checkpoint(ckpt)
-    check_output(out, overwrite, (ckpt,))
+    check_output(out, overwrite, (Path(ckpt_arg), ckpt))
     cast = _dtype(dtype)
     size = parse_size(shard_size)
-    cfg = ModelConfig.load(ckpt / "model.json")
+    cfg = load_model_config(ckpt)
     meta = read_meta(ckpt)
     adapter = for_export(cfg.family, as_layout)
     try:
@@ -336,13 +327,13 @@ def convert_to_hf(
         main_dtype = cast or infos["tok_embeddings.weight"].dtype
         token_ids = _token_ids(ckpt, meta)
         config = adapter.config_to_hf(cfg, main_dtype, token_ids)
-        with staged_output(out, overwrite) as tmp:
+        with staged_output(out, overwrite, "convert --to-hf", (Path(ckpt_arg), ckpt)) as tmp:
             write_sharded(tmp, tensors, size)
             atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
             generation = {k: v for k, v in token_ids.items() if k in TOKEN_ID_KEYS}
             atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
             if tokenizer_dir(ckpt) is not None:
-                copy_tokenizer_files(ckpt / "tokenizer", tmp)
+                copy_tokenizer_files(ckpt / TOKENIZER_DIR, tmp)
     nbytes = sum(t.nbytes for t in tensors)
     seconds = time.perf_counter() - start
     log.info(
@@ -357,4 +348,12 @@ def convert_to_hf(
     return ConvertResult(out, cfg.family, len(tensors), nbytes, seconds)
 
 
-__all__ = ["DTYPE_CHOICES", "ConvertResult", "convert_from_hf", "convert_to_hf", "dtype_name"]
+__all__ = [
+    "DTYPE_CHOICES",
+    "ConvertResult",
+    "check_output",
+    "convert_from_hf",
+    "convert_to_hf",
+    "dtype_name",
+    "staged_output",
+]

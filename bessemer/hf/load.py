@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from bessemer.checkpoint.model_io import check_fits_in_memory
 from bessemer.hf.adapter import ImportOptions, expected_shapes, read_hf_config
-from bessemer.hf.convert import _check_import
+from bessemer.hf.convert import _check_import, check_weights_hold
 from bessemer.hf.families import detect
 from bessemer.hf.weights import open_hf_weights
 from bessemer.models import Transformer, build_model
@@ -26,11 +27,13 @@ def load_hf_model(
     hf = read_hf_config(hf_dir)
     adapter = detect(hf, where)
     cfg = adapter.config_from_hf(hf, where, ImportOptions(position=position, name_hint=hf_dir.resolve().name))
-    model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
-    if dtype is not None:
-        model.to(dtype)
-    params = dict(model.named_parameters(remove_duplicate=False))
     with open_hf_weights(hf_dir) as reader:
+        check_weights_hold(cfg, reader, where)  # before building: a config must not outgrow its weights
+        check_fits_in_memory(cfg, device, dtype)
+        model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
+        if dtype is not None:
+            model.to(dtype)
+        params = dict(model.named_parameters(remove_duplicate=False))
         shapes = expected_shapes(cfg)
         for move in _check_import(adapter, cfg, shapes, reader, where):
             outputs = move.to_ours([reader.get(n) for n in move.hf], [shapes[n] for n in move.ours])

@@ -38,7 +38,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
-_MAX_HEADER = 100 * 1024 * 1024
+_MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library enforces
+_MAX_DIMS = 16
 _COPY_CHUNK = 64 * 1024 * 1024
 
 
@@ -57,54 +58,103 @@ class TensorInfo:
 
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
-    """The tensors of one safetensors file; refuses a damaged or truncated file with a one-line reason."""
+    """The tensors of one safetensors file, validated as strictly as the `safetensors` library does.
+
+    The header must be a JSON object of entries {dtype, shape, data_offsets} whose byte ranges, in order,
+    tile the data section exactly: no gap, no overlap (two tensors sharing bytes), nothing after the end.
+    Anything else is refused with one line naming the file and the tensor.
+    """
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise ConversionError(f"{path}: truncated safetensors file ({size} bytes); download it again")
-        (n,) = struct.unpack("<Q", raw)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise ConversionError(
-                f"{path}: truncated or not a safetensors file (header of {n} bytes, file of {size}); "
-                "download it again"
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConversionError(
-                f"{path}: damaged safetensors header ({exc}); download the file again"
-            ) from exc
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ConversionError(f"{path}: truncated safetensors file ({size} bytes); download it again")
+            (n,) = struct.unpack("<Q", raw)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise ConversionError(
+                    f"{path}: truncated or not a safetensors file (its header length does not fit the file "
+                    f"of {size} bytes); download it again"
+                )
+            text = f.read(n)
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from exc
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConversionError(
+            f"{path}: damaged safetensors header ({type(exc).__name__}); download the file again"
+        ) from exc
     if not isinstance(header, dict):
-        raise ConversionError(f"{path}: damaged safetensors header; download the file again")
-    header.pop("__metadata__", None)
+        raise ConversionError(f"{path}: damaged safetensors header (not an object); download the file again")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise ConversionError(f"{path}: __metadata__ must map strings to strings; the file is damaged")
     base = 8 + n
     out: dict[str, TensorInfo] = {}
-    end_max = 0
+    spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            start, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConversionError(
-                f"{path}: tensor {name!r} has a bad header entry ({exc}); download the file again"
-            ) from exc
-        info = TensorInfo(path, dtype, shape, base + start)
-        if end - start != info.nbytes:
-            raise ConversionError(
-                f"{path}: tensor {name!r} spans {end - start} bytes, its shape needs {info.nbytes}; "
-                "the file is damaged, download it again"
-            )
-        end_max = max(end_max, end)
+        info, start, end = _entry(path, name, entry, base)
+        spans.append((start, end, name))
         out[name] = info
-    if base + end_max > size:
-        raise ConversionError(
-            f"{path}: truncated safetensors file: {size} bytes, its header needs {base + end_max}; "
-            "download it again"
-        )
+    _check_tiling(path, spans, size - base)
     return out
+
+
+def _entry(path: Path, name: str, entry, base: int) -> tuple[TensorInfo, int, int]:
+    """One header entry checked for types and size; returns (info, start, end) relative to the data."""
+
+    def bad(what: str) -> ConversionError:
+        return ConversionError(
+            f"{path}: tensor {name[:100]!r} {what}; the file is damaged, download it again"
+        )
+
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise bad("has a malformed header entry")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise bad(f"has an unknown dtype (known: {', '.join(DTYPES)})")
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(_whole(d) for d in shape):
+        raise bad("has a malformed shape")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(x) for x in offsets)):
+        raise bad("has malformed data_offsets")
+    start, end = offsets
+    if end < start:
+        raise bad("ends before it starts")
+    info = TensorInfo(path, DTYPES[dtype], tuple(shape), base + start)
+    if end - start != info.nbytes:
+        raise bad(f"spans {end - start} bytes, but its dtype and shape need {info.nbytes}")
+    return info, start, end
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """The byte ranges, sorted, must follow one another from 0 to the end of the file exactly."""
+    position = 0
+    for start, end, name in sorted(spans):
+        if start != position:
+            what = "overlaps the tensor before it" if start < position else "leaves a gap before it"
+            raise ConversionError(
+                f"{path}: tensor {name[:100]!r} {what} (bytes {start}-{end}); the file is damaged or crafted, "
+                "download it again"
+            )
+        position = end
+    if position != data_size:
+        if position > data_size:
+            raise ConversionError(
+                f"{path}: truncated safetensors file: {data_size} data bytes, its header needs {position}; "
+                "download it again"
+            )
+        raise ConversionError(
+            f"{path}: {data_size - position} bytes after the last tensor that no tensor covers; "
+            "the file is damaged, download it again"
+        )
 
 
 def read_tensor(info: TensorInfo, fd: int | None = None) -> torch.Tensor:

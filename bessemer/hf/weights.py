@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import pickle
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -65,7 +64,7 @@ class SafetensorsReader(WeightReader):
         index = self.where / index_name
         if index.is_file():
             for name, file in sorted(_read_weight_map(index).items(), key=lambda kv: kv[1]):
-                path = self.where / file
+                path = confined(self.where, file, index)
                 if not path.is_file():
                     raise ConversionError(
                         f"{path}: shard named in {index.name} (for {name!r}) is missing; download it again"
@@ -78,6 +77,7 @@ class SafetensorsReader(WeightReader):
                 self._infos[name] = headers[name]
         else:
             for path in _unindexed_safetensors(self.where):
+                confined(self.where, path.name, path)
                 for name, info in self._header(path).items():
                     self._infos[name] = info
         self._headers.clear()
@@ -113,14 +113,14 @@ class BinReader(WeightReader):
             files: dict[str, list[str]] = {}
             for name, file in _read_weight_map(index).items():
                 files.setdefault(file, []).append(name)
-            for file in files:
-                if not (self.where / file).is_file():
+            paths = [confined(self.where, f, index) for f in sorted(files)]
+            for path in paths:
+                if not path.is_file():
                     raise ConversionError(
-                        f"{self.where / file}: shard named in {BIN_INDEX_NAME} is missing; download it again"
+                        f"{path}: shard named in {BIN_INDEX_NAME} is missing; download it again"
                     )
-            paths = [self.where / f for f in sorted(files)]
         else:
-            paths = sorted(self.where.glob("pytorch_model*.bin"))
+            paths = [confined(self.where, p.name, p) for p in sorted(self.where.glob("pytorch_model*.bin"))]
         self._infos: dict[str, TensorInfo] = {}
         self._loaded: dict[Path, dict[str, torch.Tensor]] = {}
         self._read_since_map: dict[Path, int] = {}
@@ -185,45 +185,30 @@ class BinReader(WeightReader):
 
 
 class DCPReader(WeightReader):
-    """The model tensors of a training checkpoint's state/ (torch.distributed.checkpoint), one at a time."""
+    """The model tensors of a training checkpoint's state/ (torch.distributed.checkpoint), one at a time.
+
+    Metadata and items are read through bessemer.checkpoint.safe_dcp, which never unpickles code.
+    """
 
     def __init__(self, state_dir: Path, prefix: str = "model."):
-        import torch.distributed.checkpoint as dcp
+        from bessemer.checkpoint import safe_dcp
 
         self.where = Path(state_dir)
         self._prefix = prefix
-        try:
-            meta = dcp.FileSystemReader(str(self.where)).read_metadata()
-        except Exception as exc:
-            raise ConversionError(
-                f"{self.where}: unreadable DCP metadata ({_first_line(exc)}); the checkpoint is damaged"
-            ) from exc
         self._infos = {
-            k[len(prefix) :]: TensorInfo(self.where, v.properties.dtype, tuple(v.size))
-            for k, v in meta.state_dict_metadata.items()
-            if k.startswith(prefix) and hasattr(v, "size")
+            name: TensorInfo(self.where, dtype, shape)
+            for name, (dtype, shape) in safe_dcp.dcp_dtypes(self.where, prefix).items()
         }
 
     def infos(self) -> dict[str, TensorInfo]:
         return self._infos
 
     def get(self, name: str) -> torch.Tensor:
-        import torch.distributed.checkpoint as dcp
+        from bessemer.checkpoint import safe_dcp
 
         info = self._infos[name]
         out = torch.empty(info.shape, dtype=info.dtype)
-        try:
-            with warnings.catch_warnings():
-                # one process reading on purpose; DCP says so once per call otherwise
-                warnings.filterwarnings("ignore", message=".*single process.*")
-                dcp.load(
-                    {self._prefix.rstrip("."): {name: out}},
-                    storage_reader=dcp.FileSystemReader(str(self.where)),
-                )
-        except Exception as exc:
-            raise ConversionError(
-                f"{self.where}: could not read tensor {name!r} ({_first_line(exc)}); the checkpoint is damaged"
-            ) from exc
+        safe_dcp.load({self._prefix.rstrip("."): {name: out}}, self.where)
         return out
 
 
@@ -238,13 +223,38 @@ def _unindexed_safetensors(folder: Path) -> list[Path]:
 def _read_weight_map(index: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConversionError(
-            f"{index}: not a valid index (no weight_map: {_first_line(exc)}); download it again"
+            f"{index}: not a valid index (no readable weight_map: {type(exc).__name__}); download it again"
         ) from exc
-    if not isinstance(weight_map, dict):
-        raise ConversionError(f"{index}: weight_map is not a mapping; download it again")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise ConversionError(f"{index}: weight_map must map tensor names to file names; download it again")
     return weight_map
+
+
+def confined(folder: Path, name: str, named_by: Path) -> Path:
+    """`folder/name`, refused unless it is a plain relative name that stays inside `folder` once resolved.
+
+    Shard names come from an index someone else wrote: `../x`, `/etc/...` or a symlink leading out of the
+    model folder would make us read (and echo) files that are not part of the model.
+    """
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ConversionError(
+            f"{named_by}: names a weight file outside the model folder; shard names must be plain file names"
+        )
+    path = Path(folder) / rel
+    try:
+        inside = path.resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, RuntimeError) as exc:  # symlink loop
+        raise ConversionError(f"{path}: cannot be resolved ({type(exc).__name__}); fix the link") from exc
+    if not inside:
+        raise ConversionError(
+            f"{path}: links outside the model folder; copy the file into {folder} instead of linking it"
+        )
+    return path
 
 
 def open_hf_weights(folder: str | Path) -> WeightReader:

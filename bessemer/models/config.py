@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass
-from pathlib import Path
 
-from bessemer.errors import CheckpointError, ConfigError
+from bessemer.errors import ConfigError
+
+# Ranges generous enough for any published model and small enough that a typo fails here, not while
+# allocating: 2**24 tokens of context or vocabulary, 65536 wide, 1024 layers or heads.
+_INT_RANGES = {
+    "vocab_size": (1, 1 << 24),
+    "dim": (1, 1 << 16),
+    "n_layers": (1, 1024),
+    "n_heads": (1, 1024),
+    "n_kv_heads": (0, 1024),
+    "head_dim": (0, 1 << 13),
+    "ffn_dim": (1, 1 << 20),
+    "max_seq_len": (1, 1 << 24),
+    "rope_original_max_seq_len": (0, 1 << 24),
+    "sliding_window": (0, 1 << 24),
+}
+_FLOATS_MAY_BE_ZERO = ("init_std",)
+MAX_PARAMS = 1 << 41  # 2.2 trillion
 
 
 @dataclass
@@ -46,9 +62,8 @@ class ModelConfig:
         return self.head_dim or self.dim // self.n_heads
 
     def validate(self) -> None:
-        """Refuse shapes the model cannot build, naming the field and what would work."""
-        if self.n_heads <= 0 or self.dim <= 0 or self.n_layers <= 0 or self.vocab_size <= 0:
-            raise ConfigError("model: dim, n_layers, n_heads and vocab_size must be positive")
+        """Refuse shapes the model cannot build, naming the field and what would work; cheap, before any tensor."""
+        self._check_values()
         if not self.head_dim and self.dim % self.n_heads:
             raise ConfigError(
                 f"model.dim={self.dim} is not divisible by model.n_heads={self.n_heads}; pick a divisor"
@@ -65,6 +80,32 @@ class ModelConfig:
             raise ConfigError(
                 f"model.rope_scaling={self.rope_scaling!r}: use none, linear, dynamic or llama3"
             )
+        if self.num_params() > MAX_PARAMS:
+            raise ConfigError(
+                f"model: {self.num_params():,} parameters is beyond any model this builds ({MAX_PARAMS:,}); "
+                "check dim, n_layers, ffn_dim and vocab_size"
+            )
+
+    def _check_values(self) -> None:
+        """Types, finiteness and ranges of every field (a bool is not an int here, NaN is not a float)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            if kind == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(f"model.{f.name}={value!r}: must be a whole number")
+                low, high = _INT_RANGES[f.name]
+                if not low <= value <= high:
+                    raise ConfigError(f"model.{f.name}={value}: must be between {low} and {high:,}")
+            elif kind == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ConfigError(f"model.{f.name}={value!r}: must be a finite number")
+                if value <= 0 and f.name not in _FLOATS_MAY_BE_ZERO:
+                    raise ConfigError(f"model.{f.name}={value}: must be positive")
+            elif kind == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"model.{f.name}={value!r}: must be true or false")
+            elif kind == "str" and not isinstance(value, str):
+                raise ConfigError(f"model.{f.name}={value!r}: must be a string")
 
     def num_params(self, embeddings: bool = True) -> int:
         """Parameter count computed from the shapes (no model needed)."""
@@ -92,20 +133,7 @@ class ModelConfig:
             raise ConfigError(
                 f"{where}: unknown model field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
             )
-        return cls(**raw)
-
-    def save(self, path: str | Path) -> None:
-        from bessemer.checkpoint.files import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: model.json not found; is this a Bessemer checkpoint directory?")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: not valid JSON ({exc}); the checkpoint is damaged") from exc
-        return cls.from_dict(raw, str(path))
+            return cls(**raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc

@@ -26,9 +26,10 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from bessemer.checkpoint.files import atomic_write_text
-from bessemer.checkpoint.layout import read_meta, resolve_checkpoint, tokenizer_dir
+from bessemer.checkpoint.layout import load_model_config, read_meta, resolve_checkpoint, tokenizer_dir
 from bessemer.checkpoint.manager import CheckpointManager
 from bessemer.checkpoint.model_io import load_model_state
+from bessemer.checkpoint.outputs import prepare_run_dir
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError, ConfigError
 from bessemer.models import ModelConfig, build_model, get_preset
@@ -54,7 +55,7 @@ def resolve_model_config(cfg: JobConfig) -> ModelConfig:
     """The model to train: the fine-tuned checkpoint's own config, else the preset; overrides apply to both."""
     if cfg.train.finetune:
         ckpt = resolve_checkpoint(cfg.train.finetune)
-        base = ModelConfig.load(ckpt / "model.json").to_dict()
+        base = load_model_config(ckpt).to_dict()
         return ModelConfig.from_dict(
             {**base, **cfg.model.overrides}, f"{ckpt}/model.json + [model] overrides"
         )
@@ -276,7 +277,7 @@ class Trainer:
     def train(self) -> dict:
         cfg, tc = self.cfg, self.cfg.train
         if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            prepare_run_dir(self.out_dir)
             atomic_write_text(self.out_dir / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         if cfg.checkpoint.resume:
             latest = self.checkpoints.latest()
@@ -290,6 +291,7 @@ class Trainer:
             while self.step < tc.steps:
                 metrics = self.train_step()
                 self.step += 1
+                self.checkpoints.poll()  # publish an async save whose write has finished
                 last = metrics
                 if self.step % cfg.log.interval == 0 or self.step == tc.steps:
                     writer.log(self.step, metrics)
@@ -305,6 +307,7 @@ class Trainer:
                         f"stopped by SIGTERM at step {self.step}; checkpoint saved, resume with --resume"
                     )
                     break
+            self.checkpoints.wait()
         finally:
             writer.close()
             if previous is not None:

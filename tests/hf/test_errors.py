@@ -120,8 +120,14 @@ def test_output_that_holds_something_needs_overwrite(tmp_path, llama_dir, run_cl
     assert rc != 0 and len(err) == 1 and "--overwrite" in err[0]
     assert (out / "keep.txt").read_text() == "mine"  # untouched
     assert not list(tmp_path.glob(".ck.*"))
-    assert run_cli("--from-hf", llama_dir, "--out", out, "--overwrite")[0] == 0
-    assert (out / "model.json").is_file() and not (out / "keep.txt").exists()
+    # --overwrite replaces only a folder Bessemer wrote: this one is the user's
+    rc, err = run_cli("--from-hf", llama_dir, "--out", out, "--overwrite")
+    assert rc != 0 and len(err) == 1 and ".bessemer-output" in err[0]
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_cli("--from-hf", llama_dir, "--out", out)[0] == 0  # an empty folder is fine
+    assert run_cli("--from-hf", llama_dir, "--out", out, "--overwrite")[0] == 0  # our own output
+    assert (out / "model.json").is_file()
     # the export direction refuses the same way
     (tmp_path / "hf_out").mkdir()
     (tmp_path / "hf_out" / "x").write_text("x")

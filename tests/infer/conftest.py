@@ -16,10 +16,12 @@ def write_checkpoint(out, tokenizer_dir, template: str = "chatml", **overrides):
 
     from safetensors.torch import save_file
 
+    from bessemer.checkpoint import save_model_config
+
     cfg = get_preset("tiny", n_layers=2, **overrides)
     model = build_model(cfg, seed=0)
     (out / "model").mkdir(parents=True)
-    cfg.save(out / "model.json")
+    save_model_config(cfg, out)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model" / "model.safetensors")
     )
