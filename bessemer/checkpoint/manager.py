@@ -204,6 +204,9 @@ class CheckpointManager:
             if tmp.is_dir() and not tmp.is_symlink() and STEP_RE.match(tmp.name[1:-4]):
                 log.info("removing %s, left by an interrupted save", tmp)
                 shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in self.root.glob(f".{LATEST}.*.tmp"):  # atomic_write_text's temporary of `latest`
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
 
     def _retain(self) -> None:
         if self.cfg.keep <= 0:

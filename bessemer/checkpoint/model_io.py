@@ -57,9 +57,11 @@ def check_shapes(ckpt: Path, wanted: dict[str, torch.Tensor], stored: dict[str, 
 def _safetensors_shapes(folder: Path) -> dict[str, tuple]:
     """Shapes from each shard's header, validated strictly (and confined to the folder) before DCP opens it."""
     from bessemer.errors import BessemerError
-    from bessemer.hf.weights import SafetensorsReader
+    from bessemer.hf.weights import SafetensorsReader, confined
 
     try:
+        for file in folder.glob("*.safetensors"):  # DCP's reader opens every one of them
+            confined(folder, file.name, file)
         with SafetensorsReader(folder) as reader:
             return {name: info.shape for name, info in reader.infos().items()}
     except CheckpointError:

@@ -116,6 +116,17 @@ def _check_metadata(meta, path: Path) -> None:
             raise bad(f"byte range of {index.fqn!r}")
     if meta.storage_meta is not None and not isinstance(meta.storage_meta, StorageMeta):
         raise bad("storage_meta")
+    folder = path.parent.resolve()
+    for name in {info.relative_path for info in meta.storage_data.values()}:
+        shard = path.parent / name
+        try:
+            outside = shard.is_symlink() and not shard.resolve().is_relative_to(folder)
+        except (OSError, RuntimeError):  # a symlink loop
+            outside = True
+        if outside:
+            raise CheckpointError(
+                f"{shard}: links outside the checkpoint; copy the file in instead of linking it"
+            )
 
 
 class SafeReader(dcp.FileSystemReader):

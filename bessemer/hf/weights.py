@@ -271,11 +271,13 @@ def open_hf_weights(folder: str | Path) -> WeightReader:
 
 def open_checkpoint_weights(ckpt: str | Path) -> WeightReader:
     """A reader for a Bessemer checkpoint's weights: model/ safetensors or state/ DCP shards."""
+    from bessemer.checkpoint.layout import STATE_DIR, WEIGHTS_DIR
+
     ckpt = Path(ckpt)
-    if (ckpt / "model").is_dir() and any((ckpt / "model").glob("*.safetensors")):
-        return SafetensorsReader(ckpt / "model")
-    if (ckpt / "state" / ".metadata").is_file():
-        return DCPReader(ckpt / "state")
+    if (ckpt / WEIGHTS_DIR).is_dir() and any((ckpt / WEIGHTS_DIR).glob("*.safetensors")):
+        return SafetensorsReader(ckpt / WEIGHTS_DIR)
+    if (ckpt / STATE_DIR / ".metadata").is_file():
+        return DCPReader(ckpt / STATE_DIR)
     raise ConversionError(
-        f"{ckpt}: no weights (model/*.safetensors or state/.metadata); the checkpoint is incomplete"
+        f"{ckpt}: no weights ({WEIGHTS_DIR}/*.safetensors or {STATE_DIR}/.metadata); the checkpoint is incomplete"
     )
