@@ -42,7 +42,15 @@ def is_bessemer_output(path: Path) -> bool:
 
 def check_output(out: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
     """Refuse an --out that overlaps an input, is a file, or holds something Bessemer did not write."""
-    out = Path(out)
+    try:
+        _check_output(Path(out), overwrite, inputs)
+    except OSError as exc:  # a name too long, a path through a file, no permission to look
+        raise OutputError(
+            f"{out}: cannot be used ({exc.strerror or type(exc).__name__}); pick another --out"
+        ) from exc
+
+
+def _check_output(out: Path, overwrite: bool, inputs: tuple[Path, ...]) -> None:
     target = _resolved(out)
     for src in inputs:
         src_path = _resolved(Path(src))

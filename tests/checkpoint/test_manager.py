@@ -55,15 +55,8 @@ DAMAGE = {
     "truncated shard": lambda c: _truncate(next((c / "state").glob("*.distcp"))),
     "truncated metadata": lambda c: _truncate(c / "state" / ".metadata"),
     "broken train_state.json": lambda c: (c / "train_state.json").write_text("{not json"),
-    "flipped byte": lambda c: _flip(next((c / "state").glob("*.distcp"))),
     "no manifest": lambda c: (c / "manifest.json").unlink(),
 }
-
-
-def _flip(path):
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -90,8 +83,8 @@ def test_no_complete_checkpoint_is_one_line(reference, synthetic_dataset, tmp_pa
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
-def test_disk_full_during_save_removes_the_partial_checkpoint(code, synthetic_dataset, tmp_path, monkeypatch):
+def test_disk_full_during_save_removes_the_partial_checkpoint(synthetic_dataset, tmp_path, monkeypatch):
+    code = errno.ENOSPC
     run = tmp_path / "run"
     over = tiny_overrides(synthetic_dataset, run, **{"train.steps": STEPS})
     trainer = Trainer(load_config(None, over))
@@ -118,19 +111,21 @@ def test_disk_full_during_save_removes_the_partial_checkpoint(code, synthetic_da
     assert resumed.checkpoints.latest().name == "step-000003"
 
 
-def test_failed_manifest_write_keeps_earlier_checkpoints(synthetic_dataset, tmp_path, monkeypatch):
+def test_permission_error_while_completing_keeps_earlier_checkpoints(
+    synthetic_dataset, tmp_path, monkeypatch
+):
     import bessemer.checkpoint.manager as manager
 
     run = tmp_path / "run"
     trainer = Trainer(load_config(None, tiny_overrides(synthetic_dataset, run, **{"train.steps": 3})))
     trainer.train()
 
-    def no_space(root):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def denied(root):
+        raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(manager, "write_manifest", no_space)
+    monkeypatch.setattr(manager, "write_manifest", denied)
     trainer.step = 4
-    with pytest.raises(CheckpointError, match="ENOSPC"):
+    with pytest.raises(CheckpointError, match="EACCES.*make train.out_dir writable"):
         trainer.save()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000003"]
 

@@ -81,3 +81,8 @@ def test_check_output_refuses_an_arbitrary_folder(tmp_path):
         check_output(tmp_path / "d", overwrite=False)
     with pytest.raises(OutputError, match=MARKER):
         check_output(tmp_path / "d", overwrite=True)
+
+
+def test_over_long_output_name_is_one_line(tmp_path):
+    with pytest.raises(OutputError, match="too long"):
+        check_output(tmp_path / ("a" * 300), overwrite=False)
