@@ -216,23 +216,22 @@ class CheckpointManager:
 
     # ---- resuming ----------------------------------------------------------------------------------------
     def latest(self) -> Path | None:
-        """The newest step dir that verifies (every rank gets rank 0's answer); None when there is none."""
-        choice = self._choose() if _rank() == 0 else None
-        if dist.is_initialized():
-            box = [str(choice) if choice else None]
-            dist.broadcast_object_list(box, src=0)
-            choice = Path(box[0]) if box[0] else None
-        return choice
+        """The newest step dir that verifies, the same on every rank; None when there is none.
 
-    def _choose(self) -> Path | None:
-        candidates = list(reversed(step_dirs(self.root)))
+        Rank 0 does the cheap checks (sizes, train_state.json, DCP metadata); the checksums are shared out,
+        each rank reading every world-th file, so a big checkpoint is verified in parallel.
+        """
+        candidates = list(reversed(step_dirs(self.root))) if _rank() == 0 else []
+        candidates = [Path(p) for p in _from_rank0([str(p) for p in candidates])]
         damaged = []
         for ckpt in candidates:
-            try:
-                check_resumable(ckpt)
-            except CheckpointError as exc:
-                log.warning("not resuming from %s: %s", ckpt.name, exc)
-                damaged.append(str(exc))
+            problem = _from_rank0(_problem(lambda c=ckpt: check_resumable(c)) if _rank() == 0 else None)
+            if problem is None and has_manifest(ckpt):
+                problems = _gather(_problem(lambda c=ckpt: verify_manifest(c, part=_part())))
+                problem = next((p for p in problems if p), None)
+            if problem:
+                log.warning("not resuming from %s: %s", ckpt.name, problem)
+                damaged.append(problem)
                 continue
             if damaged:
                 log.warning("resuming from %s, the newest complete checkpoint", ckpt)
@@ -273,15 +272,41 @@ def read_train_state(ckpt: Path) -> dict:
 
 
 def check_resumable(ckpt: Path) -> None:
-    """Raise CheckpointError naming what is damaged in a training checkpoint (cheap checks first)."""
+    """Raise CheckpointError naming what is damaged in a training checkpoint (the cheap checks; no checksums)."""
     if has_manifest(ckpt):
         verify_manifest(ckpt, checksums=False)  # sizes: finds truncation without reading the shards
     else:
         log.warning("%s: no manifest (written by an older Bessemer); its files cannot be verified", ckpt)
     read_train_state(ckpt)
     safe_dcp.read_metadata(ckpt / STATE_DIR)
-    if has_manifest(ckpt):
-        verify_manifest(ckpt, checksums=True)
+
+
+def _problem(check) -> str | None:
+    try:
+        check()
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def _part() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _from_rank0(value):
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(value) -> list:
+    if not dist.is_initialized():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def _full_shapes(state: dict) -> dict[str, torch.Tensor]:

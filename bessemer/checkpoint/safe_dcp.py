@@ -132,10 +132,8 @@ def _check_metadata(meta, path: Path) -> None:
 class SafeReader(dcp.FileSystemReader):
     """FileSystemReader whose metadata comes from the restricted unpickler above."""
 
-    def read_metadata(self, *args, **kwargs) -> Metadata:
-        rank = kwargs.get("rank")
-        if rank is not None:
-            raise CheckpointError(f"{self.path}: per-rank DCP metadata is not a Bessemer checkpoint")
+    def read_metadata(self, *args) -> Metadata:
+        # no **kwargs: DCP then never falls back to per-rank metadata files, which Bessemer does not write
         meta = read_metadata(self.path)
         if meta.storage_meta is None:
             meta.storage_meta = StorageMeta()
