@@ -179,8 +179,15 @@ def load(state: dict, state_dir: str | Path, allow_partial: bool = False) -> Non
         cause = _bessemer_cause(exc)
         if cause is not None:
             raise cause from exc
+        inner = _inner(exc)
+        if isinstance(inner, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"{state_dir}: refused: a shard item needs code to load, which weights_only=True forbids; "
+                "the checkpoint is damaged or malicious, do not use it"
+            ) from exc
         raise CheckpointError(
-            f"{state_dir}: could not load ({_first_line(exc)}); the checkpoint is damaged or of another model"
+            f"{state_dir}: could not load ({type(inner).__name__}: {_first_line(inner)}); "
+            "the checkpoint is damaged or of another model"
         ) from exc
 
 
@@ -193,6 +200,14 @@ def _bessemer_cause(exc: BaseException) -> CheckpointError | None:
             return inner
     seen = exc.__cause__ or exc.__context__
     return seen if isinstance(seen, CheckpointError) else None
+
+
+def _inner(exc: BaseException) -> BaseException:
+    """The first rank's own exception inside DCP's CheckpointException (else `exc` itself)."""
+    if isinstance(exc, CheckpointException):
+        for failure in exc.failures.values():
+            return failure[0] if isinstance(failure, tuple) else failure
+    return exc
 
 
 def _first_line(exc: BaseException) -> str:
