@@ -80,50 +80,72 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+# sentencepiece ModelProto.SentencePiece.Type values
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+
 def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
-    """Build a `tokenizers.Tokenizer` equal to a LLaMA-style sentencepiece BPE model (byte fallback, dummy prefix)."""
+    """Build a `tokenizers.Tokenizer` that encodes exactly as sentencepiece does with this BPE model.
+
+    sentencepiece BPE repeatedly joins the adjacent pair whose joined piece has the highest score (leftmost on a
+    tie); a `tokenizers` BPE joins the pair with the lowest merge rank. Every split of every piece therefore
+    becomes a merge ranked by the joined piece's score. The one tie sentencepiece models carry in practice is
+    LLaMA's whitespace runs (all scored -1e9), where leftmost-first grows the run from the left: ranking longer
+    runs first gives the same result. Model properties we cannot reproduce exactly are refused, naming the field.
+    """
     from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(Path(model_file).read_bytes())
     except Exception as exc:
         raise TokenizerError(f"{model_file}: not a sentencepiece model ({exc}); replace the file") from exc
-    if proto.trainer_spec.model_type != 2:  # 2 = BPE; unigram models come with a tokenizer.json in practice
-        raise TokenizerError(
-            f"{model_file}: only BPE sentencepiece models convert; add the model's tokenizer.json"
-        )
-    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-    # sentencepiece merges the pair whose result has the best score (lowest id): rank merges that way
+    ns, ts = proto.normalizer_spec, proto.trainer_spec
+    pieces = list(proto.pieces)
+    _refuse_unsupported(model_file, proto)
+    vocab = {p.piece: i for i, p in enumerate(pieces)}
     ranked = []
-    for piece, i in vocab.items():
-        for k in range(1, len(piece)):
-            left, right = piece[:k], piece[k:]
+    for i, p in enumerate(pieces):
+        if p.type != _NORMAL:
+            continue
+        for k in range(1, len(p.piece)):
+            left, right = p.piece[:k], p.piece[k:]
             if left in vocab and right in vocab:
-                ranked.append((i, vocab[left], vocab[right], left, right))
+                ranked.append((-p.score, -len(p.piece), i, k, left, right))
     ranked.sort()
-    unk = proto.pieces[proto.trainer_spec.unk_id].piece
+    unk = pieces[ts.unk_id].piece
     tk = Tokenizer(
         models.BPE(
             vocab=vocab,
             merges=[(a, b) for *_, a, b in ranked],
             unk_token=unk,
             fuse_unk=True,
-            byte_fallback=proto.trainer_spec.byte_fallback,
+            byte_fallback=ts.byte_fallback,
         )
     )
-    steps = [normalizers.Replace(" ", "\u2581")]
-    strip = []
-    if proto.normalizer_spec.add_dummy_prefix:
-        steps.insert(0, normalizers.Prepend("\u2581"))
-        strip = [decoders.Strip(" ", 1, 0)]
+    steps = []
+    if ns.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(ns.precompiled_charsmap))
+    if ns.remove_extra_whitespaces:
+        # sentencepiece drops leading and trailing spaces and folds runs of spaces (U+0020 only, after the charsmap)
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if ns.add_dummy_prefix:
+        steps.append(normalizers.Prepend(" "))
+    steps.append(normalizers.Replace(" ", "\u2581"))
     tk.normalizer = normalizers.Sequence(steps)
+    strip = [decoders.Strip(" ", 1, 0)] if ns.add_dummy_prefix else []
     tk.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
     )
+    # sentencepiece finds user-defined pieces in the text (after normalisation); control pieces never come from text
+    tk.add_tokens([AddedToken(p.piece, normalized=True) for p in pieces if p.type == _USER_DEFINED])
     tk.add_special_tokens(
-        [AddedToken(p.piece, special=True, normalized=False) for p in proto.pieces if p.type in (2, 3)]
+        [
+            AddedToken(p.piece, special=True, normalized=False)
+            for p in pieces
+            if p.type in (_UNKNOWN, _CONTROL)
+        ]
     )
     if bos_token is not None and bos_token in vocab:
         tk.post_processor = processors.TemplateProcessing(
@@ -132,6 +154,45 @@ def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
             special_tokens=[(bos_token, vocab[bos_token])],
         )
     return tk
+
+
+def _refuse_unsupported(model_file: Path, proto) -> None:
+    """Raise TokenizerError naming the first property of `proto` a `tokenizers` BPE cannot reproduce exactly."""
+    ns, ts = proto.normalizer_spec, proto.trainer_spec
+    fix = "add the model's tokenizer.json beside it"
+    refusals = [
+        (ts.model_type != 2, f"trainer_spec.model_type={ts.model_type} (only BPE, 2, converts)"),
+        (ts.treat_whitespace_as_suffix, "trainer_spec.treat_whitespace_as_suffix=true"),
+        (not ns.escape_whitespaces, "normalizer_spec.escape_whitespaces=false"),
+        (
+            any(p.type == _UNUSED for p in proto.pieces),
+            "UNUSED pieces (sentencepiece re-splits them after merging)",
+        ),
+        (
+            ns.add_dummy_prefix and any(p.type == _USER_DEFINED for p in proto.pieces),
+            "user-defined pieces together with normalizer_spec.add_dummy_prefix=true",
+        ),
+        (
+            ts.unk_id < 0 or ts.unk_id >= len(proto.pieces),
+            f"trainer_spec.unk_id={ts.unk_id} outside the vocabulary",
+        ),
+    ]
+    # leftmost-first among equally scored merges is only reproducible for runs of one repeated character
+    by_score: dict[float, list[str]] = {}
+    for p in proto.pieces:
+        if p.type == _NORMAL and len(p.piece) > 1:
+            by_score.setdefault(p.score, []).append(p.piece)
+    ties = [ps for ps in by_score.values() if len(ps) > 1 and any(len(set(x)) > 1 for x in ps)]
+    if ties:
+        refusals.append(
+            (
+                True,
+                f"{len(ties[0])} merged pieces share score (e.g. {ties[0][:3]}), so merge order is ambiguous",
+            )
+        )
+    for bad, what in refusals:
+        if bad:
+            raise TokenizerError(f"{model_file}: cannot convert exactly: {what}; {fix}")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
