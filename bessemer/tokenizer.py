@@ -5,11 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from bessemer.errors import TokenizerError
 
 log = logging.getLogger(__name__)
+
+# Guards the backend's encode_special_tokens switch while a batch is encoded in the non-default mode.
+_SPECIAL_MODE_LOCK = threading.Lock()
 
 # Files that make up a tokenizer folder; convert and checkpoints copy these beside the weights.
 TOKENIZER_FILES = (
@@ -75,9 +80,67 @@ def load_tokenizer(path: str | Path):
         raise TokenizerError(
             f"{path}: could not load the tokenizer ({exc}); check the tokenizer files"
         ) from exc
-    if config.get("chat_template") and not getattr(tok, "chat_template", None):
-        tok.chat_template = config["chat_template"]
+    template = chat_template_in(path)
+    if template and not getattr(tok, "chat_template", None):
+        tok.chat_template = template
+    # Text is text: "</s>" or "<|im_end|>" written in a document or message encodes as those characters. Control
+    # ids come only from templates and BOS/EOS rules. Set on the object, not saved with it (save_pretrained).
+    tok.split_special_tokens = True
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        backend.encode_special_tokens = True
     return tok
+
+
+def chat_template_in(path: str | Path) -> str | None:
+    """The Jinja chat template a tokenizer folder carries (chat_template.jinja, chat_template.json or the config)."""
+    path = Path(path)
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        template = _read_json(path / name).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            if named.get("default"):
+                return named["default"]
+    return None
+
+
+def encode_text(tokenizer, text: str, *, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of user text, with the characters of special tokens (`</s>`, `[INST]`, `<|im_end|>`) kept as text.
+
+    add_special_tokens: also add what the tokenizer itself adds around a text (BOS for LLaMA-style models).
+    """
+    return encode_texts(tokenizer, [text], add_special_tokens=add_special_tokens)[0]
+
+
+def encode_texts(
+    tokenizer, texts: Sequence[str], *, add_special_tokens: bool = False, special_as_text: bool = True
+) -> list[list[int]]:
+    """`encode_text` for a batch (one call into the Rust backend).
+
+    special_as_text=False is the opt-in for corpora that mark documents with literal special tokens: their text
+    then becomes the control ids, as `transformers` does by default.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python-only tokenizer: transformers' own switch
+        out = tokenizer(
+            list(texts), add_special_tokens=add_special_tokens, split_special_tokens=special_as_text
+        )
+        return [list(ids) for ids in out["input_ids"]]
+    # encode_batch_fast skips character offsets (tokenizers >= 0.21)
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    if backend.encode_special_tokens == special_as_text:
+        return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
+    with _SPECIAL_MODE_LOCK:
+        before = backend.encode_special_tokens
+        backend.encode_special_tokens = special_as_text
+        try:
+            return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
+        finally:
+            backend.encode_special_tokens = before
 
 
 # sentencepiece ModelProto.SentencePiece.Type values
@@ -125,16 +188,19 @@ def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
         )
     )
     steps = []
-    if ns.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(ns.precompiled_charsmap))
     if ns.remove_extra_whitespaces:
-        # sentencepiece drops leading and trailing spaces and folds runs of spaces (U+0020 only, after the charsmap)
-        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+        # sentencepiece drops leading spaces and folds runs of spaces (U+0020), then, once spaces are escaped,
+        # drops every trailing U+2581: a literal one written in the text too
+        steps += [normalizers.Replace(Regex(r"\A +"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
     if ns.add_dummy_prefix:
         steps.append(normalizers.Prepend(" "))
     steps.append(normalizers.Replace(" ", "\u2581"))
+    if ns.remove_extra_whitespaces:
+        steps.append(normalizers.Replace(Regex("\u2581+\\z"), ""))
     tk.normalizer = normalizers.Sequence(steps)
-    strip = [decoders.Strip(" ", 1, 0)] if ns.add_dummy_prefix else []
+    # decoding drops the dummy prefix; with remove_extra_whitespaces sentencepiece drops every leading space
+    leading = 1 << 30 if ns.remove_extra_whitespaces else 1
+    strip = [decoders.Strip(" ", leading, 0)] if ns.add_dummy_prefix else []
     tk.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
     )
@@ -164,6 +230,8 @@ def _refuse_unsupported(model_file: Path, proto) -> None:
         (ts.model_type != 2, f"trainer_spec.model_type={ts.model_type} (only BPE, 2, converts)"),
         (ts.treat_whitespace_as_suffix, "trainer_spec.treat_whitespace_as_suffix=true"),
         (not ns.escape_whitespaces, "normalizer_spec.escape_whitespaces=false"),
+        # tokenizers' Precompiled normaliser differs from sentencepiece's rules on some text (e.g. kana + dakuten)
+        (bool(ns.precompiled_charsmap), f"normalizer_spec {ns.name!r} rules (only identity converts)"),
         (
             any(p.type == _UNUSED for p in proto.pieces),
             "UNUSED pieces (sentencepiece re-splits them after merging)",

