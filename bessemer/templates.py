@@ -131,6 +131,8 @@ def stop_strings(template: str, tokenizer=None) -> list[str]:
 
 def encode_prompt(tokenizer, template: str, messages: list[dict]) -> list[int]:
     """Token ids of `messages` followed by the assistant header: what generation continues from."""
+    if template == "tokenizer":  # no answer mask needed, so any chat_template the model ships will do
+        return _encode_with_tokenizer_template(tokenizer, _checked(messages), True, need_mask=False)[0]
     return encode_chat(tokenizer, template, messages, add_generation_prompt=True)[0]
 
 
@@ -363,8 +365,10 @@ def _encode_pieces(tokenizer, pieces: list[_Piece]) -> tuple[list[int], list[int
     return ids, mask
 
 
-def _encode_with_tokenizer_template(tokenizer, messages, gen) -> tuple[list[int], list[int]]:
-    """Render with the tokenizer's chat_template; answers located by rendering each conversation prefix."""
+def _encode_with_tokenizer_template(
+    tokenizer, messages, gen, need_mask: bool = True
+) -> tuple[list[int], list[int]]:
+    """Render with the tokenizer's chat_template; ids equal `transformers`' apply_chat_template."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             "template 'tokenizer' needs a chat_template in tokenizer_config.json; "
@@ -372,26 +376,60 @@ def _encode_with_tokenizer_template(tokenizer, messages, gen) -> tuple[list[int]
         )
 
     def render(msgs, add_gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
+        except Exception as exc:  # the template's own raise_exception, or a Jinja error in it
+            raise DataError(
+                f"the tokenizer's chat_template refused the conversation ({exc}); "
+                f"fix the messages or pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
+            ) from exc
 
     full = render(messages, gen)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before, through = render(messages[:i], True), render(messages[: i + 1], False)
-        if not (through.startswith(before) and full.startswith(through)):
-            raise ConfigError(
-                "the tokenizer's chat_template does not render conversations as growing prefixes, so answer "
-                f"masks cannot be located; pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
-            )
-        spans.append((len(before), len(through.rstrip())))
+    spans = _answer_spans(tokenizer, full, messages, render) if need_mask else []
     ids, offsets = _encode_rendered(tokenizer, full, _content_spans(tokenizer, full, messages))
     mask = [0] * len(ids)
     for k, (start, stop) in enumerate(offsets):
         if any(a <= start < b or (start == stop and a < start <= b) for a, b in spans):
             mask[k] = 1
     return ids, mask
+
+
+def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tuple[int, int]]:
+    """Character spans of `full` the model learns: each assistant turn and its end-of-turn marker.
+
+    Where the template renders conversations as growing prefixes, a turn is what follows the generation prompt
+    of the conversation before it. Templates that rewrite earlier turns (dropping a reasoning block, say) do not;
+    there a turn is its content, found in order, plus the special token right after it.
+    """
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before, through = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (through.startswith(before) and full.startswith(through)):
+            return _answer_spans_by_content(tokenizer, full, messages)
+        spans.append((len(before), len(through.rstrip())))
+    return spans
+
+
+def _answer_spans_by_content(tokenizer, full: str, messages: list[dict]) -> list[tuple[int, int]]:
+    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
+    spans, cursor = [], 0
+    for m in messages:
+        at = full.find(m["content"], cursor) if m["content"] else -1
+        if at < 0:
+            if m["role"] == "assistant":
+                raise ConfigError(
+                    "the tokenizer's chat_template rewrites assistant turns, so answer masks cannot be located; "
+                    f"pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
+                )
+            continue
+        cursor = at + len(m["content"])
+        if m["role"] == "assistant":
+            end = next((s for s in specials if full.startswith(s, cursor)), "")
+            spans.append((at, cursor + len(end)))
+            cursor += len(end)
+    return spans
 
 
 def _special_tokens(tokenizer) -> dict:

@@ -231,7 +231,10 @@ def convert_from_hf(
     opts = ImportOptions(position=position, name_hint=hf_dir.resolve().name)
     cfg = adapter.config_from_hf(hf, where, opts)
     if template is None:
-        template = adapter.default_template(cfg, hf, opts)
+        from bessemer.templates import default_template
+
+        # the tokenizer's own chat_template first; the family's format when it has none
+        template = default_template(adapter.default_template(cfg, hf, opts), hf_dir)
     else:
         from bessemer.templates import check_template
 
