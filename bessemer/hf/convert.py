@@ -230,12 +230,7 @@ def convert_from_hf(
         raise ConversionError(f"--position applies to Baichuan2 only; {where} is {adapter.architectures[0]}")
     opts = ImportOptions(position=position, name_hint=hf_dir.resolve().name)
     cfg = adapter.config_from_hf(hf, where, opts)
-    if template is None:
-        from bessemer.templates import default_template
-
-        # the tokenizer's own chat_template first; the family's format when it has none
-        template = default_template(adapter.default_template(cfg, hf, opts), hf_dir)
-    else:
+    if template is not None:
         from bessemer.templates import check_template
 
         check_template(template)
@@ -250,6 +245,10 @@ def convert_from_hf(
             if not copied:
                 (tmp / "tokenizer").rmdir()
                 log.warning("%s: no tokenizer files; the checkpoint carries none", hf_dir)
+            if template is None:  # decided once the weights are in: the model's own chat_template first
+                from bessemer.templates import default_template
+
+                template = default_template(adapter.default_template(cfg, hf, opts), hf_dir)
             meta = {
                 "format": FORMAT,
                 "version": VERSION,
