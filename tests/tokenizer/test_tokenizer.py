@@ -180,3 +180,26 @@ def test_refuses_what_it_cannot_reproduce(change, field, tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(proto.SerializeToString())
     with pytest.raises(TokenizerError, match=f"tokenizer.model: cannot convert exactly: .*{field}"):
         sentencepiece_to_tokenizers(tmp_path / "tokenizer.model", None)
+
+
+def test_load_errors_name_the_folder(tmp_path):
+    with pytest.raises(TokenizerError, match="tokenizer folder not found"):
+        load_tokenizer(tmp_path / "nope")
+    with pytest.raises(TokenizerError, match="no tokenizer.json, tokenizer.model or vocab.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"not a model")
+    with pytest.raises(TokenizerError, match="tokenizer.model: not a sentencepiece model"):
+        load_tokenizer(tmp_path)
+
+
+def test_chat_template_files_are_read(mistral_dir, tmp_path):
+    import json
+
+    from bessemer.tokenizer import chat_template_in
+
+    shutil.copy2(mistral_dir / "tokenizer.model", tmp_path / "tokenizer.model")
+    assert chat_template_in(tmp_path) is None and load_tokenizer(tmp_path).chat_template is None
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "{{ messages[0].content }}"}))
+    assert load_tokenizer(tmp_path).chat_template == "{{ messages[0].content }}"
+    (tmp_path / "chat_template.jinja").write_text("{{ 'jinja' }}")
+    assert load_tokenizer(tmp_path).chat_template == "{{ 'jinja' }}"
