@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,6 +144,8 @@ def encode_texts(
             backend.encode_special_tokens = before
 
 
+# a piece whose U+2581 (escaped spaces) all lead it: "▁the", "▁▁", "ing"
+_WORD_PIECE = re.compile("\u2581*[^\u2581]*")
 # sentencepiece ModelProto.SentencePiece.Type values
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
@@ -157,7 +160,16 @@ def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
     runs first gives the same result. Model properties we cannot reproduce exactly are refused, naming the field.
     """
     from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
@@ -198,6 +210,11 @@ def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
     if ns.remove_extra_whitespaces:
         steps.append(normalizers.Replace(Regex("\u2581+\\z"), ""))
     tk.normalizer = normalizers.Sequence(steps)
+    if all(_WORD_PIECE.fullmatch(p.piece) for p in pieces if p.type == _NORMAL):
+        # No piece holds U+2581 after another character, so no merge crosses the start of a "word" (a run of
+        # U+2581 and what follows it up to the next one): encoding word by word gives the same ids, and lets
+        # tokenizers cache words instead of merging whole lines at once (several times faster on prose).
+        tk.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581*[^\u2581]+"), behavior="isolated")
     # decoding drops the dummy prefix; with remove_extra_whitespaces sentencepiece drops every leading space
     leading = 1 << 30 if ns.remove_extra_whitespaces else 1
     strip = [decoders.Strip(" ", leading, 0)] if ns.add_dummy_prefix else []
