@@ -6,6 +6,10 @@ so the loss mask is exact: 1 on each assistant answer and on the end-of-turn mar
 0 elsewhere. The same function builds generation prompts, so a prompt at inference is token for token the prefix
 the model saw in training.
 
+Text is text: message contents are encoded with `bessemer.tokenizer.encode_text`, so the characters of a special
+token written in a message ("</s>", "[INST]", "<|im_end|>") stay characters; control ids come only from the
+template itself.
+
 Sentencepiece tokenizers (LLaMA, Mistral, Baichuan) add a "dummy prefix" space to every piece they encode. Pieces
 are encoded the way the reference implementations see them: a piece that starts with one space lets the dummy
 prefix stand for that space; a piece that continues text without a space, or starts with a newline, is encoded
@@ -15,9 +19,16 @@ tokenizer and the per-turn reference encoders do.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from bessemer.errors import ConfigError, DataError
+from bessemer.tokenizer import chat_template_in, encode_text
+
+log = logging.getLogger(__name__)
 
 TEMPLATE_NAMES = ("alpaca", "vicuna", "llama2", "mistral", "baichuan2", "aquila", "chatml", "tokenizer")
 ROLES = ("system", "user", "assistant")
@@ -73,15 +84,40 @@ def check_template(template: str) -> str:
     return template
 
 
-def default_template(model_family: str, tokenizer) -> str:
-    """The template a model family was tuned with; else the tokenizer's own chat_template; else alpaca."""
+def default_template(model_family: str, tokenizer=None) -> str:
+    """The tokenizer's own chat_template when it has one; else the template the family was tuned with; else alpaca.
+
+    model_family: a family or preset name ("llama2-7b", "mistral") or a template name a converter chose.
+    tokenizer: a loaded tokenizer or a tokenizer folder. A chat_template that ships with a model is the format
+    its authors tuned it with; the family cannot tell a base model from a fine-tune (a LLaMA-architecture model
+    tuned on ChatML), so the family table is only the fallback for tokenizers without one.
+    """
+    if isinstance(tokenizer, (str, Path)):
+        own = chat_template_in(tokenizer)
+    else:
+        own = getattr(tokenizer, "chat_template", None)
+    if own:
+        _log_choice("tokenizer", "the tokenizer's own chat_template")
+        return "tokenizer"
+    name = family_template(model_family)
+    _log_choice(name, f"the {model_family or 'default'} family's published format (the tokenizer has none)")
+    return name
+
+
+def family_template(model_family: str) -> str:
+    """The template a model family was tuned with (a template name is returned as is); alpaca when unknown."""
+    if model_family in TEMPLATE_NAMES:
+        return model_family
     family = (model_family or "").lower().replace("-", "").replace("_", "")
     for prefix, name in _FAMILY_TEMPLATES.items():
         if family == prefix or (family.startswith(prefix) and not family[len(prefix) :].isalpha()):
             return name
-    if getattr(tokenizer, "chat_template", None):
-        return "tokenizer"
     return "alpaca"
+
+
+@cache
+def _log_choice(name: str, why: str) -> None:
+    log.info("chat template: %s (%s; --template NAME overrides)", name, why)
 
 
 def stop_strings(template: str, tokenizer=None) -> list[str]:
@@ -95,6 +131,8 @@ def stop_strings(template: str, tokenizer=None) -> list[str]:
 
 def encode_prompt(tokenizer, template: str, messages: list[dict]) -> list[int]:
     """Token ids of `messages` followed by the assistant header: what generation continues from."""
+    if template == "tokenizer":  # no answer mask needed, so any chat_template the model ships will do
+        return _encode_with_tokenizer_template(tokenizer, _checked(messages), True, need_mask=False)[0]
     return encode_chat(tokenizer, template, messages, add_generation_prompt=True)[0]
 
 
@@ -287,7 +325,7 @@ class _TextEncoder:
                     break
 
     def plain(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return encode_text(self.tok, text)
 
     def encode(self, text: str, after_text: bool) -> list[int]:
         if not self.dummy_prefix:
@@ -327,8 +365,10 @@ def _encode_pieces(tokenizer, pieces: list[_Piece]) -> tuple[list[int], list[int
     return ids, mask
 
 
-def _encode_with_tokenizer_template(tokenizer, messages, gen) -> tuple[list[int], list[int]]:
-    """Render with the tokenizer's chat_template; answers located by rendering each conversation prefix."""
+def _encode_with_tokenizer_template(
+    tokenizer, messages, gen, need_mask: bool = True
+) -> tuple[list[int], list[int]]:
+    """Render with the tokenizer's chat_template; ids equal `transformers`' apply_chat_template."""
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             "template 'tokenizer' needs a chat_template in tokenizer_config.json; "
@@ -336,24 +376,137 @@ def _encode_with_tokenizer_template(tokenizer, messages, gen) -> tuple[list[int]
         )
 
     def render(msgs, add_gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
+        try:
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
+        except Exception as exc:  # the template's own raise_exception, or a Jinja error in it
+            raise DataError(
+                f"the tokenizer's chat_template refused the conversation ({exc}); "
+                f"fix the messages or pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
+            ) from exc
 
     full = render(messages, gen)
+    spans = _answer_spans(tokenizer, full, messages, render) if need_mask else []
+    ids, offsets = _encode_rendered(tokenizer, full, _content_spans(tokenizer, full, messages))
+    mask = [0] * len(ids)
+    for k, (start, stop) in enumerate(offsets):
+        if any(a <= start < b or (start == stop and a < start <= b) for a, b in spans):
+            mask[k] = 1
+    return ids, mask
+
+
+def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tuple[int, int]]:
+    """Character spans of `full` the model learns: each assistant turn and its end-of-turn marker.
+
+    Where the template renders conversations as growing prefixes, a turn is what follows the generation prompt
+    of the conversation before it. Templates that rewrite earlier turns (dropping a reasoning block, say) do not;
+    there a turn is its content, found in order, plus the special token right after it.
+    """
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         before, through = render(messages[:i], True), render(messages[: i + 1], False)
         if not (through.startswith(before) and full.startswith(through)):
-            raise ConfigError(
-                "the tokenizer's chat_template does not render conversations as growing prefixes, so answer "
-                f"masks cannot be located; pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
-            )
+            return _answer_spans_by_content(tokenizer, full, messages)
         spans.append((len(before), len(through.rstrip())))
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    mask = [0] * len(ids)
-    for k, (start, stop) in enumerate(enc["offset_mapping"]):
-        if any(a <= start < b or (start == stop and a < start <= b) for a, b in spans):
-            mask[k] = 1
-    return ids, mask
+    return spans
+
+
+def _answer_spans_by_content(tokenizer, full: str, messages: list[dict]) -> list[tuple[int, int]]:
+    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
+    spans, cursor = [], 0
+    for m in messages:
+        at = full.find(m["content"], cursor) if m["content"] else -1
+        if at < 0:
+            if m["role"] == "assistant":
+                raise ConfigError(
+                    "the tokenizer's chat_template rewrites assistant turns, so answer masks cannot be located; "
+                    f"pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
+                )
+            continue
+        cursor = at + len(m["content"])
+        if m["role"] == "assistant":
+            end = next((s for s in specials if full.startswith(s, cursor)), "")
+            spans.append((at, cursor + len(end)))
+            cursor += len(end)
+    return spans
+
+
+def _special_tokens(tokenizer) -> dict:
+    """{text: (id, AddedToken)} for the tokenizer's special added tokens."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return {t.content: (i, t) for i, t in decoder.items() if getattr(t, "special", False) and t.content}
+
+
+def _content_spans(tokenizer, full: str, messages: list[dict]) -> list[tuple[int, int]]:
+    """Where in the rendered text the contents that hold special-token text sit (those must stay text)."""
+    specials = _special_tokens(tokenizer)
+    spans, cursor = [], 0
+    for i, m in enumerate(messages):
+        content = m["content"]
+        if not content:
+            continue
+        at = full.find(content, cursor)
+        if at >= 0:
+            cursor = at + len(content)
+        if not any(s in content for s in specials):
+            continue
+        if at < 0:
+            raise DataError(
+                f"message {i} holds special-token text that the chat_template rewrites, so it cannot be kept "
+                f"as text; remove it or pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
+            )
+        spans.append((at, at + len(content)))
+    return spans
+
+
+def _encode_rendered(tokenizer, full: str, text_spans: list[tuple[int, int]]):
+    """(ids, offsets) of a rendered conversation: the template's special tokens become their ids, as
+    `transformers` does, while special-token text inside `text_spans` (message contents) stays text."""
+    specials = _special_tokens(tokenizer)
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    backend = tokenizer.backend_tokenizer
+    pos = 0
+
+    def add_text(stop: int) -> None:
+        if stop <= pos:
+            return
+        with _text_mode(backend):
+            enc = backend.encode(full[pos:stop], add_special_tokens=False)
+        ids.extend(enc.ids)
+        offsets.extend((a + pos, b + pos) for a, b in enc.offsets)
+
+    if specials:
+        pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+        for m in pattern.finditer(full):
+            start, stop = m.span()
+            if start < pos or any(a <= start < b for a, b in text_spans):
+                continue
+            tid, token = specials[m.group()]
+            if token.lstrip:  # the token absorbs the whitespace before it, as tokenizers matches it
+                while start > pos and full[start - 1].isspace():
+                    start -= 1
+            add_text(start)
+            ids.append(tid)
+            offsets.append(m.span())
+            pos = stop
+            if token.rstrip:
+                while pos < len(full) and full[pos].isspace():
+                    pos += 1
+    add_text(len(full))
+    return ids, offsets
+
+
+class _text_mode:
+    """Encode with the backend's special-token matching off, restoring the previous setting."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __enter__(self):
+        self.before = self.backend.encode_special_tokens
+        self.backend.encode_special_tokens = True
+
+    def __exit__(self, *exc):
+        self.backend.encode_special_tokens = self.before

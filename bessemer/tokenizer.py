@@ -5,11 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from bessemer.errors import TokenizerError
 
 log = logging.getLogger(__name__)
+
+# Guards the backend's encode_special_tokens switch while a batch is encoded in the non-default mode.
+_SPECIAL_MODE_LOCK = threading.Lock()
 
 # Files that make up a tokenizer folder; convert and checkpoints copy these beside the weights.
 TOKENIZER_FILES = (
@@ -75,55 +81,154 @@ def load_tokenizer(path: str | Path):
         raise TokenizerError(
             f"{path}: could not load the tokenizer ({exc}); check the tokenizer files"
         ) from exc
-    if config.get("chat_template") and not getattr(tok, "chat_template", None):
-        tok.chat_template = config["chat_template"]
+    template = chat_template_in(path)
+    if template and not getattr(tok, "chat_template", None):
+        tok.chat_template = template
+    # Text is text: "</s>" or "<|im_end|>" written in a document or message encodes as those characters. Control
+    # ids come only from templates and BOS/EOS rules. Set on the object, not saved with it (save_pretrained).
+    tok.split_special_tokens = True
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        backend.encode_special_tokens = True
     return tok
 
 
+def chat_template_in(path: str | Path) -> str | None:
+    """The Jinja chat template a tokenizer folder carries (chat_template.jinja, chat_template.json or the config)."""
+    path = Path(path)
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        template = _read_json(path / name).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            if named.get("default"):
+                return named["default"]
+    return None
+
+
+def encode_text(tokenizer, text: str, *, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of user text, with the characters of special tokens (`</s>`, `[INST]`, `<|im_end|>`) kept as text.
+
+    add_special_tokens: also add what the tokenizer itself adds around a text (BOS for LLaMA-style models).
+    """
+    return encode_texts(tokenizer, [text], add_special_tokens=add_special_tokens)[0]
+
+
+def encode_texts(
+    tokenizer, texts: Sequence[str], *, add_special_tokens: bool = False, special_as_text: bool = True
+) -> list[list[int]]:
+    """`encode_text` for a batch (one call into the Rust backend).
+
+    special_as_text=False is the opt-in for corpora that mark documents with literal special tokens: their text
+    then becomes the control ids, as `transformers` does by default.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python-only tokenizer: transformers' own switch
+        out = tokenizer(
+            list(texts), add_special_tokens=add_special_tokens, split_special_tokens=special_as_text
+        )
+        return [list(ids) for ids in out["input_ids"]]
+    # encode_batch_fast skips character offsets (tokenizers >= 0.21)
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    if backend.encode_special_tokens == special_as_text:
+        return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
+    with _SPECIAL_MODE_LOCK:
+        before = backend.encode_special_tokens
+        backend.encode_special_tokens = special_as_text
+        try:
+            return [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
+        finally:
+            backend.encode_special_tokens = before
+
+
+# a piece whose U+2581 (escaped spaces) all lead it: "▁the", "▁▁", "ing"
+_WORD_PIECE = re.compile("\u2581*[^\u2581]*")
+# sentencepiece ModelProto.SentencePiece.Type values
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+
 def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
-    """Build a `tokenizers.Tokenizer` equal to a LLaMA-style sentencepiece BPE model (byte fallback, dummy prefix)."""
+    """Build a `tokenizers.Tokenizer` that encodes exactly as sentencepiece does with this BPE model.
+
+    sentencepiece BPE repeatedly joins the adjacent pair whose joined piece has the highest score (leftmost on a
+    tie); a `tokenizers` BPE joins the pair with the lowest merge rank. Every split of every piece therefore
+    becomes a merge ranked by the joined piece's score. The one tie sentencepiece models carry in practice is
+    LLaMA's whitespace runs (all scored -1e9), where leftmost-first grows the run from the left: ranking longer
+    runs first gives the same result. Model properties we cannot reproduce exactly are refused, naming the field.
+    """
     from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(Path(model_file).read_bytes())
     except Exception as exc:
         raise TokenizerError(f"{model_file}: not a sentencepiece model ({exc}); replace the file") from exc
-    if proto.trainer_spec.model_type != 2:  # 2 = BPE; unigram models come with a tokenizer.json in practice
-        raise TokenizerError(
-            f"{model_file}: only BPE sentencepiece models convert; add the model's tokenizer.json"
-        )
-    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-    # sentencepiece merges the pair whose result has the best score (lowest id): rank merges that way
+    ns, ts = proto.normalizer_spec, proto.trainer_spec
+    pieces = list(proto.pieces)
+    _refuse_unsupported(model_file, proto)
+    vocab = {p.piece: i for i, p in enumerate(pieces)}
     ranked = []
-    for piece, i in vocab.items():
-        for k in range(1, len(piece)):
-            left, right = piece[:k], piece[k:]
+    for i, p in enumerate(pieces):
+        if p.type != _NORMAL:
+            continue
+        for k in range(1, len(p.piece)):
+            left, right = p.piece[:k], p.piece[k:]
             if left in vocab and right in vocab:
-                ranked.append((i, vocab[left], vocab[right], left, right))
+                ranked.append((-p.score, -len(p.piece), i, k, left, right))
     ranked.sort()
-    unk = proto.pieces[proto.trainer_spec.unk_id].piece
+    unk = pieces[ts.unk_id].piece
     tk = Tokenizer(
         models.BPE(
             vocab=vocab,
             merges=[(a, b) for *_, a, b in ranked],
             unk_token=unk,
             fuse_unk=True,
-            byte_fallback=proto.trainer_spec.byte_fallback,
+            byte_fallback=ts.byte_fallback,
         )
     )
-    steps = [normalizers.Replace(" ", "\u2581")]
-    strip = []
-    if proto.normalizer_spec.add_dummy_prefix:
-        steps.insert(0, normalizers.Prepend("\u2581"))
-        strip = [decoders.Strip(" ", 1, 0)]
+    steps = []
+    if ns.remove_extra_whitespaces:
+        # sentencepiece drops leading spaces and folds runs of spaces (U+0020), then, once spaces are escaped,
+        # drops every trailing U+2581: a literal one written in the text too
+        steps += [normalizers.Replace(Regex(r"\A +"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if ns.add_dummy_prefix:
+        steps.append(normalizers.Prepend(" "))
+    steps.append(normalizers.Replace(" ", "\u2581"))
+    if ns.remove_extra_whitespaces:
+        steps.append(normalizers.Replace(Regex("\u2581+\\z"), ""))
     tk.normalizer = normalizers.Sequence(steps)
+    if all(_WORD_PIECE.fullmatch(p.piece) for p in pieces if p.type == _NORMAL):
+        # No piece holds U+2581 after another character, so no merge crosses the start of a "word" (a run of
+        # U+2581 and what follows it up to the next one): encoding word by word gives the same ids, and lets
+        # tokenizers cache words instead of merging whole lines at once (several times faster on prose).
+        tk.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581*[^\u2581]+"), behavior="isolated")
+    # decoding drops the dummy prefix; with remove_extra_whitespaces sentencepiece drops every leading space
+    leading = 1 << 30 if ns.remove_extra_whitespaces else 1
+    strip = [decoders.Strip(" ", leading, 0)] if ns.add_dummy_prefix else []
     tk.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
     )
+    # sentencepiece finds user-defined pieces in the text (after normalisation); control pieces never come from text
+    tk.add_tokens([AddedToken(p.piece, normalized=True) for p in pieces if p.type == _USER_DEFINED])
     tk.add_special_tokens(
-        [AddedToken(p.piece, special=True, normalized=False) for p in proto.pieces if p.type in (2, 3)]
+        [
+            AddedToken(p.piece, special=True, normalized=False)
+            for p in pieces
+            if p.type in (_UNKNOWN, _CONTROL)
+        ]
     )
     if bos_token is not None and bos_token in vocab:
         tk.post_processor = processors.TemplateProcessing(
@@ -132,6 +237,47 @@ def sentencepiece_to_tokenizers(model_file: Path, bos_token: str | None):
             special_tokens=[(bos_token, vocab[bos_token])],
         )
     return tk
+
+
+def _refuse_unsupported(model_file: Path, proto) -> None:
+    """Raise TokenizerError naming the first property of `proto` a `tokenizers` BPE cannot reproduce exactly."""
+    ns, ts = proto.normalizer_spec, proto.trainer_spec
+    fix = "add the model's tokenizer.json beside it"
+    refusals = [
+        (ts.model_type != 2, f"trainer_spec.model_type={ts.model_type} (only BPE, 2, converts)"),
+        (ts.treat_whitespace_as_suffix, "trainer_spec.treat_whitespace_as_suffix=true"),
+        (not ns.escape_whitespaces, "normalizer_spec.escape_whitespaces=false"),
+        # tokenizers' Precompiled normaliser differs from sentencepiece's rules on some text (e.g. kana + dakuten)
+        (bool(ns.precompiled_charsmap), f"normalizer_spec {ns.name!r} rules (only identity converts)"),
+        (
+            any(p.type == _UNUSED for p in proto.pieces),
+            "UNUSED pieces (sentencepiece re-splits them after merging)",
+        ),
+        (
+            ns.add_dummy_prefix and any(p.type == _USER_DEFINED for p in proto.pieces),
+            "user-defined pieces together with normalizer_spec.add_dummy_prefix=true",
+        ),
+        (
+            ts.unk_id < 0 or ts.unk_id >= len(proto.pieces),
+            f"trainer_spec.unk_id={ts.unk_id} outside the vocabulary",
+        ),
+    ]
+    # leftmost-first among equally scored merges is only reproducible for runs of one repeated character
+    by_score: dict[float, list[str]] = {}
+    for p in proto.pieces:
+        if p.type == _NORMAL and len(p.piece) > 1:
+            by_score.setdefault(p.score, []).append(p.piece)
+    ties = [ps for ps in by_score.values() if len(ps) > 1 and any(len(set(x)) > 1 for x in ps)]
+    if ties:
+        refusals.append(
+            (
+                True,
+                f"{len(ties[0])} merged pieces share score (e.g. {ties[0][:3]}), so merge order is ambiguous",
+            )
+        )
+    for bad, what in refusals:
+        if bad:
+            raise TokenizerError(f"{model_file}: cannot convert exactly: {what}; {fix}")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -221,9 +221,7 @@ def convert_from_hf(
         raise ConversionError(f"--position applies to Baichuan2 only; {where} is {adapter.architectures[0]}")
     opts = ImportOptions(position=position, name_hint=hf_dir.resolve().name)
     cfg = adapter.config_from_hf(hf, where, opts)
-    if template is None:
-        template = adapter.default_template(cfg, hf, opts)
-    else:
+    if template is not None:
         from bessemer.templates import check_template
 
         check_template(template)
@@ -239,6 +237,10 @@ def convert_from_hf(
             if not copied:
                 (tmp / TOKENIZER_DIR).rmdir()
                 log.warning("%s: no tokenizer files; the checkpoint carries none", hf_dir)
+            if template is None:  # decided once the weights are in: the model's own chat_template first
+                from bessemer.templates import default_template
+
+                template = default_template(adapter.default_template(cfg, hf, opts), hf_dir)
             write_meta(
                 tmp,
                 0,

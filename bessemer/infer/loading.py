@@ -82,12 +82,12 @@ def _is_hf_folder(path: Path) -> bool:
 
 def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, template: str | None) -> InferenceModel:
     from bessemer.hf import hf_default_template, load_hf_model
-    from bessemer.templates import check_template
+    from bessemer.templates import check_template, default_template
     from bessemer.tokenizer import load_tokenizer
 
     model = load_hf_model(path, device=device, dtype=dtype)
     tokenizer = load_tokenizer(path)
-    name = template or hf_default_template(path)
+    name = template or default_template(hf_default_template(path), tokenizer)
     return InferenceModel(model, tokenizer, check_template(name), model.config.family, path.name, path)
 
 
