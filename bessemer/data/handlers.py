@@ -108,11 +108,9 @@ class Handler:
                 raise DataError(
                     f"missing column {f!r}: the row has {_columns(row)}; choose them with --fields"
                 )
-            v = row[f]
-            if v is None:
-                continue
-            parts.append(v if isinstance(v, str) else str(v))
-        return "\n\n".join(p for p in parts if p.strip())
+            parts.append(_text(row[f], f"column {f!r}"))
+        # empty fields are left out; whitespace is text like any other (Megatron encodes it too)
+        return "\n\n".join(p for p in parts if p)
 
     def _encode_sft(self, row: dict):
         messages = getattr(self, f"_{self.name}")(row)
@@ -189,8 +187,16 @@ def _columns(row: dict) -> str:
 
 
 def _text(value, key: str) -> str:
+    """A text field as given: None is empty; anything but a string, or a string that is not valid Unicode, is bad."""
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise DataError(f"bad {key}: must be text, got {type(value).__name__}")
+        raise DataError(f"bad {key}: must be text (a string), got a {type(value).__name__}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"bad {key}: not valid Unicode (a lone surrogate {value[exc.start]!r} at character {exc.start})"
+            ) from None
     return value

@@ -28,12 +28,15 @@ def test_pretrain_missing_column_lists_columns(tokenizer):
     h = Handler("pretrain", tokenizer)
     with pytest.raises(DataError, match=r"f\.jsonl:line 3: missing column 'text': the row has 'body', 'id'"):
         h.encode([("f.jsonl:line 3", {"body": "x", "id": 1})])
-    [skip, empty, ok] = h.encode(
-        [("a:line 1", {"body": "x"}), ("a:line 2", {"text": "  "}), ("a:line 3", {"text": "hi"})],
+    [skip, empty, spaces, ok] = h.encode(
+        [("a:line 1", {"body": "x"}), ("a:line 2", {"text": ""}), ("a:line 3", {"text": "  "}),
+         ("a:line 4", {"text": "hi"})],
         skip_bad=True,
-    )
+    )  # fmt: skip
     assert isinstance(skip, Skip) and skip.reason == "missing column 'text'" and skip.location == "a:line 1"
     assert isinstance(empty, Skip) and empty.reason == "empty text"
+    # whitespace is text, as in Megatron's preprocess_data.py
+    assert spaces == (tokenizer("  ")["input_ids"], None)
     assert ok[0][-1] == tokenizer("hi", add_special_tokens=False)["input_ids"][-1]
 
 
