@@ -28,6 +28,7 @@ and PREFIX.meta.json lists them; `merge` joins prepared datasets into one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import json
 import logging
@@ -56,6 +57,9 @@ BATCH_ROWS = 512  # rows per encode_batch call inside a worker
 MIN_UNIT_BYTES = 1 << 20
 MAX_UNIT_BYTES = 64 << 20
 UNITS_PER_WORKER = 4
+# starting a worker process (imports, tokenizer) costs about what encoding a few MB costs: smaller inputs are
+# encoded in this process, where the tokenizer's own threads still use every core
+WORKER_MIN_BYTES = 8 << 20
 
 
 @dataclass
@@ -310,8 +314,20 @@ def _encode_in_worker(task: tuple[Unit, tuple[str, str]]) -> Part:
 
 
 def _batches(rows: Iterable, size: int) -> Iterator[list]:
-    it = iter(rows)
-    while batch := list(itertools.islice(it, size)):
+    batch: list = []
+    try:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    except DataError:
+        # a bad line stops the reader: the rows before it are encoded first, so an earlier bad row is the
+        # one reported, as in input order
+        if batch:
+            yield batch
+        raise
+    if batch:
         yield batch
 
 
@@ -420,9 +436,9 @@ class _Router:
             self.current.abort()
 
 
-def plan_workers(requested: int, units: int) -> int:
-    """Worker processes to start: never more than the cores available or the units to encode."""
-    return max(1, min(requested, available_cores(), units))
+def plan_workers(requested: int, units: int, total_bytes: int) -> int:
+    """Worker processes to use: never more than the cores, the units, or what the input size pays for."""
+    return max(1, min(requested, available_cores(), units, total_bytes // max(1, WORKER_MIN_BYTES)))
 
 
 def prepare(
@@ -442,6 +458,7 @@ def prepare(
     start = time.perf_counter()
     out = str(out)
     check_output(out)
+    remove_stale_temps(out)
     tokenizer = load_tokenizer(options.tokenizer)
     encoder = Encoder(options, tokenizer)  # validates handler, template and eos before any worker starts
     work_start = time.perf_counter()
@@ -450,9 +467,12 @@ def prepare(
     total_bytes = sum(Path(f).stat().st_size for f in _input_files(inputs))
     target = int(np.clip(total_bytes // max(1, workers * UNITS_PER_WORKER), MIN_UNIT_BYTES, MAX_UNIT_BYTES))
     units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode)
-    used = plan_workers(workers, len(units))
+    used = plan_workers(workers, len(units), total_bytes)
     if used < workers:
-        log.info("prepare: %d worker(s) for %d unit(s) on %d core(s)", used, len(units), available_cores())
+        log.info(
+            "prepare: %d worker process(es) for %d unit(s), %.1f MB, %d core(s)",
+            used, len(units), total_bytes / 1e6, available_cores(),
+        )  # fmt: skip
     total = Report()
     router = _Router(out, dtype, sft, shard_size)
     live = Report()  # progress inside a unit when encoding in this process
@@ -560,6 +580,27 @@ def check_output(out: str) -> None:
             raise DataError(f"{out}: the file name is too long for the file system; choose a shorter --out")
         if path.is_dir():
             raise DataError(f"{path}: is a folder, in the way of the output; choose another --out")
+
+
+def remove_stale_temps(out: str) -> None:
+    """Remove the temporary files of earlier runs for this output that were killed (their process is gone)."""
+    p = Path(out)
+    name = glob.escape(p.name)
+    for pattern in (".part*", ".bin", ".idx", "_mask.bin", "_mask.idx", ".meta.json"):
+        for tmp in p.parent.glob(f".{name}{pattern}.tmp-*"):
+            pid = tmp.name.rsplit(".tmp-", 1)[-1].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _unlink(*paths: str | None) -> None:
