@@ -165,7 +165,7 @@ class Handler:
             role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
             if role is None:
                 raise DataError(
-                    f"bad conversations: turn {k} is from {turn['from']!r}; use human, gpt or system"
+                    f"bad conversations: turn {k} is from {_short(turn['from'])}; use human, gpt or system"
                 )
             messages.append({"role": role, "content": _text(turn["value"], "value")})
         return messages
@@ -191,7 +191,7 @@ def _text(value, key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise DataError(f"bad {key}: must be text (a string), got a {type(value).__name__}")
+        raise DataError(f"bad {key}: must be text (a string), not {_json_kind(value)}")
     if not value.isascii():
         try:
             value.encode("utf-8")
@@ -200,3 +200,16 @@ def _text(value, key: str) -> str:
                 f"bad {key}: not valid Unicode (a lone surrogate {value[exc.start]!r} at character {exc.start})"
             ) from None
     return value
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

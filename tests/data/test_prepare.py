@@ -128,7 +128,9 @@ def test_bad_rows_are_named_and_counted(tokenizer_dir, tmp_path, capsys):
         b'{"text": "\\ud800 lone"}\n{"text": "bad \xff"}\n{"text": null}\n{"text": "  "}\n'
     )
     assert run_cli("--input", src, "--tokenizer", tokenizer_dir, "--out", tmp_path / "b") == 2
-    assert "b.jsonl:line 2: bad column 'text': must be text (a string), got a dict" in capsys.readouterr().err
+    assert (
+        "b.jsonl:line 2: bad column 'text': must be text (a string), not an object" in capsys.readouterr().err
+    )
     assert run_cli("--input", src, "--tokenizer", tokenizer_dir, "--out", tmp_path / "b", "--skip-bad") == 0
     meta = read_meta(tmp_path / "b")
     assert meta["documents_read"] == 8 and meta["documents_written"] == 2
