@@ -21,6 +21,7 @@ import csv
 import glob
 import gzip
 import json
+import os
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -99,7 +100,9 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
                 raise DataError(f"{p}: directory holds no .parquet/.csv/.jsonl/.json/.txt files")
             files += found
         elif any(c in str(item) for c in "*?["):
-            found = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            found = _distinct(
+                sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            )
             if not found:
                 raise DataError(f"{item}: the pattern matches no files; check the path")
             files += found
@@ -112,6 +115,18 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     for f in files:
         file_format(f)
     return files
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """Each file once, though a pattern reaches it by several paths (a "**" through a symbolic link loop)."""
+    seen: set[str] = set()
+    out = []
+    for f in files:
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            out.append(f)
+    return out
 
 
 def _known(path: Path) -> bool:

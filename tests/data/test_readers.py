@@ -193,6 +193,7 @@ def test_bad_csv_json_and_links_are_one_line(tmp_path):
     (tmp_path / "sub" / "up").symlink_to(tmp_path / "sub")  # a directory loop is not followed
     (tmp_path / "sub" / "me.jsonl").symlink_to(tmp_path / "sub" / "me.jsonl")
     assert [r["text"] for _, r in iter_rows([tmp_path / "sub"])] == ["x"]
+    assert [r["text"] for _, r in iter_rows([str(tmp_path / "sub" / "**" / "*.jsonl")])] == ["x"]
 
 
 @pytest.fixture(scope="module")
