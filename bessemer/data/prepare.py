@@ -526,7 +526,8 @@ def prepare(
         "mask": mask_prefix(Path(out).name) if sft and not shard_size else None,
         "inputs": [str(i) for i in inputs],
         "command": command,
-        "workers": used,
+        "workers": used,  # processes that encoded (see plan_workers)
+        "workers_requested": workers,
         "seconds": round(time.perf_counter() - start, 3),
         "work_seconds": round(time.perf_counter() - work_start, 3),  # after the tokenizer is loaded
     }

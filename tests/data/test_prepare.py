@@ -69,10 +69,13 @@ def test_workers_give_identical_bytes(stories, tokenizer_dir, tmp_path, monkeypa
     assert metas[1]["workers"] == 1 and metas[2]["workers"] == 2
     assert files_of(tmp_path / "w1") == files_of(tmp_path / "w2")
     assert metas[1]["tokens"] == metas[2]["tokens"] and not pool_workers()
+    # SFT masks and shards across many units (in this process: SFT workers would each import transformers)
     sft = CORPUS_DIR / "sharegpt_sample.jsonl"
     opts = PrepareOptions(tokenizer=str(tokenizer_dir), handler="sharegpt")
-    for w in (1, 2):
-        prepare([str(sft)], str(tmp_path / f"s{w}"), opts, workers=w, shard_size=7)
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 2048)
+    prepare([str(sft)], str(tmp_path / "s2"), opts, shard_size=7)
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 1 << 30)  # one unit
+    prepare([str(sft)], str(tmp_path / "s1"), opts, shard_size=7)
     for k in range(3):
         suffixes = (".bin", ".idx", "_mask.bin", "_mask.idx")
         assert files_of(tmp_path / f"s1_{k:05d}", suffixes) == files_of(tmp_path / f"s2_{k:05d}", suffixes)
