@@ -470,8 +470,8 @@ def prepare(
     used = plan_workers(workers, len(units), total_bytes)
     if used < workers:
         log.info(
-            "prepare: %d worker process(es) for %d unit(s), %.1f MB, %d core(s)",
-            used, len(units), total_bytes / 1e6, available_cores(),
+            "prepare: using %d of %d workers (%.1f MB in %d units, %d cores, %d MB or more per worker)",
+            used, workers, total_bytes / 1e6, len(units), available_cores(), WORKER_MIN_BYTES >> 20,
         )  # fmt: skip
     total = Report()
     router = _Router(out, dtype, sft, shard_size)
