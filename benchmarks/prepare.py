@@ -1,12 +1,18 @@
-"""Throughput of `bessemer prepare` against a plain tokenize loop, measured in the same run.
+"""Throughput of `bessemer prepare` against a plain tokenize loop and a Megatron-style pool, in the same run.
 
 Generates a jsonl corpus of --size-mb (default 200) from the bundled corpus generator in a temporary folder,
-then times, each in a fresh process:
-  - baseline: read a line, json.loads, tokenizer(text)["input_ids"], append (the loop everyone writes first);
-  - `bessemer prepare --workers W` for W in 1, 2 and the number of cores.
-Prints tokens/s, the ratio to the baseline, and peak RSS (of the largest single process of the run).
+then, for each tokenizer (the demo sentencepiece model converted to `tokenizers`, and a 32k byte-level BPE
+trained here on the corpus), times each in a fresh process:
+  - plain loop: read a line, json.loads, tokenizer(text)["input_ids"], append (the loop everyone writes first);
+  - Megatron-style, for each W: what Megatron-LM's tools/preprocess_data.py does: a multiprocessing.Pool of W
+    workers, each line sent to a worker (imap, 32 lines a task) that json.loads it and encodes its text alone,
+    the ids sent back and written by the main process, document by document, to .bin/.idx. Its workers use the
+    same Rust tokenizer as `prepare`, so the comparison is of the pipeline, not of the tokenizer;
+  - `bessemer prepare --workers W --append-eod` for W in 1, 2 and the number of cores.
+The Megatron-style run and `prepare` write the same .bin/.idx bytes (checked). Prints tokens/s, the ratios to
+the plain loop and to the Megatron-style run of the same W, and peak RSS (of the largest single process).
 
-    python benchmarks/prepare.py --size-mb 50
+    python benchmarks/prepare.py --size-mb 50 --workers 1,2
 """
 
 from __future__ import annotations
@@ -55,15 +61,55 @@ def baseline(corpus: str, tokenizer_dir: str) -> dict:
     out, tokens = [], 0
     with open(corpus, encoding="utf-8") as f:
         for line in f:
-            ids = tok(json.loads(line)["text"])["input_ids"]
+            ids = tok(json.loads(line)["text"], split_special_tokens=True)["input_ids"] + [tok.eos_token_id]
             out.append(ids)
             tokens += len(ids)
     return {"tokens": tokens, "seconds": time.perf_counter() - start}
 
 
+_MEGATRON_TOKENIZER = None
+
+
+def _megatron_init(tokenizer_json: str) -> None:
+    global _MEGATRON_TOKENIZER
+    from tokenizers import Tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _MEGATRON_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+    _MEGATRON_TOKENIZER.encode_special_tokens = True  # text is text, as `prepare` encodes it
+
+
+def _megatron_encode(line: str) -> list[int]:
+    return _MEGATRON_TOKENIZER.encode(json.loads(line)["text"]).ids
+
+
+def megatron_style(corpus: str, tokenizer_dir: str, out: str, workers: int) -> dict:
+    import multiprocessing as mp
+
+    from bessemer.data.indexed import IndexedDatasetWriter, best_dtype
+    from bessemer.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    eod = tok.eos_token_id
+    start = time.perf_counter()
+    tokens = 0
+    with (
+        mp.get_context("spawn").Pool(
+            workers, initializer=_megatron_init, initargs=(tok.backend_tokenizer.to_str(),)
+        ) as pool,
+        open(corpus, encoding="utf-8") as fin,
+        IndexedDatasetWriter(out, best_dtype(len(tok))) as w,
+    ):
+        for ids in pool.imap(_megatron_encode, fin, 32):
+            if ids:  # like Megatron, no eod after an empty document (we write none at all)
+                w.add_document(ids + [eod])
+                tokens += len(ids) + 1
+    return {"tokens": tokens, "seconds": time.perf_counter() - start}
+
+
 def run_prepare(corpus: str, tokenizer_dir: str, out: str, workers: int) -> dict:
     cmd = [sys.executable, "-m", "bessemer", "prepare", "--quiet", "--input", corpus, "--tokenizer", tokenizer_dir,
-           "--out", out, "--workers", str(workers)]  # fmt: skip
+           "--out", out, "--workers", str(workers), "--append-eod"]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -75,6 +121,8 @@ def one(args) -> None:
     """Run one measurement in this process and print it as JSON with the peak RSS figures."""
     if args.one == "baseline":
         result = baseline(args.corpus, args.tokenizer)
+    elif args.one.startswith("megatron:"):
+        result = megatron_style(args.corpus, args.tokenizer, args.out, int(args.one.split(":")[1]))
     else:
         result = run_prepare(args.corpus, args.tokenizer, args.out, int(args.one))
     result["rss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -93,11 +141,42 @@ def measure(what: str, corpus: Path, tokenizer: str, out: Path) -> dict:
     return result
 
 
+def train_bpe(corpus: Path, out_dir: Path, vocab_size: int = 32000, sample_mb: float = 20) -> Path:
+    """A byte-level BPE tokenizer folder trained on the start of the corpus (GPT-2 style, like the issue's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    def texts():
+        seen = 0
+        with open(corpus, encoding="utf-8") as f:
+            for line in f:
+                seen += len(line)
+                if seen > sample_mb * 1e6:
+                    return
+                yield json.loads(line)["text"]
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(texts(), trainer)
+    out_dir.mkdir(parents=True)
+    tk.save(str(out_dir / "tokenizer.json"))
+    config = {"eos_token": "<|endoftext|>", "bos_token": None, "tokenizer_class": "PreTrainedTokenizerFast"}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    return out_dir
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size-mb", type=float, default=200.0, help="corpus size to generate (default 200)")
     p.add_argument("--workers", default=None, help="comma-separated worker counts (default: 1,2,cores)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the demo tokenizer)")
+    p.add_argument(
+        "--tokenizer", default=None, help="one tokenizer folder (default: the demo sentencepiece and a BPE)"
+    )
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -107,46 +186,72 @@ def main() -> int:
         return 0
     cores = os.cpu_count() or 1
     workers = sorted({int(w) for w in (args.workers or f"1,2,{cores}").split(",")})
+    ok = True
     with tempfile.TemporaryDirectory(prefix="bessemer-bench-") as tmp:
         tmp = Path(tmp)
-        if args.tokenizer is None:
-            sys.path.insert(0, str(ROOT))
-            from bessemer.assets import build_demo_tokenizer
-
-            args.tokenizer = str(build_demo_tokenizer(tmp / "tokenizer"))
         corpus = tmp / "corpus.jsonl"
         t = time.perf_counter()
         lines = make_corpus(corpus, args.size_mb)
         size = corpus.stat().st_size / 1e6
         print(
-            f"corpus: {size:.1f} MB, {lines:,} documents (generated in {time.perf_counter() - t:.1f}s); {cores} cores"
+            f"corpus: {size:.1f} MB, {lines:,} documents (generated in {time.perf_counter() - t:.1f}s); "
+            f"{cores} cores, load average {os.getloadavg()[0]:.1f} at start"
         )
-        base = measure("baseline", corpus, args.tokenizer, tmp / "unused")
-        rows = [("plain loop (encode per line)", base)]
-        for w in workers:
-            out = tmp / f"out{w}"
-            rows.append((f"bessemer prepare --workers {w}", measure(str(w), corpus, args.tokenizer, out)))
-            for suffix in (".bin", ".idx"):
-                Path(f"{out}{suffix}").unlink()
-        print(
-            f"{'run':34} {'tokens':>12} {'wall s':>7} {'tokens/s':>10} {'x loop':>6} {'work s':>7} {'tokens/s':>10} {'x loop':>6} {'peak RSS':>9}"
-        )  # noqa: E501
-        base_wall = base["tokens"] / base["wall"]
-        base_work = base["tokens"] / base["seconds"]
-        for name, r in rows:
-            wall, work = r["tokens"] / r["wall"], r["tokens"] / r["seconds"]
-            rss = r["rss_self_mb"] if r is base else r["rss_children_mb"]
-            print(
-                f"{name:34} {r['tokens']:>12,} {r['wall']:>7.1f} {wall:>10,.0f} {wall / base_wall:>6.2f} "
-                f"{r['seconds']:>7.1f} {work:>10,.0f} {work / base_work:>6.2f} {rss:>8.0f}M"
-            )
-        if any(r["tokens"] != base["tokens"] for _, r in rows):
-            print("warning: token counts differ between runs")
-            return 1
+        if args.tokenizer:
+            tokenizers = {"given": args.tokenizer}
+        else:
+            sys.path.insert(0, str(ROOT))
+            from bessemer.assets import build_demo_tokenizer
+
+            tokenizers = {
+                "sentencepiece (demo, 32k)": str(build_demo_tokenizer(tmp / "tokenizer")),
+                "byte-level BPE (32k)": str(train_bpe(corpus, tmp / "bpe")),
+            }
+        for label, tokenizer in tokenizers.items():
+            ok &= compare(label, corpus, tokenizer, workers, tmp)
     print(
-        "wall: end to end from process start (imports, tokenizer load); work: after the tokenizer is loaded"
+        "wall: end to end from process start (imports, tokenizer load); work: after the tokenizer is loaded; "
+        "x loop / x megatron: work-time ratios (same W for megatron)"
     )
-    return 0
+    return 0 if ok else 1
+
+
+def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: Path) -> bool:
+    """Time the plain loop, then Megatron-style and `prepare` at each worker count; print one table."""
+    base = measure("baseline", corpus, tokenizer, tmp / "unused")
+    rows = [("plain loop (encode per line)", base, None)]
+    same = True
+    for w in workers:
+        mega = measure(f"megatron:{w}", corpus, tokenizer, tmp / f"m{w}")
+        ours = measure(str(w), corpus, tokenizer, tmp / f"out{w}")
+        rows += [
+            (f"megatron-style pool, {w} workers", mega, None),
+            (f"bessemer prepare --workers {w}", ours, mega),
+        ]
+        for suffix in (".bin", ".idx"):
+            same &= Path(f"{tmp}/m{w}{suffix}").read_bytes() == Path(f"{tmp}/out{w}{suffix}").read_bytes()
+            Path(f"{tmp}/m{w}{suffix}").unlink()
+            Path(f"{tmp}/out{w}{suffix}").unlink()
+    print(f"\n{label}")
+    print(
+        f"{'run':34} {'tokens':>12} {'wall s':>7} {'work s':>7} {'tokens/s':>10} {'x loop':>6} "
+        f"{'x megatron':>10} {'peak RSS':>9}"
+    )
+    base_work = base["tokens"] / base["seconds"]
+    for name, r, mega in rows:
+        work = r["tokens"] / r["seconds"]
+        vs = f"{mega['seconds'] / r['seconds']:>10.2f}" if mega else f"{'':>10}"
+        rss = r["rss_self_mb"] if r is base else max(r["rss_self_mb"], r["rss_children_mb"])
+        print(
+            f"{name:34} {r['tokens']:>12,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {work:>10,.0f} "
+            f"{work / base_work:>6.2f} {vs} {rss:>8.0f}M"
+        )
+    if any(r["tokens"] != base["tokens"] for _, r, _ in rows):
+        print("warning: token counts differ between runs")
+        return False
+    if not same:
+        print("warning: the Megatron-style run and prepare wrote different bytes")
+    return same
 
 
 if __name__ == "__main__":

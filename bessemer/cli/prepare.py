@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 import time
 
@@ -44,6 +45,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--skip-bad", action="store_true", help="count and skip bad rows instead of stopping")
     parser.add_argument(
+        "--allow-special-in-text",
+        action="store_true",
+        help="pretrain: encode special-token text in documents (e.g. '</s>') as the control id, not as text",
+    )
+    parser.add_argument(
         "--shard-size",
         type=int,
         default=None,
@@ -79,6 +85,10 @@ def run(args) -> int:
         raise ConfigError(f"--max-length={args.max_length}; use at least 2")
     if args.shard_size is not None and args.shard_size < 1:
         raise ConfigError(f"--shard-size={args.shard_size}; use at least 1 document")
+    if args.allow_special_in_text and args.handler != "pretrain":
+        raise ConfigError(
+            "--allow-special-in-text applies to pretrain text; SFT control tokens come from the template"
+        )
     options = PrepareOptions(
         tokenizer=args.tokenizer,
         handler=args.handler,
@@ -87,14 +97,24 @@ def run(args) -> int:
         append_eod=args.append_eod,
         max_length=args.max_length,
         skip_bad=args.skip_bad,
+        allow_special_in_text=args.allow_special_in_text,
     )
     kwargs = dict(workers=args.workers, shard_size=args.shard_size, txt_mode=args.txt_mode, command=command)
-    if args.quiet or not console.is_terminal:
-        meta = prepare(args.input, args.out, options, **kwargs)
-    else:
-        meta = _with_progress(console, prepare, args.input, args.out, options, kwargs)
+    # a plain `kill` cleans up like Ctrl-C: workers ended, partial files removed
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if args.quiet or not console.is_terminal:
+            meta = prepare(args.input, args.out, options, **kwargs)
+        else:
+            meta = _with_progress(console, prepare, args.input, args.out, options, kwargs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _report(Console(highlight=False), args.out, meta)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _with_progress(console, prepare, inputs, out, options, kwargs) -> dict:

@@ -108,11 +108,9 @@ class Handler:
                 raise DataError(
                     f"missing column {f!r}: the row has {_columns(row)}; choose them with --fields"
                 )
-            v = row[f]
-            if v is None:
-                continue
-            parts.append(v if isinstance(v, str) else str(v))
-        return "\n\n".join(p for p in parts if p.strip())
+            parts.append(_text(row[f], f"column {f!r}"))
+        # empty fields are left out; whitespace is text like any other (Megatron encodes it too)
+        return "\n\n".join(p for p in parts if p)
 
     def _encode_sft(self, row: dict):
         messages = getattr(self, f"_{self.name}")(row)
@@ -167,7 +165,7 @@ class Handler:
             role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
             if role is None:
                 raise DataError(
-                    f"bad conversations: turn {k} is from {turn['from']!r}; use human, gpt or system"
+                    f"bad conversations: turn {k} is from {_short(turn['from'])}; use human, gpt or system"
                 )
             messages.append({"role": role, "content": _text(turn["value"], "value")})
         return messages
@@ -189,8 +187,29 @@ def _columns(row: dict) -> str:
 
 
 def _text(value, key: str) -> str:
+    """A text field as given: None is empty; anything but a string, or a string that is not valid Unicode, is bad."""
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise DataError(f"bad {key}: must be text, got {type(value).__name__}")
+        raise DataError(f"bad {key}: must be text (a string), not {_json_kind(value)}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"bad {key}: not valid Unicode (a lone surrogate {value[exc.start]!r} at character {exc.start})"
+            ) from None
     return value
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -105,7 +105,8 @@ class IndexedDatasetWriter:
         lengths = np.asarray(lengths, dtype=np.int32)
         if int(lengths.sum()) != flat.size:
             raise ValueError(f"lengths sum to {int(lengths.sum())} but {flat.size} tokens were given")
-        self._file.write(flat.tobytes(order="C"))
+        # through the buffer protocol: a memory-mapped slice goes to the file without a copy in memory
+        self._file.write(memoryview(np.ascontiguousarray(flat)).cast("B"))
         self._lengths.append(lengths)
 
     def add_dataset(self, prefix: str | Path) -> None:

@@ -1,28 +1,43 @@
 """Tokenize corpora into indexed datasets, in parallel, with the same bytes for any number of workers.
 
-The main process reads rows (readers.py) and hands chunks of them, in order, to worker processes that encode
-them (handlers.py, batched through the fast tokenizer); results are written back in input order, and at most a
-few chunks per worker are in flight, so memory stays flat however large the corpus.
+The inputs are cut into units (readers.plan_units: byte ranges of jsonl/txt files on line boundaries, runs of
+parquet row groups, whole files otherwise). Each worker process reads whole units itself, encodes their rows in
+batches through the fast tokenizer (handlers.py) and writes the tokens of a unit to a part file beside the
+output; the main process appends the parts to the output in input order and merges their lengths into the index.
+Nothing crosses between processes per document: a unit's description goes out, its counts and document lengths
+come back. So the output is byte for byte the same for any number of workers, memory stays flat (a batch of
+rows per worker), and more workers are never slower: at most one process per core is started (fewer when there
+are fewer units), and the cores left over go to each worker's tokenizer threads.
+
+Special-token text inside documents ("<s>", "</s>", "<|im_end|>") is encoded as ordinary text unless
+`allow_special_in_text` is set; control ids come only from templates and the BOS/--append-eod rules.
+Empty documents (no text, or text that encodes to no tokens) are skipped and counted as "empty text": Megatron's
+preprocess_data.py writes them as documents of zero sequences, which add no tokens. Whitespace-only text is a
+document, encoded like any other text, as Megatron does.
 
 Outputs for PREFIX:
 - PREFIX.bin / PREFIX.idx   token ids, Megatron layout (uint16 when the vocabulary fits, else int32);
 - PREFIX_mask.bin / .idx    SFT handlers only: one uint8 per token, 1 where the loss is taken (assistant answers);
 - PREFIX.meta.json          the report (documents read / written / skipped by reason, tokens, lengths,
                             truncations), the tokenizer's fingerprint, folder and vocabulary size, dtype, handler,
-                            template and command line.
+                            template, special-token mode and command line.
 With `shard_size`, documents go to PREFIX_00000, PREFIX_00001, ... (each a complete dataset with its own meta.json)
 and PREFIX.meta.json lists them; `merge` joins prepared datasets into one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import itertools
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +47,19 @@ import numpy as np
 from bessemer.data import indexed
 from bessemer.data.handlers import Handler, Skip
 from bessemer.data.indexed import IndexedDatasetWriter, best_dtype, mask_prefix, meta_path, read_meta
-from bessemer.data.readers import ReadStats, iter_rows
+from bessemer.data.readers import ReadStats, Unit, iter_unit_rows, plan_units
 from bessemer.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 256
-IN_FLIGHT_PER_WORKER = 4
+BATCH_ROWS = 512  # rows per encode_batch call inside a worker
+# units: small enough that every worker gets several (load balance), large enough that per-unit costs vanish
+MIN_UNIT_BYTES = 1 << 20
+MAX_UNIT_BYTES = 64 << 20
+UNITS_PER_WORKER = 4
+# starting a worker process (imports, tokenizer) costs about what encoding a few MB costs: smaller inputs are
+# encoded in this process, where the tokenizer's own threads still use every core
+WORKER_MIN_BYTES = 8 << 20
 
 
 @dataclass
@@ -52,11 +73,12 @@ class PrepareOptions:
     append_eod: bool = False
     max_length: int | None = None
     skip_bad: bool = False
+    allow_special_in_text: bool = False  # encode "<s>" in a document as the control id (opt-in)
 
 
 @dataclass
 class Chunk:
-    """Encoded documents of one chunk of rows, flattened for cheap transfer between processes."""
+    """Encoded documents of one batch of rows, flattened."""
 
     rows: int
     ids: np.ndarray
@@ -68,7 +90,7 @@ class Chunk:
 
 @dataclass
 class Report:
-    """Counts of one `prepare` run; written into PREFIX.meta.json."""
+    """Counts of one `prepare` run (or of one unit, or one shard); written into PREFIX.meta.json."""
 
     documents_read: int = 0
     documents_written: int = 0
@@ -83,18 +105,35 @@ class Report:
     def mean_length(self) -> float:
         return self.tokens / self.documents_written if self.documents_written else 0.0
 
-    def add(self, chunk: Chunk) -> None:
+    def add_documents(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        self.documents_written += int(lengths.size)
+        self.tokens += int(ids.size)
+        if lengths.size:
+            self.max_length = max(self.max_length, int(lengths.max()))
+        if ids.size:
+            self.max_token_id = max(self.max_token_id, int(ids.max()))
+
+    def add_chunk(self, chunk: Chunk) -> None:
         self.documents_read += chunk.rows
-        self.documents_written += chunk.lengths.size
-        self.tokens += int(chunk.ids.size)
-        if chunk.lengths.size:
-            self.max_length = max(self.max_length, int(chunk.lengths.max()))
-        if chunk.ids.size:
-            self.max_token_id = max(self.max_token_id, int(chunk.ids.max()))
+        self.add_documents(chunk.ids, chunk.lengths)
         self.truncated += chunk.truncated
         for reason, loc in chunk.skipped:
-            self.skipped[reason] += 1
-            self.first_skipped.setdefault(reason, loc)
+            self.add_skipped(reason, loc)
+
+    def add_skipped(self, reason: str, loc: str, count: int = 1) -> None:
+        self.skipped[reason] += count
+        self.first_skipped.setdefault(reason, loc)
+
+    def merge(self, other: Report) -> None:
+        """Add the counts of the next unit (reports are merged in input order, so `first_skipped` is first)."""
+        self.documents_read += other.documents_read
+        self.documents_written += other.documents_written
+        self.tokens += other.tokens
+        self.max_length = max(self.max_length, other.max_length)
+        self.max_token_id = max(self.max_token_id, other.max_token_id)
+        self.truncated += other.truncated
+        for reason, count in other.skipped.items():
+            self.add_skipped(reason, other.first_skipped[reason], count)
 
     def as_dict(self) -> dict:
         return {
@@ -111,8 +150,17 @@ class Report:
         }
 
 
+def text_backend(backend, allow_special_in_text: bool):
+    """A copy of a `tokenizers.Tokenizer` that encodes special-token text as text (unless allowed as control)."""
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.encode_special_tokens = not allow_special_in_text
+    return copy
+
+
 class Encoder:
-    """Encodes chunks of rows into a Chunk; one per process."""
+    """Encodes batches of rows into Chunks; one per process."""
 
     def __init__(self, options: PrepareOptions, tokenizer=None, *, light: tuple | None = None):
         """`light`: (tokenizer JSON, eos id, dtype name) to encode pretrain text with `tokenizers` alone."""
@@ -121,14 +169,22 @@ class Encoder:
             from tokenizers import Tokenizer
 
             backend = Tokenizer.from_str(light[0])
+            backend.encode_special_tokens = not options.allow_special_in_text
             self.handler = Handler("pretrain", None, fields=options.fields, backend=backend)
             self.eod, self.dtype = light[1], np.dtype(light[2])
             return
         from bessemer.tokenizer import load_tokenizer
 
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(options.tokenizer)
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if options.handler == "pretrain" and backend is not None:
+            backend = text_backend(backend, options.allow_special_in_text)
         self.handler = Handler(
-            options.handler, self.tokenizer, template=options.template, fields=options.fields
+            options.handler,
+            self.tokenizer,
+            template=options.template,
+            fields=options.fields,
+            backend=backend,
         )
         self.dtype = best_dtype(len(self.tokenizer))
         self.eod = self.tokenizer.eos_token_id
@@ -153,6 +209,11 @@ class Encoder:
                 skipped.append((res.reason, loc))
                 continue
             ids, mask = res
+            if (
+                not ids
+            ):  # text the tokenizer turns into nothing: Megatron writes no tokens (and no eod) either
+                skipped.append(("empty text", loc))
+                continue
             if o.max_length and len(ids) + len(eod) > o.max_length:
                 keep = o.max_length - len(eod)
                 ids = ids[:keep]
@@ -186,44 +247,124 @@ class Encoder:
         )
 
 
+@dataclass
+class Part:
+    """One encoded unit: its counts, its document lengths, and the part files holding its tokens (and mask)."""
+
+    report: Report
+    lengths: np.ndarray
+    bin: str
+    mask: str | None
+
+
+def part_paths(out: str, k: int) -> tuple[str, str]:
+    """The hidden part files of unit k beside the output (tokens, mask); removed once appended."""
+    p = Path(out)
+    stem = p.parent / f".{p.name}.part{k:06d}.tmp-{os.getpid()}"
+    return f"{stem}.bin", f"{stem}.mask.bin"
+
+
+def encode_unit(encoder: Encoder, unit: Unit, paths: tuple[str, str], progress=None) -> Part:
+    """Read, encode and write one unit to its part files."""
+    stats = ReadStats()
+    report = Report()
+    lengths: list[np.ndarray] = []
+    sft = encoder.handler.is_sft
+    with open(paths[0], "wb") as fb, open(paths[1], "wb") if sft else contextlib.nullcontext() as fm:
+        for rows in _batches(iter_unit_rows(unit, encoder.options.skip_bad, stats), BATCH_ROWS):
+            chunk = encoder(rows)
+            report.add_chunk(chunk)
+            fb.write(memoryview(chunk.ids).cast("B"))
+            if sft:
+                fm.write(memoryview(chunk.mask).cast("B"))
+            lengths.append(chunk.lengths)
+            if progress is not None:
+                progress(chunk)
+    # rows the reader itself skipped (malformed lines) count as read and skipped
+    for reason, count in stats.skipped.items():
+        report.documents_read += count
+        report.add_skipped(reason, stats.first_bad[reason], count)
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+    return Part(report, all_lengths, paths[0], paths[1] if sft else None)
+
+
 _WORKER: Encoder | None = None  # set once in each worker process by _init_worker
 
 
-def _init_worker(options: PrepareOptions, light: tuple | None) -> None:
+def _init_worker(options: PrepareOptions, light: tuple | None, threads: int, parent: int) -> None:
     global _WORKER
-    # one core per worker: the tokenizer's own thread pool would compete with the other workers
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the workers)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the cores not taken by other workers go to this worker's tokenizer threads
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _WORKER = Encoder(options, light=light)
 
 
-def _encode_in_worker(rows):
-    return _WORKER(rows)
+def _exit_with_parent(parent: int) -> None:
+    # a parent killed outright (SIGKILL) cannot end its workers: they end themselves
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
-def _chunks(rows: Iterable, size: int) -> Iterator[list]:
-    buf = []
-    for r in rows:
-        buf.append(r)
-        if len(buf) == size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
+def _encode_in_worker(task: tuple[Unit, tuple[str, str]]) -> Part:
+    return encode_unit(_WORKER, *task)
 
 
-def encode_chunks(
-    options: PrepareOptions, chunks: Iterator[list], workers: int, light: tuple | None = None
-) -> Iterator[Chunk]:
-    """Encoded chunks in input order, from `workers` spawned processes, with a bounded number in flight."""
-    ctx = mp.get_context("spawn")  # fork would copy the parent's tokenizer thread pool, which can deadlock
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(options, light)) as pool:
-        pending: deque = deque()
-        for c in chunks:
-            pending.append(pool.apply_async(_encode_in_worker, (c,)))
-            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+def _batches(rows: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    try:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    except DataError:
+        # a bad line stops the reader: the rows before it are encoded first, so an earlier bad row is the
+        # one reported, as in input order
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def encode_parts(
+    encoder: Encoder, units: list[Unit], out: str, workers: int, progress=None
+) -> Iterator[Part]:
+    """Encoded parts in input order: in this process for one worker, else from `workers` spawned processes."""
+    tasks = [(u, part_paths(out, k)) for k, u in enumerate(units)]
+    if workers <= 1:
+        for unit, paths in tasks:
+            yield encode_unit(encoder, unit, paths, progress)
+        return
+    threads = max(1, available_cores() // workers)
+    # spawn, not fork: fork would copy the parent's tokenizer thread pool, which can deadlock
+    pool = mp.get_context("spawn").Pool(
+        workers,
+        initializer=_init_worker,
+        initargs=(encoder.options, encoder.light(), threads, os.getpid()),
+    )
+    done = False
+    try:
+        yield from pool.imap(_encode_in_worker, tasks, chunksize=1)
+        done = True
+    finally:
+        if done:
+            pool.close()
+        else:
+            pool.terminate()
+        pool.join()
 
 
 class _Output:
@@ -235,12 +376,6 @@ class _Output:
         self.mask = IndexedDatasetWriter(mask_prefix(prefix), np.uint8) if sft else None
         self.report = Report()
 
-    def write(self, chunk: Chunk, lo: int, hi: int) -> None:
-        a, b = int(chunk.lengths[:lo].sum()), int(chunk.lengths[:hi].sum())
-        self.tokens.add_documents(chunk.ids[a:b], chunk.lengths[lo:hi])
-        if self.mask is not None:
-            self.mask.add_documents(chunk.mask[a:b], chunk.lengths[lo:hi])
-
     def finalize(self) -> None:
         if self.mask is not None:
             self.mask.finalize()
@@ -250,6 +385,60 @@ class _Output:
         self.tokens.abort()
         if self.mask is not None:
             self.mask.abort()
+
+
+class _Router:
+    """Appends parts, in order, to the output dataset (or to its shards of `shard_size` documents)."""
+
+    def __init__(self, out: str, dtype, sft: bool, shard_size: int | None):
+        self.out, self.dtype, self.sft, self.shard_size = out, np.dtype(dtype), sft, shard_size
+        self.outputs: list[_Output] = []
+        self.current: _Output | None = None
+
+    def add(self, part: Part) -> None:
+        n = part.lengths.size
+        if n == 0:
+            return
+        ids = np.memmap(part.bin, dtype=self.dtype, mode="r")
+        mask = np.memmap(part.mask, dtype=np.uint8, mode="r") if part.mask else None
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(part.lengths, out=offsets[1:])
+        lo = 0
+        while lo < n:
+            out = self._output()
+            hi = min(n, lo + self.shard_size - out.report.documents_written) if self.shard_size else n
+            a, b = int(offsets[lo]), int(offsets[hi])
+            out.tokens.add_documents(ids[a:b], part.lengths[lo:hi])
+            if out.mask is not None:
+                out.mask.add_documents(mask[a:b], part.lengths[lo:hi])
+            out.report.add_documents(ids[a:b], part.lengths[lo:hi])
+            lo = hi
+        del ids, mask
+
+    def _output(self) -> _Output:
+        cur = self.current
+        if cur is None or (self.shard_size and cur.report.documents_written >= self.shard_size):
+            if cur is not None:
+                cur.finalize()
+            name = f"{self.out}_{len(self.outputs):05d}" if self.shard_size else self.out
+            self.current = _Output(name, self.dtype, self.sft)
+            self.outputs.append(self.current)
+        return self.current
+
+    def finalize(self) -> None:
+        self.current.finalize()
+
+    def abort(self) -> None:
+        for o in self.outputs:
+            if o is not self.current:
+                _remove(o.prefix)
+        if self.current is not None:
+            self.current.abort()
+
+
+def plan_workers(requested: int, units: int, total_bytes: int) -> int:
+    """Worker processes to use: never more than the cores, the units, or what the input size pays for."""
+    return max(1, min(requested, available_cores(), units, total_bytes // max(1, WORKER_MIN_BYTES)))
 
 
 def prepare(
@@ -267,51 +456,57 @@ def prepare(
     from bessemer.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     start = time.perf_counter()
+    out = str(out)
+    check_output(out)
+    remove_stale_temps(out)
     tokenizer = load_tokenizer(options.tokenizer)
     encoder = Encoder(options, tokenizer)  # validates handler, template and eos before any worker starts
     work_start = time.perf_counter()
     dtype = encoder.dtype
     sft = encoder.handler.is_sft
-    stats = ReadStats()
-    rows = iter_rows(inputs, skip_bad=options.skip_bad, stats=stats, txt_mode=txt_mode)
-    chunks = _chunks(rows, CHUNK_ROWS)
-    encoded = (
-        map(encoder, chunks) if workers <= 1 else encode_chunks(options, chunks, workers, encoder.light())
-    )
+    total_bytes = sum(Path(f).stat().st_size for f in _input_files(inputs))
+    target = int(np.clip(total_bytes // max(1, workers * UNITS_PER_WORKER), MIN_UNIT_BYTES, MAX_UNIT_BYTES))
+    units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode)
+    used = plan_workers(workers, len(units), total_bytes)
+    if used < workers:
+        log.info(
+            "prepare: using %d of %d workers (%.1f MB in %d units, %d cores, %d MB or more per worker)",
+            used, workers, total_bytes / 1e6, len(units), available_cores(), WORKER_MIN_BYTES >> 20,
+        )  # fmt: skip
     total = Report()
-    outputs: list[_Output] = []
-    current: _Output | None = None
+    router = _Router(out, dtype, sft, shard_size)
+    live = Report()  # progress inside a unit when encoding in this process
+
+    def inline_progress(chunk: Chunk) -> None:
+        live.add_chunk(chunk)
+        if progress is not None:
+            progress(total.documents_read + live.documents_read, total.tokens + live.tokens)
+
+    parts = encode_parts(encoder, units, out, used, inline_progress)
     try:
-        for chunk in encoded:
-            total.add(chunk)
-            lo, n = 0, chunk.lengths.size
-            while lo < n:
-                if current is None or (shard_size and current.report.documents_written >= shard_size):
-                    if current is not None:
-                        current.finalize()
-                    current = _Output(f"{out}_{len(outputs):05d}" if shard_size else out, dtype, sft)
-                    outputs.append(current)
-                hi = min(n, lo + shard_size - current.report.documents_written) if shard_size else n
-                current.write(chunk, lo, hi)
-                current.report.add(_slice(chunk, lo, hi))
-                lo = hi
-            if progress is not None:
-                progress(total.documents_read, total.tokens)
-        # rows the reader itself skipped (malformed lines) count as read and skipped
-        for reason, count in stats.skipped.items():
-            total.documents_read += count
-            total.skipped[reason] += count
-            total.first_skipped.setdefault(reason, stats.first_bad[reason])
+        with contextlib.closing(parts):
+            for part in parts:
+                live = Report()
+                try:
+                    router.add(part)
+                finally:
+                    _unlink(part.bin, part.mask)
+                total.merge(part.report)
+                if progress is not None:
+                    progress(total.documents_read, total.tokens)
         if total.documents_written == 0:
             raise DataError(_empty_message(inputs, total))
-        current.finalize()
+        router.finalize()
+    except OSError as exc:
+        router.abort()
+        raise DataError(f"{out}: cannot write the dataset ({exc.strerror or exc}); check the path, "
+                        "its permissions and free space") from exc  # fmt: skip
     except BaseException:
-        for o in outputs:
-            if o is not current:
-                _remove(o.prefix)
-        if current is not None:
-            current.abort()
+        router.abort()
         raise
+    finally:
+        for k in range(len(units)):
+            _unlink(*part_paths(out, k))
 
     meta = {
         **total.as_dict(),
@@ -325,31 +520,94 @@ def prepare(
         "template": encoder.handler.template if sft else None,
         "fields": list(options.fields) if not sft else None,
         "append_eod": options.append_eod,
+        # how special-token text inside documents was encoded: as text, or as control ids (opt-in)
+        "special_tokens_in_text": "control" if options.allow_special_in_text else "text",
         "max_length_limit": options.max_length,
         "mask": mask_prefix(Path(out).name) if sft and not shard_size else None,
         "inputs": [str(i) for i in inputs],
         "command": command,
-        "workers": workers,
+        "workers": used,  # processes that encoded (see plan_workers)
+        "workers_requested": workers,
         "seconds": round(time.perf_counter() - start, 3),
         "work_seconds": round(time.perf_counter() - work_start, 3),  # after the tokenizer is loaded
     }
-    if shard_size:
-        meta["shards"] = [o.prefix for o in outputs]
-        for o in outputs:
-            shard_meta = {
-                **meta,
-                **o.report.as_dict(),
-                "mask": mask_prefix(Path(o.prefix).name) if sft else None,
-            }
-            shard_meta.pop("shards")
-            _write_json(meta_path(o.prefix), shard_meta)
-    _write_json(meta_path(out), meta)
+    try:
+        if shard_size:
+            meta["shards"] = [o.prefix for o in router.outputs]
+            for o in router.outputs:
+                shard_meta = {
+                    **meta,
+                    **o.report.as_dict(),
+                    "mask": mask_prefix(Path(o.prefix).name) if sft else None,
+                }
+                shard_meta.pop("shards")
+                _write_json(meta_path(o.prefix), shard_meta)
+        _write_json(meta_path(out), meta)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot write the dataset report ({exc.strerror or exc})") from exc
     return meta
 
 
-def _slice(chunk: Chunk, lo: int, hi: int) -> Chunk:
-    a, b = int(chunk.lengths[:lo].sum()), int(chunk.lengths[:hi].sum())
-    return Chunk(rows=0, ids=chunk.ids[a:b], lengths=chunk.lengths[lo:hi], mask=None)
+def _input_files(inputs) -> list[Path]:
+    from bessemer.data.readers import expand_inputs
+
+    return expand_inputs(inputs)
+
+
+def check_output(out: str) -> None:
+    """Fail early, in one line, when the output prefix cannot be written (a file in the way, no permission...)."""
+    p = Path(out)
+    if not p.name or p.name in (".", ".."):
+        raise DataError(f"{out}: --out must name a file prefix such as data/corpus, not a folder")
+    parent = p.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"{out}: cannot create the folder {parent} ({exc.strerror or exc}); choose another --out"
+        ) from exc
+    if not parent.is_dir():
+        raise DataError(f"{out}: {parent} is not a folder; choose another --out")
+    probe = parent / f".{p.name[:200]}.probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(
+            f"{out}: cannot write in {parent} ({exc.strerror or exc}); choose another --out"
+        ) from exc
+    for path in (indexed.bin_path(out), indexed.idx_path(out), meta_path(out)):
+        if len(path.name.encode()) > 255:
+            raise DataError(f"{out}: the file name is too long for the file system; choose a shorter --out")
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder, in the way of the output; choose another --out")
+
+
+def remove_stale_temps(out: str) -> None:
+    """Remove the temporary files of earlier runs for this output that were killed (their process is gone)."""
+    p = Path(out)
+    name = glob.escape(p.name)
+    for pattern in (".part*", ".bin", ".idx", "_mask.bin", "_mask.idx", ".meta.json"):
+        for tmp in p.parent.glob(f".{name}{pattern}.tmp-*"):
+            pid = tmp.name.rsplit(".tmp-", 1)[-1].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _unlink(*paths: str | None) -> None:
+    for p in paths:
+        if p:
+            Path(p).unlink(missing_ok=True)
 
 
 def _empty_message(inputs, report: Report) -> str:
@@ -391,10 +649,15 @@ def merge(prefixes: list[str], out: str, *, command: str | None = None) -> dict:
         raise DataError(
             f"{missing}: has no loss mask but the others do; merge SFT and pretrain data separately"
         )
+    check_output(out)
     try:
         indexed.merge(prefixes, out)
         if all(with_mask):
             indexed.merge([mask_prefix(p) for p in prefixes], mask_prefix(out))
+    except OSError as exc:
+        _remove(out)
+        raise DataError(f"{out}: cannot write the merged dataset ({exc.strerror or exc}); check the path "
+                        "and free space") from exc  # fmt: skip
     except BaseException:
         _remove(out)
         raise

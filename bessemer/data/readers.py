@@ -1,11 +1,16 @@
 """Stream rows out of corpus files: parquet, csv, jsonl, json (one list), txt; optionally gzip-compressed.
 
 Nothing reads a whole corpus into memory except a .json file, which is one JSON value by definition (use .jsonl
-for large data). Parquet and csv stream through pyarrow in record batches. jsonl streams line by line through the
-standard json module: that keeps exact line numbers for errors and `skip_bad`, and accepts rows whose fields
-change type from line to line (pyarrow's reader fixes one schema per block and fails on them); tokenizing, not
-parsing, is what bounds `prepare` (see benchmarks/prepare.py). A .txt file holds one document per line
+for large data). Parquet and csv stream through pyarrow in record batches. jsonl and txt stream line by line
+(lines end at "\\n"; a trailing "\\r" is dropped), each line decoded and parsed on its own, so a bad line (invalid
+UTF-8, malformed or over-deep JSON, not an object) is one bad row named by file and line, counted by `skip_bad`,
+and rows whose fields change type from line to line are fine. A .txt file holds one document per line
 (txt_mode="line", blank lines skipped) or one per blank-line-separated paragraph (txt_mode="paragraph").
+
+`plan_units` cuts the inputs into units that processes read independently: byte ranges on line (or paragraph)
+boundaries of uncompressed jsonl/txt files, runs of row groups of parquet files, and whole files for the rest
+(gzip, csv, json); `iter_unit_rows` reads one. Reading the units in order gives exactly the rows of `iter_rows`.
+A damaged file (truncated or corrupt gzip, unreadable, malformed csv) stops the run with one line naming it.
 
 Each row comes with its location ("file:line 12" or "file:row 12", 1-based) for error messages.
 """
@@ -16,6 +21,8 @@ import csv
 import glob
 import gzip
 import json
+import os
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +44,9 @@ _SUFFIXES = {
 }
 TXT_MODES = ("line", "paragraph")
 PARQUET_BATCH_ROWS = 1024
+_READ_BLOCK = 8 << 20
+# errors of a damaged or unreadable input file (gzip.BadGzipFile is an OSError)
+_FILE_ERRORS = (OSError, EOFError, zlib.error)
 
 
 @dataclass
@@ -46,6 +56,22 @@ class ReadStats:
     rows: int = 0
     skipped: Counter = field(default_factory=Counter)
     first_bad: dict = field(default_factory=dict)  # reason -> location of its first occurrence
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A part of one input file that a process reads on its own.
+
+    For byte units (uncompressed jsonl/txt), [start, stop) is a byte range starting at line `first` (1-based);
+    for parquet, [start, stop) are row groups and `first` is the number of the first row; stop=-1 is "to the end".
+    """
+
+    path: str
+    fmt: str
+    start: int = 0
+    stop: int = -1
+    first: int = 1
+    txt_mode: str = "line"
 
 
 def file_format(path: str | Path) -> str:
@@ -74,15 +100,33 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
                 raise DataError(f"{p}: directory holds no .parquet/.csv/.jsonl/.json/.txt files")
             files += found
         elif any(c in str(item) for c in "*?["):
-            found = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            found = _distinct(
+                sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            )
             if not found:
                 raise DataError(f"{item}: the pattern matches no files; check the path")
             files += found
+        elif p.is_symlink():
+            raise DataError(f"{item}: a broken symbolic link or a link loop; point --input at the real file")
+        elif p.exists():
+            raise DataError(f"{item}: not a regular file or directory; pass a corpus file or folder")
         else:
             raise DataError(f"{item}: no such file or directory; check the --input path")
     for f in files:
         file_format(f)
     return files
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """Each file once, though a pattern reaches it by several paths (a "**" through a symbolic link loop)."""
+    seen: set[str] = set()
+    out = []
+    for f in files:
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            out.append(f)
+    return out
 
 
 def _known(path: Path) -> bool:
@@ -105,26 +149,123 @@ def iter_rows(
         raise DataError(f"txt mode {txt_mode!r} is unknown; use one of: {', '.join(TXT_MODES)}")
     stats = stats if stats is not None else ReadStats()
     for path in expand_inputs(inputs):
+        yield from iter_unit_rows(Unit(str(path), file_format(path), txt_mode=txt_mode), skip_bad, stats)
+
+
+def plan_units(inputs: list[str | Path], *, target_bytes: int, txt_mode: str = "line") -> list[Unit]:
+    """Cut the inputs into units of about `target_bytes` (see the module docstring), in input order."""
+    if txt_mode not in TXT_MODES:
+        raise DataError(f"txt mode {txt_mode!r} is unknown; use one of: {', '.join(TXT_MODES)}")
+    units: list[Unit] = []
+    for path in expand_inputs(inputs):
         fmt = file_format(path)
-        if fmt == "parquet":
-            rows = _parquet(path)
-        elif fmt in ("csv", "tsv"):
-            rows = _csv(path, "\t" if fmt == "tsv" else ",")
-        elif fmt == "jsonl":
-            rows = _jsonl(path, skip_bad, stats)
-        elif fmt == "json":
-            rows = _json(path, skip_bad, stats)
-        else:
-            rows = _txt(path, txt_mode)
+        gz = path.suffix.lower() == ".gz"
+        try:
+            if fmt in ("jsonl", "txt") and not gz:
+                paragraph = fmt == "txt" and txt_mode == "paragraph"
+                for start, stop, first in _line_ranges(path, target_bytes, paragraph):
+                    units.append(Unit(str(path), fmt, start, stop, first, txt_mode))
+            elif fmt == "parquet" and not gz:
+                units += _row_group_units(path, target_bytes)
+            else:
+                units.append(Unit(str(path), fmt, txt_mode=txt_mode))
+        except _FILE_ERRORS as exc:
+            raise _file_error(path, exc) from exc
+    return units
+
+
+def _line_ranges(path: Path, target: int, paragraph: bool) -> list[tuple[int, int, int]]:
+    """(start, stop, first line) of byte ranges of about `target` bytes that end after a line (or paragraph)."""
+    size = path.stat().st_size
+    if size <= target:
+        return [(0, size, 1)]
+    seps = (b"\n\n", b"\n\r\n") if paragraph else (b"\n",)
+    ranges, start, first = [], 0, 1
+    pos, lines = 0, 0  # bytes and newlines before `block`
+    want = target
+    with open(path, "rb") as f:
+        while block := f.read(_READ_BLOCK):
+            end = pos + len(block)
+            while want < end:
+                hits = [(i, len(sep)) for sep in seps if (i := block.find(sep, max(want - pos, 0))) >= 0]
+                if not hits:
+                    break  # no boundary in this block: the range grows into the next one
+                i, n = min(hits)
+                cut = pos + i + n
+                if cut < size:
+                    ranges.append((start, cut, first))
+                    start, first = cut, lines + block.count(b"\n", 0, cut - pos) + 1
+                want = cut + target
+            lines += block.count(b"\n")
+            pos = end
+    ranges.append((start, size, first))
+    return ranges
+
+
+def _row_group_units(path: Path, target: int) -> list[Unit]:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable parquet file ({_first_line(exc)}); check the file") from exc
+    units, start, first, size, rows = [], 0, 1, 0, 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        size += rg.total_byte_size
+        rows += rg.num_rows
+        if size >= target or g == meta.num_row_groups - 1:
+            units.append(Unit(str(path), "parquet", start, g + 1, first))
+            start, first, size, rows = g + 1, first + rows, 0, 0
+    return units or [Unit(str(path), "parquet", 0, 0, 1)]
+
+
+def iter_unit_rows(unit: Unit, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[str, dict]]:
+    """Yield (location, row dict) for the rows of one unit, counting them (and bad rows) in `stats`."""
+    path = Path(unit.path)
+    fmt = unit.fmt
+    if fmt == "parquet":
+        rows = _parquet(path, unit)
+    elif fmt in ("csv", "tsv"):
+        rows = _csv(path, "\t" if fmt == "tsv" else ",")
+    elif fmt == "jsonl":
+        rows = _jsonl(path, unit, skip_bad, stats)
+    elif fmt == "json":
+        rows = _json(path, skip_bad, stats)
+    else:
+        rows = _txt(path, unit, skip_bad, stats)
+    try:
         for loc, row in rows:
             stats.rows += 1
             yield loc, row
+    except _FILE_ERRORS as exc:
+        raise _file_error(path, exc) from exc
 
 
-def _open_text(path: Path):
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _file_error(path: Path, exc: BaseException) -> DataError:
+    why = getattr(exc, "strerror", None) or _first_line(exc) or type(exc).__name__
+    return DataError(f"{path}: cannot be read ({why}); check the file (a truncated or corrupt .gz?)")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+
+
+def _lines(path: Path, unit: Unit) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its end) over the unit's byte range (the whole file when compressed)."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as f:
+        if unit.start:
+            f.seek(unit.start)
+        left = unit.stop - unit.start if unit.stop >= 0 else -1
+        for n, line in enumerate(f, unit.first):
+            if left >= 0:
+                if left <= 0:
+                    return
+                left -= len(line)
+            if n == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not text
+                line = line[3:]
+            yield n, line.rstrip(b"\n").removesuffix(b"\r")
 
 
 def _bad(stats: ReadStats, reason: str, loc: str) -> None:
@@ -132,37 +273,46 @@ def _bad(stats: ReadStats, reason: str, loc: str) -> None:
     stats.first_bad.setdefault(reason, loc)
 
 
-def _jsonl(path: Path, skip_bad: bool, stats: ReadStats):
-    with _open_text(path) as f:
+def _bad_row(skip_bad: bool, stats: ReadStats, loc: str, reason: str, detail: str) -> None:
+    """Stop the run at a bad row, or count and skip it with --skip-bad."""
+    if not skip_bad:
+        raise DataError(f"{loc}: {detail}; fix the row or pass --skip-bad")
+    _bad(stats, reason, loc)
+
+
+def _decode(raw: bytes, loc: str, skip_bad: bool, stats: ReadStats) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _bad_row(skip_bad, stats, loc, "not UTF-8", f"not UTF-8 text (byte {exc.start + 1}: {exc.reason})")
+        return None
+
+
+def _jsonl(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
+    for n, raw in _lines(path, unit):
+        if not raw.strip():
+            continue
+        loc = f"{path}:line {n}"
+        line = _decode(raw, loc, skip_bad, stats)
+        if line is None:
+            continue
         try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                loc = f"{path}:line {n}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    if not skip_bad:
-                        raise DataError(
-                            f"{loc}: not valid JSON ({exc.msg}); fix the line or pass --skip-bad"
-                        ) from exc
-                    _bad(stats, "malformed JSON", loc)
-                    continue
-                if _is_object(row, loc, skip_bad, stats):
-                    yield loc, row
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from exc
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: cannot be read ({exc}); check the file (a truncated .gz?)") from exc
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            _bad_row(skip_bad, stats, loc, "malformed JSON", f"not valid JSON ({exc.msg})")
+            continue
+        except RecursionError:
+            _bad_row(skip_bad, stats, loc, "malformed JSON", "JSON nested too deeply")
+            continue
+        if _is_object(row, loc, skip_bad, stats):
+            yield loc, row
 
 
 def _is_object(row, loc: str, skip_bad: bool, stats: ReadStats) -> bool:
     """A row must be a JSON object; anything else stops the run, or is counted and skipped with --skip-bad."""
     if isinstance(row, dict):
         return True
-    if not skip_bad:
-        raise DataError(f"{loc}: a JSON {type(row).__name__}, not an object; fix it or pass --skip-bad")
-    _bad(stats, "not a JSON object", loc)
+    _bad_row(skip_bad, stats, loc, "not a JSON object", f"a JSON {type(row).__name__}, not an object")
     return False
 
 
@@ -174,6 +324,8 @@ def _json(path: Path, skip_bad: bool, stats: ReadStats):
         raise DataError(f"{path}:line {exc.lineno}: not valid JSON ({exc.msg}); fix the file") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from exc
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; flatten the data") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -186,30 +338,34 @@ def _json(path: Path, skip_bad: bool, stats: ReadStats):
             yield loc, row
 
 
-def _txt(path: Path, mode: str):
-    with _open_text(path) as f:
-        if mode == "line":
-            for n, line in enumerate(f, 1):
-                text = line.rstrip("\r\n")
-                if text.strip():
-                    yield f"{path}:line {n}", {"text": text}
-            return
-        para: list[str] = []
-        start = 0
-        for n, line in enumerate(f, 1):
-            text = line.rstrip("\r\n")
+def _open_text(path: Path):
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _txt(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
+    para: list[str] = []
+    start = 0
+    for n, raw in _lines(path, unit):
+        text = _decode(raw, f"{path}:line {n}", skip_bad, stats)
+        if text is None:
+            continue
+        if unit.txt_mode == "line":
             if text.strip():
-                if not para:
-                    start = n
-                para.append(text)
-            elif para:
-                yield f"{path}:line {start}", {"text": "\n".join(para)}
-                para = []
-        if para:
+                yield f"{path}:line {n}", {"text": text}
+        elif text.strip():
+            if not para:
+                start = n
+            para.append(text)
+        elif para:
             yield f"{path}:line {start}", {"text": "\n".join(para)}
+            para = []
+    if para:
+        yield f"{path}:line {start}", {"text": "\n".join(para)}
 
 
-def _parquet(path: Path):
+def _parquet(path: Path, unit: Unit):
     import pyarrow.parquet as pq
 
     if path.suffix.lower() == ".gz":
@@ -217,12 +373,16 @@ def _parquet(path: Path):
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:
-        raise DataError(f"{path}: not a readable parquet file ({exc}); check the file") from exc
-    n = 0
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for row in batch.to_pylist():
-            n += 1
-            yield f"{path}:row {n}", row
+        raise DataError(f"{path}: not a readable parquet file ({_first_line(exc)}); check the file") from exc
+    groups = range(unit.start, unit.stop if unit.stop >= 0 else pf.metadata.num_row_groups)
+    n = unit.first - 1
+    try:
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=list(groups)):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{path}:row {n}", row
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: damaged parquet file ({_first_line(exc)}); check the file") from exc
 
 
 def _csv(path: Path, delimiter: str):
@@ -230,8 +390,13 @@ def _csv(path: Path, delimiter: str):
     import pyarrow.csv as pcsv
 
     # every column as text: type inference on the first block would fail on a later row that differs
-    with _open_text(path) as f:
-        header = next(csv.reader(f, delimiter=delimiter), None)
+    try:
+        with _open_text(path) as f:
+            header = next(csv.reader(f, delimiter=delimiter), None)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from exc
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed csv header ({exc}); fix the file") from exc
     if not header:
         raise DataError(f"{path}: empty; a csv input needs a header row naming its columns")
     compression = "gzip" if path.suffix.lower() == ".gz" else None
@@ -251,4 +416,4 @@ def _csv(path: Path, delimiter: str):
                 n += 1
                 yield f"{path}:row {n}", row
     except pa.ArrowInvalid as exc:
-        raise DataError(f"{path}: malformed csv ({exc}); fix the file") from exc
+        raise DataError(f"{path}: malformed csv ({_first_line(exc)}); fix the file") from exc

@@ -28,12 +28,15 @@ def test_pretrain_missing_column_lists_columns(tokenizer):
     h = Handler("pretrain", tokenizer)
     with pytest.raises(DataError, match=r"f\.jsonl:line 3: missing column 'text': the row has 'body', 'id'"):
         h.encode([("f.jsonl:line 3", {"body": "x", "id": 1})])
-    [skip, empty, ok] = h.encode(
-        [("a:line 1", {"body": "x"}), ("a:line 2", {"text": "  "}), ("a:line 3", {"text": "hi"})],
+    [skip, empty, spaces, ok] = h.encode(
+        [("a:line 1", {"body": "x"}), ("a:line 2", {"text": ""}), ("a:line 3", {"text": "  "}),
+         ("a:line 4", {"text": "hi"})],
         skip_bad=True,
-    )
+    )  # fmt: skip
     assert isinstance(skip, Skip) and skip.reason == "missing column 'text'" and skip.location == "a:line 1"
     assert isinstance(empty, Skip) and empty.reason == "empty text"
+    # whitespace is text, as in Megatron's preprocess_data.py
+    assert spaces == (tokenizer("  ")["input_ids"], None)
     assert ok[0][-1] == tokenizer("hi", add_special_tokens=False)["input_ids"][-1]
 
 
@@ -94,3 +97,32 @@ def test_sft_errors_name_location_and_columns(tokenizer):
         Handler("alpaca", tokenizer, template="zzz")
     with pytest.raises(DataError, match="handler 'nope' is unknown; use one of: pretrain, alpaca"):
         Handler("nope", tokenizer)
+
+
+@pytest.mark.parametrize(
+    "handler,row,error",
+    [
+        ("messages", {"messages": "hi"}, "bad messages: must be a list"),
+        ("messages", {"messages": [{"role": "user", "content": {"a": 1}}]}, "bad content: .* not an object"),
+        ("messages", {"messages": [{"role": "user", "content": "\ud800"}]}, "bad content: not valid Unicode"),
+        (
+            "messages",
+            {"messages": [["user", "x"]]},
+            "bad messages: message 0 must be a dict with 'role' and 'content'",
+        ),
+        (
+            "sharegpt",
+            {"conversations": [{"from": "x" * 100, "value": "v"}]},
+            r"bad conversations: turn 0 is from 'x+\.\.\.; use human",
+        ),
+        ("sharegpt", {"conversations": [{"from": "human", "value": 5}]}, "bad value: .* not a number"),
+        ("alpaca", {"instruction": True, "output": "x"}, "bad instruction: .* not true/false"),
+        ("alpaca", {"instruction": "a", "output": "x", "history": [[1, 2]]}, "bad history: .* not a number"),
+        ("alpaca", {"instruction": "a", "output": ["x"]}, "bad output: .* not a list"),
+    ],
+)
+def test_sft_fields_must_have_the_documented_structure(tokenizer, handler, row, error):
+    with pytest.raises(DataError, match=rf"f:line 7: {error}"):
+        Handler(handler, tokenizer, template="chatml").encode([("f:line 7", row)])
+    [skip] = Handler(handler, tokenizer, template="chatml").encode([("f:line 7", row)], skip_bad=True)
+    assert isinstance(skip, Skip) and skip.location == "f:line 7"

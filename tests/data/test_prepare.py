@@ -1,13 +1,22 @@
 import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
 
 from bessemer.assets import CORPUS_DIR
 from bessemer.cli.main import main as bessemer
 from bessemer.config.schema import DataSection
+from bessemer.data import prepare as prepare_module
 from bessemer.data.dataset import PackedBatches
 from bessemer.data.indexed import IndexedDataset, read_meta
-from bessemer.data.prepare import PrepareOptions, merge, prepare
+from bessemer.data.prepare import PrepareOptions, merge, plan_workers, prepare, text_backend
 from bessemer.errors import DataError
 from bessemer.tokenizer import tokenizer_fingerprint
 
@@ -42,26 +51,137 @@ def test_pretrain_report_and_meta(stories, tokenizer_dir, tokenizer, tmp_path, c
     assert meta["max_token_id"] == int(ds.tokens.max())
 
 
+def files_of(prefix, suffixes=(".bin", ".idx")):
+    return [Path(f"{prefix}{s}").read_bytes() for s in suffixes]
+
+
+def pool_workers():
+    """Live pool worker processes started by this process."""
+    return [c for c in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+
+
 @pytest.mark.slow
-def test_workers_give_identical_bytes(stories, tokenizer_dir, tmp_path):
-    outs = []
-    for workers in (1, 2):
-        out = tmp_path / f"w{workers}"
-        assert (
-            run_cli("--input", stories, "--tokenizer", tokenizer_dir, "--out", out, "--workers", workers) == 0
-        )
-        outs.append(out)
-    for suffix in (".bin", ".idx"):
-        assert (tmp_path / f"w1{suffix}").read_bytes() == (tmp_path / f"w2{suffix}").read_bytes()
-    sft = []
-    for workers in (1, 2):
-        out = tmp_path / f"s{workers}"
-        src = CORPUS_DIR / "sharegpt_sample.jsonl"
-        assert run_cli("--input", src, "--tokenizer", tokenizer_dir, "--out", out, "--handler", "sharegpt",
-                       "--workers", workers) == 0  # fmt: skip
-        sft.append(out)
-    for suffix in (".bin", ".idx", "_mask.bin", "_mask.idx"):
-        assert (tmp_path / f"s1{suffix}").read_bytes() == (tmp_path / f"s2{suffix}").read_bytes()
+def test_workers_give_identical_bytes(stories, tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 8192)  # many units from a small corpus
+    monkeypatch.setattr(prepare_module, "WORKER_MIN_BYTES", 1)  # and worker processes for them
+    opts = PrepareOptions(tokenizer=str(tokenizer_dir), append_eod=True)
+    metas = {w: prepare([str(stories)], str(tmp_path / f"w{w}"), opts, workers=w) for w in (1, 2)}
+    assert metas[1]["workers"] == 1 and metas[2]["workers"] == 2
+    assert files_of(tmp_path / "w1") == files_of(tmp_path / "w2")
+    assert metas[1]["tokens"] == metas[2]["tokens"] and not pool_workers()
+    # SFT masks and shards across many units (in this process: SFT workers would each import transformers)
+    sft = CORPUS_DIR / "sharegpt_sample.jsonl"
+    opts = PrepareOptions(tokenizer=str(tokenizer_dir), handler="sharegpt")
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 2048)
+    prepare([str(sft)], str(tmp_path / "s2"), opts, shard_size=7)
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 1 << 30)  # one unit
+    prepare([str(sft)], str(tmp_path / "s1"), opts, shard_size=7)
+    for k in range(3):
+        suffixes = (".bin", ".idx", "_mask.bin", "_mask.idx")
+        assert files_of(tmp_path / f"s1_{k:05d}", suffixes) == files_of(tmp_path / f"s2_{k:05d}", suffixes)
+    assert not pool_workers() and not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_same_bytes_as_megatron_preprocess(tokenizer_dir, tokenizer, tmp_path, monkeypatch):
+    """Megatron-LM's preprocess_data.py: json.loads a line, tokenize its text, megatron-core's builder writes it."""
+    pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 4096)
+    lines = (CORPUS_DIR / "stories.jsonl").read_text(encoding="utf-8").splitlines()[:300]
+    lines[5] = json.dumps({"text": "   "})  # whitespace-only: a document of its own, as in Megatron
+    lines[9] = json.dumps({"text": "HTML: <s>old price</s> new price"})
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    backend = text_backend(tokenizer.backend_tokenizer, allow_special_in_text=False)
+    builder = IndexedDatasetBuilder(str(tmp_path / "m.bin"), dtype=np.uint16)
+    for line in lines:
+        ids = backend.encode(json.loads(line)["text"]).ids + [tokenizer.eos_token_id]
+        builder.add_document(ids, [len(ids)])
+    builder.finalize(str(tmp_path / "m.idx"))
+    # many units in one process: how units join is what matters here (workers are compared above)
+    prepare([str(src)], str(tmp_path / "ours"), PrepareOptions(str(tokenizer_dir), append_eod=True))
+    assert files_of(tmp_path / "ours") == files_of(tmp_path / "m")
+
+
+def test_special_token_text_is_text(tokenizer_dir, tokenizer, tmp_path):
+    import sentencepiece as spm
+
+    text = "HTML: <s>old price</s> new price <|im_end|> [INST]"
+    src = tmp_path / "h.jsonl"
+    src.write_text(json.dumps({"text": text}) + "\n")
+    assert run_cli("--input", src, "--tokenizer", tokenizer_dir, "--out", tmp_path / "t", "--append-eod") == 0
+    ids = IndexedDataset(tmp_path / "t")[0].tolist()
+    sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer_dir) / "tokenizer.model"))
+    assert ids == [sp.bos_id(), *sp.encode(text), sp.eos_id()]  # the reference library's plain-text ids
+    controls = set(tokenizer.all_special_ids)
+    assert not controls & set(ids[1:-1]) and read_meta(tmp_path / "t")["special_tokens_in_text"] == "text"
+    assert run_cli("--input", src, "--tokenizer", tokenizer_dir, "--out", tmp_path / "c",
+                   "--allow-special-in-text") == 0  # fmt: skip
+    opted = IndexedDataset(tmp_path / "c")[0].tolist()
+    assert opted.count(tokenizer.bos_token_id) == 2 and tokenizer.eos_token_id in opted
+    assert read_meta(tmp_path / "c")["special_tokens_in_text"] == "control"
+
+
+def test_bad_rows_are_named_and_counted(tokenizer_dir, tmp_path, capsys):
+    src = tmp_path / "b.jsonl"
+    src.write_bytes(
+        b'{"text": "fine"}\n{"text": {"a": 1}}\n{"text": ["x"]}\n{"text": 3}\n'
+        b'{"text": "\\ud800 lone"}\n{"text": "bad \xff"}\n{"text": null}\n{"text": "  "}\n'
+    )
+    assert run_cli("--input", src, "--tokenizer", tokenizer_dir, "--out", tmp_path / "b") == 2
+    assert (
+        "b.jsonl:line 2: bad column 'text': must be text (a string), not an object" in capsys.readouterr().err
+    )
+    assert run_cli("--input", src, "--tokenizer", tokenizer_dir, "--out", tmp_path / "b", "--skip-bad") == 0
+    meta = read_meta(tmp_path / "b")
+    assert meta["documents_read"] == 8 and meta["documents_written"] == 2
+    assert meta["skipped"] == {"bad column 'text'": 4, "empty text": 1, "not UTF-8": 1}
+    assert meta["first_skipped"]["not UTF-8"].endswith("b.jsonl:line 6")
+
+
+def test_output_paths_fail_in_one_line(stories, tokenizer_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir.bin").mkdir()
+    cases = {
+        tmp_path / "file" / "out": "is not a folder|cannot create the folder",
+        tmp_path / ("x" * 300): "too long",
+        tmp_path / "dir": "dir.bin: is a folder",
+    }
+    for out, why in cases.items():
+        assert run_cli("--input", stories, "--tokenizer", tokenizer_dir, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(why, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.bin", "file"]
+
+
+def test_worker_count_is_bounded_by_cores_units_and_size(monkeypatch):
+    monkeypatch.setattr(prepare_module, "available_cores", lambda: 4)
+    assert plan_workers(16, units=100, total_bytes=1 << 40) == 4
+    assert plan_workers(16, units=3, total_bytes=1 << 40) == 3
+    assert plan_workers(16, units=100, total_bytes=prepare_module.WORKER_MIN_BYTES * 2) == 2
+    assert plan_workers(2, units=100, total_bytes=100) == 1
+
+
+def test_interrupt_and_worker_errors_leave_nothing(stories, tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 8192)
+    monkeypatch.setattr(prepare_module, "WORKER_MIN_BYTES", 1)
+    opts = PrepareOptions(tokenizer=str(tokenizer_dir))
+
+    def stop(docs, tokens):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare([str(stories)], str(tmp_path / "i"), opts, workers=2, progress=stop)
+    assert not pool_workers() and list(tmp_path.iterdir()) == []
+    lines = stories.read_text(encoding="utf-8").splitlines()
+    lines[500] = '{"text": 5}'
+    src = tmp_path / "late.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"late\.jsonl:line 501: bad column 'text'"):
+        prepare([str(src)], str(tmp_path / "e"), opts, workers=2)
+    assert not pool_workers() and list(tmp_path.iterdir()) == [src]
 
 
 def test_sft_masks_decode_to_answers(tokenizer_dir, tokenizer, tmp_path):
@@ -159,3 +279,32 @@ def test_bundled_corpus_is_reproducible():
             f"{name} is stale; run python -m bessemer.corpus.generate"
         )
     assert sum(len(d) for d in outputs().values()) < 2_000_000
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_workers_and_the_next_run_cleans_up(stories, tokenizer_dir, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text(stories.read_text(encoding="utf-8") * 30, encoding="utf-8")  # seconds of work
+    out = tmp_path / "k"
+    script = (
+        "import bessemer.data.prepare as pm\n"
+        "pm.MIN_UNIT_BYTES, pm.WORKER_MIN_BYTES = 1 << 16, 1\n"
+        f"pm.prepare([{str(big)!r}], {str(out)!r}, pm.PrepareOptions({str(tokenizer_dir)!r}), workers=2)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and not (len(workers) == 2 and list(tmp_path.glob(".k.part*"))):
+        workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    assert len(workers) == 2, "the workers did not start"
+    proc.kill()  # SIGKILL: the parent cannot clean up; its workers must notice and end themselves
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive
+    assert list(tmp_path.glob(".k.*tmp-*"))  # the killed run's temporary files are still there...
+    prepare([str(stories)], str(out), PrepareOptions(tokenizer=str(tokenizer_dir)))
+    assert not list(tmp_path.glob(".k.*tmp-*"))  # ...until the next run for the same output removes them
+    assert IndexedDataset(out).num_tokens > 0

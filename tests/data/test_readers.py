@@ -1,11 +1,17 @@
+import contextlib
 import gzip
 import json
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from bessemer.data.readers import ReadStats, expand_inputs, file_format, iter_rows
+from bessemer.data.handlers import Skip
+from bessemer.data.prepare import Encoder, PrepareOptions
+from bessemer.data.readers import ReadStats, expand_inputs, file_format, iter_rows, iter_unit_rows, plan_units
 from bessemer.errors import DataError
 
 ROWS = [{"text": "first", "n": 1}, {"text": "second, with a comma", "n": 2}, {"text": "third\nline", "n": 3}]
@@ -84,7 +90,9 @@ def test_bad_files(tmp_path):
     with pytest.raises(DataError, match=r"z\.parquet: not a readable parquet"):
         list(iter_rows([tmp_path / "z.parquet"]))
     (tmp_path / "w.jsonl").write_bytes(b'{"text": "\xff\xfe"}\n')
-    with pytest.raises(DataError, match=r"w\.jsonl: not UTF-8"):
+    with pytest.raises(
+        DataError, match=r"w\.jsonl:line 1: not UTF-8 text \(byte 11: invalid start byte\); fix"
+    ):
         list(iter_rows([tmp_path / "w.jsonl"]))
 
 
@@ -97,3 +105,148 @@ def test_parquet_streams_in_batches(tmp_path, monkeypatch):
     got = list(iter_rows([tmp_path / "p.parquet"]))
     assert [r["text"] for _, r in got] == [r["text"] for r in rows]
     assert got[-1][0].endswith("p.parquet:row 50")
+
+
+def rows_of_units(paths, target, txt_mode="line"):
+    out = []
+    units = plan_units(paths, target_bytes=target, txt_mode=txt_mode)
+    for u in units:
+        out += list(iter_unit_rows(u, False, ReadStats()))
+    return units, out
+
+
+def test_units_read_exactly_the_rows_of_the_whole_files(tmp_path):
+    rng = random.Random(0)
+    docs = ["".join(rng.choice("ab \u00e9\u4e2d") for _ in range(rng.randint(1, 60))) for _ in range(300)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": d}) + ("\n" if i % 7 else "\r\n")
+                                              for i, d in enumerate(docs)), encoding="utf-8")  # fmt: skip
+    (tmp_path / "t.txt").write_text(
+        "\n".join(d if i % 5 else "" for i, d in enumerate(docs)), encoding="utf-8"
+    )
+    pq.write_table(
+        pa.Table.from_pylist([{"text": d} for d in docs]), tmp_path / "p.parquet", row_group_size=16
+    )
+    for name, mode in (("a.jsonl", "line"), ("t.txt", "line"), ("t.txt", "paragraph"), ("p.parquet", "line")):
+        whole = list(iter_rows([tmp_path / name], txt_mode=mode))
+        for target in (1, 97, 1000, 1 << 30):
+            units, rows = rows_of_units([tmp_path / name], target, mode)
+            assert rows == whole, (name, mode, target)
+        assert len(rows_of_units([tmp_path / name], 1, mode)[0]) > 5, name
+
+
+def test_hostile_rows_are_bad_rows(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(
+        b'{"text": "ok"}\n'
+        + b'{"text": "bad \xc3\x28"}\n'
+        + f'{{"text": {deep}}}\n'.encode()
+        + b'"just a string"\n'
+        + b'{"text": "\\ud800 lone surrogate stays a row; the handler rejects it"}\n'
+    )
+    with pytest.raises(DataError, match=r"h\.jsonl:line 2: not UTF-8 text"):
+        list(iter_rows([path]))
+    stats = ReadStats()
+    rows = list(iter_rows([path], skip_bad=True, stats=stats))
+    assert [loc.rsplit(" ", 1)[-1] for loc, _ in rows] == ["1", "5"]
+    assert stats.skipped == {"not UTF-8": 1, "malformed JSON": 1, "not a JSON object": 1}
+    (tmp_path / "t.txt").write_bytes(b"fine\nnot \xff utf8\nfine again\n")
+    stats = ReadStats()
+    assert [r["text"] for _, r in iter_rows([tmp_path / "t.txt"], skip_bad=True, stats=stats)] == [
+        "fine",
+        "fine again",
+    ]
+    assert stats.first_bad["not UTF-8"].endswith("t.txt:line 2")
+
+
+@pytest.mark.parametrize("name", ["a.jsonl.gz", "a.txt.gz", "a.csv.gz", "a.json.gz"])
+def test_truncated_gzip_is_one_line(tmp_path, name):
+    body = "text\n" + "".join(f"row {i}\n" for i in range(3000)) if ".csv" in name else ""
+    if ".jsonl" in name or ".txt" in name:
+        body = "".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(3000))
+    if ".json." in name:
+        body = json.dumps([{"text": f"row {i}"} for i in range(3000)])
+    data = gzip.compress(body.encode())
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"{name}: cannot be read \(.*\); check the file"):
+        list(iter_rows([tmp_path / name]))
+    (tmp_path / name).write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=rf"{name}: cannot be read"):
+        list(iter_rows([tmp_path / name]))
+
+
+def test_bad_csv_json_and_links_are_one_line(tmp_path):
+    (tmp_path / "c.csv").write_bytes(b"text\n" + b"ok\n" * 20_000 + b"bad \xff\n")
+    with pytest.raises(DataError, match=r"c\.csv: malformed csv \(.*UTF8.*\); fix the file"):
+        list(iter_rows([tmp_path / "c.csv"]))
+    (tmp_path / "h.csv").write_bytes(b"te\xffxt\nok\n")
+    with pytest.raises(DataError, match=r"h\.csv: not UTF-8 text"):
+        list(iter_rows([tmp_path / "h.csv"]))
+    (tmp_path / "d.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"d\.json: JSON nested too deeply"):
+        list(iter_rows([tmp_path / "d.json"]))
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    with pytest.raises(DataError, match=r"loop\.jsonl: a broken symbolic link or a link loop"):
+        list(iter_rows([tmp_path / "loop.jsonl"]))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "sub" / "up").symlink_to(tmp_path / "sub")  # a directory loop is not followed
+    (tmp_path / "sub" / "me.jsonl").symlink_to(tmp_path / "sub" / "me.jsonl")
+    assert [r["text"] for _, r in iter_rows([tmp_path / "sub"])] == ["x"]
+    assert [r["text"] for _, r in iter_rows([str(tmp_path / "sub" / "**" / "*.jsonl")])] == ["x"]
+
+
+@pytest.fixture(scope="module")
+def text_handler(tokenizer, tokenizer_dir):
+    return Encoder(PrepareOptions(tokenizer=str(tokenizer_dir)), tokenizer).handler  # as `prepare` encodes
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.one_of(
+            json_values,
+            st.dictionaries(st.sampled_from(["text", "x"]), json_values, max_size=2),
+            st.builds(lambda t: {"text": t}, st.text()),
+            st.binary(max_size=20),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_any_jsonl_row_is_a_document_or_a_counted_bad_row(tmp_path_factory, tokenizer, text_handler, rows):
+    """Property: every line is either encoded exactly as the tokenizer encodes its text, or skipped with a reason."""
+    path = tmp_path_factory.mktemp("h") / "rows.jsonl"
+    lines = [r if isinstance(r, bytes) else json.dumps(r).encode() for r in rows]
+    lines = [line.replace(b"\n", b" ").replace(b"\r", b" ") for line in lines]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stats = ReadStats()
+    handler = text_handler
+    read = list(iter_rows([path], skip_bad=True, stats=stats))
+    results = handler.encode(read, skip_bad=True)
+    blank = sum(1 for line in lines if not line.strip())
+    assert stats.rows + sum(stats.skipped.values()) + blank == len(lines)
+    for (_, row), res in zip(read, results):
+        text = row.get("text")
+        if isinstance(res, Skip):
+            assert res.reason in ("missing column 'text'", "empty text", "bad column 'text'"), res
+            continue
+        assert isinstance(text, str) and text
+        ids, mask = res
+        assert mask is None and ids == tokenizer(text, split_special_tokens=True)["input_ids"]
+    # without --skip-bad, any bad row stops the run (empty text is skipped in both modes)
+    bad = stats.skipped or any(isinstance(r, Skip) and r.reason != "empty text" for r in results)
+    with pytest.raises(DataError) if bad else _nothing():
+        handler.encode(list(iter_rows([path])))
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
