@@ -375,8 +375,11 @@ def convert_from_gguf(
         template = "tokenizer"
     quant = Counter(t.tensor_type.name for t in g.reader.tensors)
     hf_tmp = temp_dir_for(out)
+    inner_log = logging.getLogger("bessemer.hf.convert")
+    level = inner_log.level
     try:
         _write_hf(g, hf_tmp, overwrite=True)
+        inner_log.setLevel(logging.WARNING)  # its summary would name our temporary folders
         with staged_output(out, overwrite) as tmp:
             result = convert_from_hf(
                 hf_tmp, tmp, overwrite=True, dtype=dtype, template=template, shard_size=shard_size
@@ -386,6 +389,7 @@ def convert_from_gguf(
             meta["gguf"] = {"file": path.name, "tensor_types": dict(sorted(quant.items()))}
             atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
     finally:
+        inner_log.setLevel(level)
         shutil.rmtree(hf_tmp, ignore_errors=True)
     seconds = time.perf_counter() - start
     log.info("%s -> %s: %s from %s tensors in %.1fs", path, out, result.family, dict(quant), seconds)

