@@ -21,12 +21,11 @@ pytestmark = pytest.mark.real
 
 QUESTIONS = ["What is the capital of France?", "Name the three primary colors."]
 NEW_TOKENS = 24
-# Both models compute in float32 from identical weights; only the order of floating-point operations differs
-# (fused SDPA vs eager attention, RoPE as complex vs rotate-half products, matmul blocking). Over 30 layers
-# that leaves differences near float32 rounding of logits of magnitude ~20: measured max |diff| ~1e-4.
-# 2e-3 is an order of magnitude above that and three below any real bug (a wrong row order or eps moves
-# logits by whole units).
-LOGITS_ATOL = 2e-3
+# Both models compute in float32 from identical weights. On torch 2.13 CPU the logits come out bit-identical
+# (max |diff| 0.0 over 55 positions, logits up to ~38); the tolerance only leaves room for a reordering of
+# float32 operations (another attention kernel or matmul blocking), which moves logits of this size by ~1e-5
+# per layer. 5e-4 is far below what a real bug does (a wrong q/k row order or eps moves them by whole units).
+LOGITS_ATOL = 5e-4
 
 
 @pytest.fixture(scope="module")
