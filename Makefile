@@ -3,7 +3,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo demo-chat test lint format clean
 
 $(STAMP): pyproject.toml
 	@# Keep a CUDA build of PyTorch >= 2.11 that this machine already has; otherwise use the CPU wheel.
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/bessemer demo
+
+demo-chat: $(STAMP)
+	$(PY) -m bessemer.cli.demo_chat
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

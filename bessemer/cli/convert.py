@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--from-hf", metavar="DIR", help="a Hugging Face model folder to convert")
     mode.add_argument("--to-hf", metavar="CKPT", help="a checkpoint (or run dir) to export as a HF folder")
     mode.add_argument("--apply-delta", metavar="DELTA", help="a HF folder of delta weights (needs --base)")
+    mode.add_argument("--from-gguf", metavar="FILE", help="a llama.cpp GGUF file to dequantise and convert")
     parser.add_argument("--out", required=True, help="the folder to write (refused if it holds anything)")
     parser.add_argument("--base", metavar="DIR", help="with --apply-delta: the base model's HF folder")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
@@ -54,6 +55,18 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             dtype=args.dtype,
             position=args.position,
+            template=args.template,
+            shard_size=args.shard_size,
+        )
+    elif args.from_gguf:
+        from bessemer.hf.gguf import convert_from_gguf
+
+        _only(args, "from-gguf", ("base", "as_layout", "position"))
+        result = convert_from_gguf(
+            args.from_gguf,
+            args.out,
+            overwrite=args.overwrite,
+            dtype=args.dtype,
             template=args.template,
             shard_size=args.shard_size,
         )
