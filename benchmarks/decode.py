@@ -153,8 +153,9 @@ def bench_server(model, cfg, streams: list[int], new_tokens: int, prompt_text: s
     from bessemer.assets import build_demo_tokenizer
     from bessemer.config.schema import ServeSection
     from bessemer.infer.loading import InferenceModel
-    from bessemer.infer.server import BackgroundServer, build_app, build_engine
+    from bessemer.infer.server import build_app, build_engine
     from bessemer.tokenizer import load_tokenizer
+    from tests.infer.server_helpers import BackgroundServer
 
     tok = load_tokenizer(build_demo_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"))
     loaded = InferenceModel(model, tok, "alpaca", cfg.family, "bench", Path("."))
@@ -170,7 +171,7 @@ def bench_server(model, cfg, streams: list[int], new_tokens: int, prompt_text: s
         "ignore_eos": True,
     }
     results = {}
-    with BackgroundServer(build_app(loaded, engine, settings)) as server:
+    with BackgroundServer(build_app(loaded, engine, settings), settings) as server:
 
         def one(counts: list[int]) -> None:
             n = 0

@@ -50,22 +50,6 @@ def decode_step(
     return model(tokens, positions=positions, cache=cache)[:, -1].float()
 
 
-def stop_token_ids(tokenizer, stops: list[str] = ()) -> list[int]:
-    """The eos id plus the ids of stop strings that are single special tokens (decoding hides those)."""
-    ids = []
-    if tokenizer is None:
-        return ids
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    specials = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
-    for s in stops:
-        if s in specials:
-            tid = tokenizer.convert_tokens_to_ids(s)
-            if tid is not None and tid not in ids:
-                ids.append(int(tid))
-    return ids
-
-
 @dataclass
 class Sequence:
     """One prompt being decoded: what it asks for, the tokens and text produced, and why it ended."""
@@ -249,23 +233,28 @@ def generate(
     prompts: list[list[int]],
     params: SamplingParams | list[SamplingParams],
     tokenizer=None,
+    compile: bool = False,
 ) -> list[Sequence]:
     """Decode a batch of prompts (any lengths) together; returns one finished Sequence per prompt."""
     plist = params if isinstance(params, list) else [params] * len(prompts)
     seqs = [Sequence(list(p), sp, tokenizer) for p, sp in zip(prompts, plist)]
     if not seqs:
         return []
-    batch = DecodeBatch(model, len(seqs), context_len(model, prompts, max(p.max_new_tokens for p in plist)))
+    max_len = context_len(model, prompts, max(p.max_new_tokens for p in plist))
+    batch = DecodeBatch(model, len(seqs), max_len, bucket=0 if compile else READ_BUCKET, compile=compile)
     batch.add(seqs)
     while batch.active():
         batch.step()
     return seqs
 
 
-def stream(model: Transformer, prompt_ids: list[int], params: SamplingParams, tokenizer) -> Iterator[str]:
+def stream(
+    model: Transformer, prompt_ids: list[int], params: SamplingParams, tokenizer, compile: bool = False
+) -> Iterator[str]:
     """Decode one prompt, yielding text as soon as it is complete; the Sequence is returned at the end."""
     seq = Sequence(list(prompt_ids), params, tokenizer)
-    batch = DecodeBatch(model, 1, context_len(model, [prompt_ids], params.max_new_tokens))
+    max_len = context_len(model, [prompt_ids], params.max_new_tokens)
+    batch = DecodeBatch(model, 1, max_len, bucket=0 if compile else READ_BUCKET, compile=compile)
     events = batch.add([seq])
     while True:
         for _, text in events:
