@@ -10,7 +10,7 @@ HELP = "generate text from a prompt with a checkpoint or a Hugging Face folder"
 
 # [generate] keys a command-line option may set; options left out keep the TOML's (or the default) value
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
-MODEL_KEYS = ("device", "dtype", "template", "compile")
+MODEL_KEYS = ("device", "dtype", "template", "compile", "quantize")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", help="prompt template (default: the checkpoint's meta.json 'template')")
     p.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the decode step (fixed shapes)"
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: weight-only int8 per output channel (about 1/4 of fp32 memory)",
     )
     p.set_defaults(overrides=[])  # dotted overrides such as --generate.temperature=0.5
 
@@ -79,7 +84,9 @@ def sampling_params(gen):
 def load(args: argparse.Namespace, gen):
     from bessemer.infer.loading import load_for_inference
 
-    return load_for_inference(args.checkpoint, gen.device or None, gen.dtype or None, gen.template or None)
+    return load_for_inference(
+        args.checkpoint, gen.device or None, gen.dtype or None, gen.template or None, quantize=gen.quantize
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from bessemer.infer.openai_api import (
 from bessemer.infer.request import RequestError, build_request
 from bessemer.infer.sampling import SamplingParams
 
-PUBLIC_PATHS = ("/health", "/openapi.json")
+PUBLIC_PATHS = ("/", "/health", "/openapi.json")  # the chat page asks for the key itself
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 429)}
 
 
@@ -167,6 +167,16 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type"],
         )
+
+    @app.get("/", include_in_schema=False)
+    async def chat_page():
+        from importlib.resources import files
+
+        from fastapi.responses import HTMLResponse
+
+        page = files("bessemer.infer").joinpath("static/chat.html").read_text(encoding="utf-8")
+        csp = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Frame-Options": "DENY"})
 
     @app.get("/health")
     async def health():
