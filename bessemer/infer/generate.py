@@ -16,6 +16,7 @@ import torch
 from bessemer.errors import ConfigError
 from bessemer.infer.detokenize import IncrementalDetokenizer, StopMatcher
 from bessemer.infer.kv_cache import KVCache
+from bessemer.infer.request import stop_token_ids  # noqa: F401 (callers such as eval import it from here)
 from bessemer.infer.sampling import BatchSampler, SamplingParams
 from bessemer.models import Transformer
 
