@@ -22,6 +22,9 @@ demo-chat: $(STAMP)
 	$(PY) -m bessemer.cli.demo_chat
 
 test: $(STAMP)
+	@# the chat page's browser test needs Debian's chromium (the test installs it too, or says why it skips)
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+		apt-get install -y -q chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) || true
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bessemer.cli.generate import add_model_arguments, add_sampling_arguments, load, sampling_params
+from bessemer.cli.generate import (
+    add_model_arguments,
+    add_sampling_arguments,
+    job_config,
+    load,
+    sampling_params,
+)
 
 HELP = "chat with a checkpoint or a Hugging Face folder in the terminal (/reset, /exit)"
 COMMANDS = "commands: /reset forgets the conversation, /exit quits"
@@ -15,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--system", help="system message at the start of every conversation")
     add_sampling_arguments(p)
-    p.set_defaults(max_new_tokens=512, temperature=0.7, top_p=0.9)
+
+
+CHAT_DEFAULTS = {"max_new_tokens": 512, "temperature": 0.7, "top_p": 0.9}  # unless the TOML or an option says
 
 
 def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
@@ -24,8 +32,8 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     interactive = stdin.isatty()
-    params = sampling_params(args)
-    session = ChatSession(load(args), params, system=args.system)
+    gen = job_config(args, CHAT_DEFAULTS).generate
+    session = ChatSession(load(args, gen), sampling_params(gen), system=args.system, compile=gen.compile)
     if interactive:
         stdout.write(f"{session.loaded.name} ({session.loaded.template} template). {COMMANDS}\n")
     while True:

@@ -111,6 +111,11 @@ class GenerateSection:
     repetition_penalty: float = 1.0
     template: str = ""  # default: the checkpoint's own
     seed: int = 0
+    # how the model runs (generate, chat and serve all read these from [generate])
+    device: str = ""  # default: cuda when there is one
+    dtype: str = ""  # default: bfloat16 on GPU, float32 on CPU
+    compile: bool = False  # torch.compile the decode step
+    quantize: str = ""  # "int8": weight-only int8 per output channel
 
 
 @dataclass
@@ -123,6 +128,10 @@ class ServeSection:
     max_tokens: int = 1024
     max_queue: int = 64
     max_batch: int = 8
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names; empty: the bound address; "*": any
+    cors_origins: list[str] = field(default_factory=list)  # web origins allowed to call it; empty: none
+    max_connections: int = 256  # open connections; more are answered 429
+    header_timeout_s: float = 10.0  # a client must send its request headers within this
 
 
 @dataclass

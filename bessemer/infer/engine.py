@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bessemer.infer.generate import DecodeBatch, Sequence
+from bessemer.infer.generate import READ_BUCKET, DecodeBatch, Sequence
 from bessemer.models import Transformer
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,15 @@ class Request:
 class Engine:
     """Owns the model; `submit` from any thread, `stats` for monitoring; `start` / `stop` the loop."""
 
-    def __init__(self, model: Transformer, max_batch: int, max_len: int, max_queue: int):
+    def __init__(
+        self, model: Transformer, max_batch: int, max_len: int, max_queue: int, compile: bool = False
+    ):
+        """compile: torch.compile the decode step (the cache is then read whole: fixed shapes)."""
         self.model = model
         self.max_batch, self.max_len, self.max_queue = max_batch, max_len, max_queue
-        self._batch = DecodeBatch(model, max_batch, max_len)
+        self._batch = DecodeBatch(
+            model, max_batch, max_len, bucket=0 if compile else READ_BUCKET, compile=compile
+        )
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: dict[int, Request] = {}  # id(seq) -> request, for rows in the batch
         self._cond = threading.Condition()

@@ -16,7 +16,8 @@ import torch
 from bessemer.errors import ConfigError
 from bessemer.infer.detokenize import IncrementalDetokenizer, StopMatcher
 from bessemer.infer.kv_cache import KVCache
-from bessemer.infer.sampling import SamplingParams, sample_next
+from bessemer.infer.request import stop_token_ids  # noqa: F401 (callers such as eval import it from here)
+from bessemer.infer.sampling import BatchSampler, SamplingParams
 from bessemer.models import Transformer
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention mask a long prompt needs at once
@@ -27,15 +28,23 @@ READ_BUCKET = 64  # see KVCache.bucket
 def prefill(
     model: Transformer, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache
 ) -> torch.Tensor:
-    """Run right-padded prompts [B, T] (padding at position -1) into `cache`; logits [B, V] of each last token."""
+    """Run right-padded prompts [B, T] (padding at position -1) into `cache`; logits [B, V] of each last token.
+
+    tokens and positions may be on the CPU (they move chunk by chunk; the cache learns each chunk's highest
+    position from the host copy instead of reading it back from the device).
+    """
+    device = next(model.parameters()).device
     bsz = tokens.shape[0]
-    last = (positions >= 0).sum(1) - 1
-    out = torch.zeros(bsz, model.config.vocab_size, device=tokens.device)
+    last = ((positions >= 0).sum(1) - 1).to(device)
+    out = torch.zeros(bsz, model.config.vocab_size, device=device)
     for start in range(0, tokens.shape[1], PREFILL_CHUNK):
         stop = start + PREFILL_CHUNK
+        chunk = positions[:, start:stop]
+        if chunk.device.type == "cpu":
+            cache.next_top = int(chunk.max())
         idx = (last - start).clamp(0, min(stop, tokens.shape[1]) - start - 1)
         logits = model(
-            tokens[:, start:stop], positions=positions[:, start:stop], cache=cache, logits_index=idx
+            tokens[:, start:stop].to(device), positions=chunk.to(device), cache=cache, logits_index=idx
         )[:, 0]
         here = (last >= start) & (last < stop)
         out = torch.where(here[:, None], logits.float(), out)
@@ -50,22 +59,6 @@ def decode_step(
     return model(tokens, positions=positions, cache=cache)[:, -1].float()
 
 
-def stop_token_ids(tokenizer, stops: list[str] = ()) -> list[int]:
-    """The eos id plus the ids of stop strings that are single special tokens (decoding hides those)."""
-    ids = []
-    if tokenizer is None:
-        return ids
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    specials = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
-    for s in stops:
-        if s in specials:
-            tid = tokenizer.convert_tokens_to_ids(s)
-            if tid is not None and tid not in ids:
-                ids.append(int(tid))
-    return ids
-
-
 @dataclass
 class Sequence:
     """One prompt being decoded: what it asks for, the tokens and text produced, and why it ended."""
@@ -76,7 +69,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # "stop" (stop token or string) or "length"
-    generator: torch.Generator | None = None
+    seed: int | None = None  # the sampling seed used (params.seed, else drawn when the sequence starts)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -93,11 +86,12 @@ class Sequence:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def make_generator(self, device: torch.device) -> None:
-        if self.params.greedy or self.generator is not None:
-            return
-        seed = self.params.seed if self.params.seed is not None else random.SystemRandom().getrandbits(63)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+    def pick_seed(self) -> int:
+        if self.seed is None:
+            self.seed = (
+                self.params.seed if self.params.seed is not None else random.SystemRandom().getrandbits(63)
+            )
+        return self.seed
 
     def push(self, token: int) -> str:
         """Record a sampled token; return the text it makes visible (may be "")."""
@@ -119,7 +113,12 @@ class Sequence:
 
 
 class DecodeBatch:
-    """A KV cache of `max_batch` rows; sequences join free rows (prefill) and decode together (step)."""
+    """A KV cache of `max_batch` rows; sequences join free rows (prefill) and decode together (step).
+
+    Row state that the model and the sampler read (last token, sampling parameters, tokens seen) lives on the
+    device; positions are kept on the host, where they are known without asking. The one read back per step
+    is the chosen token ids, which the host needs to emit text and see stops.
+    """
 
     def __init__(
         self,
@@ -132,13 +131,17 @@ class DecodeBatch:
         """compile: torch.compile the decode step (prefill stays eager); use with bucket=0 for fixed shapes."""
         param = next(model.parameters())
         self.model, self.device = model, param.device
+        self.compiled = compile
         self._decode_model = torch.compile(model) if compile else model
         self.max_len = max_len
-        self.cache = KVCache(model.config, max_batch, max_len, param.device, param.dtype, bucket=bucket)
+        self.cache = KVCache(
+            model.config, max_batch, max_len, param.device, _cache_dtype(model), bucket=bucket
+        )
         self.rows: list[Sequence | None] = [None] * max_batch
-        self.next_pos = torch.zeros(max_batch, dtype=torch.long)
-        self.last_token = torch.zeros(max_batch, dtype=torch.long)
+        self.next_pos = torch.zeros(max_batch, dtype=torch.long)  # host: the position each row decodes next
+        self.last_token = torch.zeros(max_batch, dtype=torch.long, device=param.device)
         self.seen = torch.zeros(max_batch, model.config.vocab_size, dtype=torch.bool, device=param.device)
+        self.sampler = BatchSampler(max_batch, param.device)
 
     @property
     def max_batch(self) -> int:
@@ -156,6 +159,7 @@ class DecodeBatch:
     def release(self, row: int) -> None:
         """Free a row (finished or cancelled); its cache slots read as empty from now on."""
         self.rows[row] = None
+        self.sampler.clear_row(row)
         self.cache.reset_rows([row])
 
     def add(self, seqs: list[Sequence]) -> list[tuple[Sequence, str]]:
@@ -174,7 +178,6 @@ class DecodeBatch:
                     f"prompt of {len(seq.prompt_ids)} tokens + max_new_tokens {seq.params.max_new_tokens} "
                     f"exceeds the context of {self.max_len}; shorten the prompt or ask for fewer tokens"
                 )
-            seq.make_generator(self.device)
             todo.append((free[len(todo)], seq))
         # rows next to each other prefill in one padded forward
         runs: list[list[tuple[int, Sequence]]] = []
@@ -194,14 +197,16 @@ class DecodeBatch:
         positions = torch.full((n, width), -1, dtype=torch.long)
         for j, (row, seq) in enumerate(run):
             t = len(seq.prompt_ids)
+            tokens[j] = seq.prompt_ids[0]  # padding repeats a real token, so `seen` marks nothing extra
             tokens[j, :t] = torch.tensor(seq.prompt_ids)
             positions[j, :t] = torch.arange(t)
             self.rows[row] = seq
             self.next_pos[row] = t
-            self.seen[row] = False
-            self.seen[row, torch.tensor(seq.prompt_ids, device=self.device)] = True
+            self.sampler.set_row(row, seq.params, seq.pick_seed())
+        self.seen[first : first + n] = False
+        self.seen[first : first + n].scatter_(1, tokens.to(self.device), True)
         view = self.cache.rows(first, first + n)
-        logits = prefill(self.model, tokens.to(self.device), positions.to(self.device), view)
+        logits = prefill(self.model, tokens, positions, view)
         return self._sample([row for row, _ in run], logits)
 
     def step(self) -> list[tuple[Sequence, str]]:
@@ -209,28 +214,39 @@ class DecodeBatch:
         active = self.active()
         if not active:
             return []
-        lo, hi = active[0], active[-1] + 1  # decode only the span of rows in use
+        # decode only the span of rows in use; a compiled step keeps one shape and decodes every row
+        lo, hi = (0, self.max_batch) if self.compiled else (active[0], active[-1] + 1)
         idle = torch.tensor([self.rows[i] is None for i in range(lo, hi)])
         positions = torch.where(idle, -1, self.next_pos[lo:hi])[:, None]
-        tokens = self.last_token[lo:hi, None]
         view = self.cache.rows(lo, hi) if (lo, hi) != (0, self.max_batch) else self.cache
-        logits = decode_step(self._decode_model, tokens.to(self.device), positions.to(self.device), view)
+        view.next_top = int(positions.max())
+        logits = decode_step(
+            self._decode_model, self.last_token[lo:hi, None], positions.to(self.device), view
+        )
         self.next_pos[active] += 1
-        return self._sample(active, logits[[i - lo for i in active]])
+        if len(active) < hi - lo:
+            logits = logits[torch.tensor([i - lo for i in active], device=self.device)]
+        return self._sample(active, logits)
 
     def _sample(self, rows: list[int], logits: torch.Tensor) -> list[tuple[Sequence, str]]:
-        seqs = [self.rows[r] for r in rows]
         idx = torch.tensor(rows, device=self.device)
-        chosen = sample_next(logits, [s.params for s in seqs], [s.generator for s in seqs], self.seen[idx])
-        chosen = chosen.tolist()
+        # the token sampled now goes to position next_pos; it keys the row's random draw
+        positions = self.next_pos[rows].to(self.device)
+        chosen = self.sampler.sample(rows, idx, logits, positions, self.seen)
+        self.last_token[idx] = chosen
+        self.seen[idx, chosen] = True
         events = []
-        for row, seq, token in zip(rows, seqs, chosen):
-            self.last_token[row] = token  # fed at next_pos in the next step
-            self.seen[row, token] = True
+        for row, token in zip(rows, chosen.tolist()):  # the one read back: text needs the ids
+            seq = self.rows[row]
             events.append((seq, seq.push(token)))
             if seq.finished:
                 self.release(row)
         return events
+
+
+def _cache_dtype(model: Transformer) -> torch.dtype:
+    """The activations' dtype (an int8-weight model still computes in its norm's dtype)."""
+    return model.norm.weight.dtype if model.norm is not None else next(model.parameters()).dtype
 
 
 def context_len(model: Transformer, prompts: list[list[int]], max_new_tokens: int) -> int:
@@ -249,23 +265,28 @@ def generate(
     prompts: list[list[int]],
     params: SamplingParams | list[SamplingParams],
     tokenizer=None,
+    compile: bool = False,
 ) -> list[Sequence]:
     """Decode a batch of prompts (any lengths) together; returns one finished Sequence per prompt."""
     plist = params if isinstance(params, list) else [params] * len(prompts)
     seqs = [Sequence(list(p), sp, tokenizer) for p, sp in zip(prompts, plist)]
     if not seqs:
         return []
-    batch = DecodeBatch(model, len(seqs), context_len(model, prompts, max(p.max_new_tokens for p in plist)))
+    max_len = context_len(model, prompts, max(p.max_new_tokens for p in plist))
+    batch = DecodeBatch(model, len(seqs), max_len, bucket=0 if compile else READ_BUCKET, compile=compile)
     batch.add(seqs)
     while batch.active():
         batch.step()
     return seqs
 
 
-def stream(model: Transformer, prompt_ids: list[int], params: SamplingParams, tokenizer) -> Iterator[str]:
+def stream(
+    model: Transformer, prompt_ids: list[int], params: SamplingParams, tokenizer, compile: bool = False
+) -> Iterator[str]:
     """Decode one prompt, yielding text as soon as it is complete; the Sequence is returned at the end."""
     seq = Sequence(list(prompt_ids), params, tokenizer)
-    batch = DecodeBatch(model, 1, context_len(model, [prompt_ids], params.max_new_tokens))
+    max_len = context_len(model, [prompt_ids], params.max_new_tokens)
+    batch = DecodeBatch(model, 1, max_len, bucket=0 if compile else READ_BUCKET, compile=compile)
     events = batch.add([seq])
     while True:
         for _, text in events:

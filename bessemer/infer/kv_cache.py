@@ -35,15 +35,20 @@ class KVCache:
         self.key_positions = torch.full((batch_size, max_len + 1), -1, dtype=torch.long, device=device)
         self._slots: torch.Tensor | None = None
         self._read = max_len + 1
+        self.next_top: int | None = None  # the caller's host copy of the next step's highest position
 
     @property
     def batch_size(self) -> int:
         return self.key_positions.shape[0]
 
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
-        # reading the top position syncs with the device; a compiled static-shape step skips it (callers check)
+        # reading the top position back would sync with the device: callers say it (next_top); a compiled
+        # static-shape step skips the check (its callers check)
         checked = self.bucket or not torch.compiler.is_compiling()
-        top = int(positions.max()) if checked else -1
+        top = -1
+        if checked:
+            top = self.next_top if self.next_top is not None else int(positions.max())
+            self.next_top = None
         if top >= self.max_len:
             raise ValueError(f"position {top} is beyond the cache length {self.max_len}")
         # padding (position -1) writes go to the spare last slot, which stays marked empty
@@ -72,5 +77,5 @@ class KVCache:
         view.k = [t[start:stop] for t in self.k]
         view.v = [t[start:stop] for t in self.v]
         view.key_positions = self.key_positions[start:stop]
-        view._slots, view._read = None, self.max_len + 1
+        view._slots, view._read, view.next_top = None, self.max_len + 1, None
         return view

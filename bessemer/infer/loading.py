@@ -44,23 +44,40 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 def load_for_inference(
-    path: str | Path, device: str | None = None, dtype: str | None = None, template: str | None = None
+    path: str | Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    template: str | None = None,
+    quantize: str = "",
 ) -> InferenceModel:
     """Load a Bessemer checkpoint (or run dir) or a Hugging Face folder (config.json, no model.json).
 
     template: a name from bessemer.templates; default the checkpoint's meta.json "template", else the
     family's default.
+    quantize: "int8" stores the weights as int8 per output channel (bessemer.infer.quantize).
     """
     from bessemer.checkpoint import load_model, read_meta, tokenizer_dir
+    from bessemer.infer.quantize import check_quantize, quantize_int8
     from bessemer.templates import check_template, default_template
     from bessemer.tokenizer import load_tokenizer
 
     path = Path(path)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    check_quantize(quantize)
     if _is_hf_folder(path):
-        return _load_hf(path, dev, dt, template)
-    model, ckpt = load_model(path, device=dev, dtype=dt)
+        loaded = _load_hf(path, torch.device("cpu") if quantize else dev, dt, template)
+        if quantize:  # quantized on the CPU, so the device never holds the full-precision weights
+            loaded.model = quantize_int8(loaded.model).to(dev)
+        return loaded
+    if quantize:
+        from bessemer.checkpoint import resolve_checkpoint
+        from bessemer.infer.quantize import load_quantized
+
+        ckpt = resolve_checkpoint(path)
+        model = load_quantized(ckpt, dev, dt)
+    else:
+        model, ckpt = load_model(path, device=dev, dtype=dt)
     meta = read_meta(ckpt)
     tok_dir = tokenizer_dir(ckpt)
     if tok_dir is None:

@@ -1,34 +1,47 @@
 """An OpenAI-compatible HTTP API (completions, chat completions, models) over the continuous-batching engine.
 
-Every request is bounded before it reaches the model: body size (413), prompt tokens and max_tokens (400),
-requests waiting (429), and an optional API key (401). Errors use OpenAI's body:
-{"error": {"message", "type", "param", "code"}}.
+Every request is bounded before it reaches the model: the front door (bessemer.infer.guard) checks Host,
+Origin, the API key (401), the content type (415), body size (413) and JSON shape; the bodies are pydantic
+models (bessemer.infer.openai_api) so a bad field is a 400 naming it; prompt tokens and max_tokens are
+checked by the one request path (bessemer.infer.request); a full queue is a 429. Errors use OpenAI's body:
+{"error": {"message", "type", "param", "code"}}. Only a failure of the model itself is a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from bessemer.config.schema import ServeSection
-from bessemer.errors import BessemerError
+from bessemer.errors import ConfigError
 from bessemer.infer.engine import Engine, QueueFull
-from bessemer.infer.generate import Sequence, stop_token_ids
+from bessemer.infer.generate import Sequence
+from bessemer.infer.guard import GuardSettings, RequestGuard, allowed_hosts, error_body
 from bessemer.infer.loading import InferenceModel
+from bessemer.infer.openai_api import (
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelList,
+)
+from bessemer.infer.request import RequestError, build_request
 from bessemer.infer.sampling import SamplingParams
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-MAX_STOP_STRINGS = 16
+PUBLIC_PATHS = ("/", "/health", "/openapi.json")  # the chat page asks for the key itself
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 429)}
 
 
 class APIError(Exception):
@@ -39,7 +52,26 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def check_settings(s: ServeSection) -> ServeSection:
+    """Refuse settings the server cannot run with, naming the option; returns `s`."""
+    for key in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "max_batch", "max_connections"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"serve.{key}={getattr(s, key)}: use 1 or more")
+    if s.max_queue < 0:
+        raise ConfigError(f"serve.max_queue={s.max_queue}: use 0 or more")
+    if not s.header_timeout_s > 0:
+        raise ConfigError(f"serve.header_timeout_s={s.header_timeout_s}: use a number of seconds > 0")
+    if s.api_key and not (8 <= len(s.api_key) <= 256 and all(0x21 <= ord(c) <= 0x7E for c in s.api_key)):
+        raise ConfigError(
+            "--api-key: use 8 to 256 printable ASCII characters without spaces (an HTTP header carries it)"
+        )
+    for origin in s.cors_origins:
+        if origin == "*" or not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise ConfigError(f"serve.cors_origins: {origin!r} is not an origin; write scheme://host[:port]")
+    return s
 
 
 def engine_context_len(loaded: InferenceModel, settings: ServeSection) -> int:
@@ -47,12 +79,30 @@ def engine_context_len(loaded: InferenceModel, settings: ServeSection) -> int:
     return min(loaded.model.config.max_seq_len, settings.max_prompt_tokens + settings.max_tokens)
 
 
-def build_engine(loaded: InferenceModel, settings: ServeSection) -> Engine:
+def build_engine(loaded: InferenceModel, settings: ServeSection, compile: bool = False) -> Engine:
     return Engine(
         loaded.model,
         max_batch=settings.max_batch,
         max_len=engine_context_len(loaded, settings),
         max_queue=settings.max_queue,
+        compile=compile,
+    )
+
+
+def uvicorn_config(app, settings: ServeSection, **kw):
+    """uvicorn's config with the connection cap and header deadline of `settings`."""
+    import uvicorn
+
+    from bessemer.infer.connections import bounded_protocol
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=bounded_protocol(settings.max_connections, settings.header_timeout_s),
+        log_level="warning",
+        timeout_keep_alive=5,
+        **kw,
     )
 
 
@@ -68,6 +118,7 @@ class _Job:
 
 def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
     """The FastAPI app; it starts the engine thread on startup and stops it on shutdown."""
+    check_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -77,7 +128,7 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
         finally:
             engine.stop()
 
-    app = FastAPI(title="Bessemer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Bessemer", lifespan=lifespan, docs_url=None, redoc_url=None)
     created = int(time.time())
     ctx = engine_context_len(loaded, settings)
 
@@ -87,72 +138,63 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request, exc: HTTPException):
-        err = APIError(exc.status_code, str(exc.detail), "invalid_request_error")
-        return JSONResponse(err.body(), status_code=exc.status_code)
+        status = exc.status_code if exc.status_code < 500 else 400
+        return JSONResponse(error_body(str(exc.detail)), status_code=status)
 
-    def check_auth(request: Request) -> None:
-        if not settings.api_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), settings.api_key):
-            raise APIError(
-                401, "missing or wrong API key; send 'Authorization: Bearer <key>'", code="invalid_api_key"
-            )
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request body"}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = loc[0] if loc else None  # OpenAI names the top-level field
+        where = ".".join(loc)
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg"))
+        return JSONResponse(error_body(message, param=param), status_code=400)
 
-    async def read_json(request: Request) -> dict:
-        limit = settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise APIError(
-                413, f"request body of {declared} bytes exceeds the limit of {limit}", code="body_too_large"
-            )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"request body is not valid JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise APIError(400, "request body must be a JSON object")
-        return data
+    guard = GuardSettings(
+        allowed_hosts=allowed_hosts(settings.host, settings.allowed_hosts),
+        cors_origins=frozenset(settings.cors_origins),
+        api_key=settings.api_key.encode(),
+        max_body_bytes=settings.max_body_bytes,
+        public_paths=frozenset(PUBLIC_PATHS),
+    )
+    app.add_middleware(RequestGuard, settings=guard)
+    if settings.cors_origins:  # outermost: answers allowed origins' preflights
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def chat_page():
+        from importlib.resources import files
+
+        from fastapi.responses import HTMLResponse
+
+        page = files("bessemer.infer").joinpath("static/chat.html").read_text(encoding="utf-8")
+        csp = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+        return HTMLResponse(page, headers={"Content-Security-Policy": csp, "X-Frame-Options": "DENY"})
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": loaded.name, **engine.stats()}
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_auth(request)
-        card = {"id": loaded.name, "object": "model", "created": created, "owned_by": "bessemer"}
-        return {"object": "list", "data": [card]}
+    @app.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
+    async def models():
+        return {"data": [{"id": loaded.name, "created": created}]}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        check_auth(request)
-        body = await read_json(request)
-        ids = _completion_prompt(loaded.tokenizer, body.get("prompt"))
-        job = _job(body, ids, loaded, settings, ctx, chat=False)
-        return await run(job, body)
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
+    async def completions(body: CompletionRequest):
+        return await run(_job(body, loaded, settings, ctx, chat=False))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        check_auth(request)
-        body = await read_json(request)
-        messages = _chat_messages(body.get("messages"))
-        from bessemer.templates import encode_prompt
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES)
+    async def chat_completions(body: ChatCompletionRequest):
+        return await run(_job(body, loaded, settings, ctx, chat=True))
 
-        try:
-            ids = encode_prompt(loaded.tokenizer, loaded.template, messages)
-        except BessemerError as exc:
-            raise APIError(400, str(exc), param="messages") from exc
-        job = _job(body, ids, loaded, settings, ctx, chat=True)
-        return await run(job, body)
-
-    async def run(job: _Job, body: dict):
+    async def run(job: _Job):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -209,39 +251,6 @@ async def _sse(reply: _Reply, events: asyncio.Queue, engine: Engine, req) -> Asy
         engine.cancel(req)  # the client disconnected mid-stream: free the row now
 
 
-class BackgroundServer:
-    """Serve `app` with uvicorn on a thread (tests, benchmarks); port 0 picks a free port. Use as a context."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        import socket
-        import threading
-
-        import uvicorn
-
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def __enter__(self) -> BackgroundServer:
-        self._thread.start()
-        deadline = time.monotonic() + 60
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server on {self.url} did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
-        self._sock.close()
-
-
 def _data(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -279,125 +288,45 @@ class _Reply:
 # -- request parsing ----------------------------------------------------------------------------------------
 
 
-def _completion_prompt(tokenizer, prompt) -> list[int]:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str) and prompt:
-        return tokenizer.encode(prompt)
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    ):
-        vocab = len(tokenizer)
-        if any(t < 0 or t >= vocab for t in prompt):
-            raise APIError(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
-        return list(prompt)
-    raise APIError(400, "prompt must be a non-empty string or list of token ids (one prompt)", param="prompt")
-
-
-def _chat_messages(messages) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "messages must be a non-empty list", param="messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise APIError(400, f"messages[{i}] needs role system, user or assistant", param="messages")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: only text is understood
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise APIError(400, f"messages[{i}]: only text content parts are supported", param="messages")
-            content = "".join(str(p.get("text", "")) for p in content)
-        if content is not None and not isinstance(content, str):
-            raise APIError(400, f"messages[{i}].content must be text", param="messages")
-        role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": content or ""})
-    return out
-
-
-def _number(body: dict, key: str, default, lo: float, hi: float, integer: bool = False):
-    value = body.get(key)
-    if value is None:
-        return default
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or not lo <= value <= hi:
-        kind = "an integer" if integer else "a number"
-        raise APIError(400, f"{key} must be {kind} in [{lo}, {hi}]; got {value!r}", param=key)
-    return value
-
-
 def _job(
-    body: dict, ids: list[int], loaded: InferenceModel, settings: ServeSection, ctx: int, chat: bool
+    body: CompletionRequest | ChatCompletionRequest,
+    loaded: InferenceModel,
+    settings: ServeSection,
+    ctx: int,
+    chat: bool,
 ) -> _Job:
-    for key, bad in (("n", lambda v: v not in (None, 1)), ("best_of", lambda v: v not in (None, 1))):
-        if bad(body.get(key)):
-            raise APIError(
-                400, f"{key} other than 1 is not supported; send one request per sample", param=key
-            )
-    for key in ("echo", "logprobs", "top_logprobs", "suffix", "tools", "functions", "logit_bias"):
-        if body.get(key) not in (None, False, {}, []):
-            raise APIError(400, f"{key} is not supported by this server", param=key)
-    for key in ("presence_penalty", "frequency_penalty"):
-        if body.get(key) not in (None, 0, 0.0):
-            raise APIError(400, f"{key} is not supported; use repetition_penalty", param=key)
-    if len(ids) > settings.max_prompt_tokens:
-        raise APIError(
-            400,
-            f"prompt has {len(ids)} tokens; the limit is {settings.max_prompt_tokens}",
-            param="messages" if chat else "prompt",
-            code="context_length_exceeded",
-        )
-    room = ctx - len(ids)
-    if room < 1:
-        raise APIError(
-            400, f"prompt of {len(ids)} tokens fills the context of {ctx}", code="context_length_exceeded"
-        )
-    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    default = min(settings.max_tokens, room) if chat else min(COMPLETIONS_DEFAULT_MAX_TOKENS, room)
-    max_tokens = _number(body, key, default, 1, settings.max_tokens, integer=True)
-    if max_tokens > room:
-        raise APIError(
-            400,
-            f"prompt ({len(ids)} tokens) + {key} ({max_tokens}) exceeds the context of {ctx}",
-            param=key,
-            code="context_length_exceeded",
-        )
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else stop or []
-    if (
-        not isinstance(stop, list)
-        or len(stop) > MAX_STOP_STRINGS
-        or not all(isinstance(s, str) for s in stop)
-    ):
-        raise APIError(
-            400, f"stop must be a string or a list of up to {MAX_STOP_STRINGS} strings", param="stop"
-        )
-    ignore_eos = body.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise APIError(400, "ignore_eos must be true or false", param="ignore_eos")
-    stop_ids = stop_token_ids(loaded.tokenizer)
-    if chat:
-        from bessemer.templates import stop_strings
-
-        template_stops = stop_strings(loaded.template, loaded.tokenizer)
-        stop = [*stop, *template_stops]
-        stop_ids += [i for i in stop_token_ids(loaded.tokenizer, template_stops) if i not in stop_ids]
-    if ignore_eos:  # for benchmarks: run to max_tokens whatever the model says
-        stop_ids = [i for i in stop_ids if i != loaded.tokenizer.eos_token_id]
-    top_k = _number(body, "top_k", 0, -1, 1 << 30, integer=True)
+    key = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
+    asked = getattr(body, key)
+    if asked is not None and asked > settings.max_tokens:
+        raise APIError(400, f"{key}={asked} is above this server's limit of {settings.max_tokens}", param=key)
+    default = settings.max_tokens if chat else min(COMPLETIONS_DEFAULT_MAX_TOKENS, settings.max_tokens)
     params = SamplingParams(
-        max_new_tokens=max_tokens,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_k=max(top_k, 0),
-        top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 1e-3, 100.0),
-        seed=_number(body, "seed", None, -(1 << 63), (1 << 63) - 1, integer=True),
-        stop=stop,
-        stop_token_ids=stop_ids,
+        max_new_tokens=asked if asked is not None else default,
+        temperature=body.temperature,
+        top_k=max(body.top_k, 0),
+        top_p=body.top_p,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        stop=body.stops(),
     )
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, "stream must be true or false", param="stream")
-    options = body.get("stream_options") or {}
-    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return _Job(Sequence(ids, params, loaded.tokenizer), stream, include_usage, chat)
+    if chat:
+        source = {"messages": [m.as_template_message() for m in body.messages]}
+    else:
+        source = {"prompt": body.prompt_value()}
+    try:
+        request = build_request(
+            loaded.tokenizer,
+            loaded.template,
+            params,
+            context_len=ctx,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            fit_max_new_tokens=asked is None,
+            ignore_eos=body.ignore_eos,
+            **source,
+        )
+    except RequestError as exc:
+        param = key if exc.param == "max_tokens" else exc.param
+        raise APIError(400, str(exc), param=param, code=exc.code) from exc
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    seq = Sequence(request.prompt_ids, request.params, loaded.tokenizer)
+    return _Job(seq, body.stream, include_usage, chat)

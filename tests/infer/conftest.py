@@ -18,13 +18,14 @@ def write_checkpoint(out, tokenizer_dir, template: str = "chatml", **overrides):
 
     from bessemer.checkpoint import save_model_config
 
-    cfg = get_preset("tiny", n_layers=2, **overrides)
+    cfg = get_preset("tiny", **{"n_layers": 2, **overrides})
     model = build_model(cfg, seed=0)
     (out / "model").mkdir(parents=True)
     save_model_config(cfg, out)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model" / "model.safetensors")
-    )
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if cfg.tie_embeddings:  # a tied head is stored once, as the embedding table
+        state.pop("output.weight")
+    save_file(state, str(out / "model" / "model.safetensors"))
     meta = {"format": "bessemer", "version": 1, "family": cfg.family, "template": template}
     (out / "meta.json").write_text(json.dumps(meta))
     shutil.copytree(tokenizer_dir, out / "tokenizer")

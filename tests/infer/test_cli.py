@@ -84,3 +84,54 @@ def test_chat_subprocess_with_piped_stdin(tiny_ckpt):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[1] == "(conversation cleared)" and lines[0] == lines[2] and lines[0].strip()
+
+
+def test_config_generate_section_and_overrides(capsys, tmp_path, tiny_ckpt, loaded):
+    from bessemer.infer.generate import generate
+    from bessemer.infer.sampling import SamplingParams
+
+    cfg = tmp_path / "gen.toml"
+    cfg.write_text("[generate]\nmax_new_tokens = 5\ntemperature = 0.0\ndevice = 'cpu'\n")
+    prompt = "The capital of France is"
+    ids = loaded.tokenizer.encode(prompt)
+
+    def want(n: int) -> str:
+        return (
+            generate(loaded.model, [ids], SamplingParams(max_new_tokens=n), loaded.tokenizer)[0].text + "\n"
+        )
+
+    base = ["generate", "--checkpoint", str(tiny_ckpt), "--prompt", prompt, "--config", str(cfg)]
+    assert main(base) == 0 and capsys.readouterr().out == want(5)
+    assert main([*base, "--generate.max_new_tokens=3"]) == 0 and capsys.readouterr().out == want(3)
+    assert main([*base, "--max-new-tokens", "2"]) == 0 and capsys.readouterr().out == want(2)
+    cfg.write_text("[generate]\nmax_new_tokns = 5\n")
+    assert main(base) == 2
+    assert "did you mean 'max_new_tokens'" in capsys.readouterr().err
+
+
+def test_serve_reads_its_section(tmp_path, tiny_ckpt):
+    from bessemer.cli.main import build_parser
+    from bessemer.cli.serve import settings_from_args
+
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text("[serve]\nport = 9001\nmax_batch = 3\ncors_origins = ['http://app.example']\n")
+    args = build_parser().parse_args(
+        ["serve", "--checkpoint", str(tiny_ckpt), "--config", str(cfg), "--port", "9002"]
+    )
+    s = settings_from_args(args)
+    assert (s.port, s.max_batch, s.cors_origins, s.host) == (9002, 3, ["http://app.example"], "127.0.0.1")
+
+
+@pytest.mark.slow
+def test_compiled_decode_equals_eager(loaded):
+    from bessemer.infer.generate import generate
+    from bessemer.infer.sampling import SamplingParams
+
+    ids = [loaded.tokenizer.encode(p) for p in ("Hello there", "Once upon a time in a land")]
+    params = [
+        SamplingParams(max_new_tokens=8),
+        SamplingParams(max_new_tokens=8, temperature=0.9, top_k=20, seed=1),
+    ]
+    eager = generate(loaded.model, ids, params, loaded.tokenizer)
+    compiled = generate(loaded.model, ids, params, loaded.tokenizer, compile=True)
+    assert [s.output_ids for s in compiled] == [s.output_ids for s in eager]

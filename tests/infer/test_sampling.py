@@ -1,4 +1,5 @@
-"""Each sampling filter against its definition, and the repetition penalty against transformers'."""
+"""Each sampling filter against its definition, the repetition penalty against transformers', and the
+batched seeded draw against the distribution it samples from."""
 
 from __future__ import annotations
 
@@ -9,27 +10,35 @@ from bessemer.errors import ConfigError
 from bessemer.infer.sampling import (
     SamplingParams,
     apply_repetition_penalty,
-    filter_top_k,
-    filter_top_p,
+    exponential_noise,
+    filter_top_k_top_p,
     sample_next,
+    seed_key,
 )
 
 
-def test_top_k_keeps_the_k_largest():
-    logits = torch.tensor([1.0, 5.0, 3.0, 4.0, 2.0])
-    kept = filter_top_k(logits, 2)
-    assert torch.isfinite(kept).tolist() == [False, True, False, True, False]
-    assert torch.equal(filter_top_k(logits, 0), logits)
+def kept(logits, k=0, p=1.0):
+    rows = logits.view(-1, logits.shape[-1])
+    n = rows.shape[0]
+    out = filter_top_k_top_p(rows, torch.full((n,), k), torch.full((n,), p))
+    return torch.isfinite(out).tolist()
+
+
+def test_top_k_keeps_the_k_largest_per_row():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    out = filter_top_k_top_p(logits, torch.tensor([2, 0]), torch.ones(2))
+    assert torch.isfinite(out).tolist() == [[False, True, False, True, False], [True] * 5]
+    assert torch.equal(out[1], logits[1]) and out[0, 1] == 5.0
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    logits = probs.log()
-    assert torch.isfinite(filter_top_p(logits, 0.5)).tolist() == [True, False, False, False]
-    assert torch.isfinite(filter_top_p(logits, 0.75)).tolist() == [True, True, False, False]
-    assert torch.isfinite(filter_top_p(logits, 0.81)).tolist() == [True, True, True, False]
-    shuffled = logits[[2, 0, 3, 1]]
-    assert torch.isfinite(filter_top_p(shuffled, 0.75)).tolist() == [False, True, False, True]
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    assert kept(logits, p=0.5) == [[True, False, False, False]]
+    assert kept(logits, p=0.75) == [[True, True, False, False]]
+    assert kept(logits, p=0.81) == [[True, True, True, False]]
+    assert kept(logits[[2, 0, 3, 1]], p=0.75) == [[False, True, False, True]]
+    # top-p applies to the top-k renormalised: 0.5/0.95 + 0.3/0.95 already reaches 0.81
+    assert kept(logits, k=3, p=0.81) == [[True, True, False, False]]
 
 
 def test_repetition_penalty_matches_transformers():
@@ -43,29 +52,64 @@ def test_repetition_penalty_matches_transformers():
     assert torch.allclose(ours, ref)
 
 
-def test_sampling_follows_the_distribution_and_the_seed():
-    logits = torch.tensor([[0.0, 1.0, 2.0, -1e9]]).repeat(1, 1)
-    params = [SamplingParams(temperature=1.0, seed=0)]
-    gen = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample_next(logits, params, [gen]) for _ in range(3000)]).flatten()
-    freq = torch.bincount(draws, minlength=4).float() / len(draws)
-    assert torch.allclose(freq, logits.softmax(-1)[0], atol=0.03)
-    again = torch.Generator().manual_seed(0)
-    assert torch.equal(
-        draws[:50], torch.stack([sample_next(logits, params, [again]) for _ in range(50)]).flatten()
+def draw(logits, temperature, keys, positions, top_k=0, top_p=1.0):
+    n = logits.shape[0]
+    return sample_next(
+        logits,
+        torch.full((n,), float(temperature)),
+        torch.full((n,), top_k),
+        torch.full((n,), float(top_p)),
+        keys,
+        positions,
     )
 
 
+def test_the_draw_follows_the_distribution_and_repeats_per_seed():
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    logits = probs.log().repeat(4000, 1)
+    keys = torch.full((4000,), seed_key(7))
+    tokens = draw(logits, 1.0, keys, torch.arange(4000))
+    freq = torch.bincount(tokens, minlength=5).float() / 4000
+    assert torch.allclose(freq, probs, atol=0.025)  # 4000 draws: sd of a frequency <= 0.008
+    assert torch.equal(tokens, draw(logits, 1.0, keys, torch.arange(4000)))  # same seed and positions
+    other = draw(logits, 1.0, torch.full((4000,), seed_key(8)), torch.arange(4000))
+    assert (other != tokens).float().mean() > 0.4
+    hot = draw(logits, 2.0, keys, torch.arange(4000))  # temperature 2 flattens: p ~ sqrt(p)
+    want = probs.sqrt() / probs.sqrt().sum()
+    assert torch.allclose(torch.bincount(hot, minlength=5).float() / 4000, want, atol=0.025)
+
+
+def test_noise_is_exponential_and_a_function_of_key_and_position():
+    noise = exponential_noise(torch.tensor([seed_key(1), seed_key(2)]), torch.tensor([5, 5]), 50000)
+    assert abs(float(noise.mean()) - 1.0) < 0.02 and abs(float(noise.var()) - 1.0) < 0.05
+    again = exponential_noise(torch.tensor([seed_key(2)]), torch.tensor([5]), 50000)
+    assert torch.equal(again[0], noise[1])  # a row's draw does not depend on its neighbours
+    assert seed_key(-1) != seed_key(2**63 - 1)
+
+
 def test_greedy_rows_and_sampled_rows_together():
-    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
-    params = [SamplingParams(), SamplingParams(temperature=0.5, top_k=1, seed=3)]
-    out = sample_next(logits, params, [None, torch.Generator().manual_seed(3)])
-    assert out.tolist() == [1, 0]
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0], [0.0, 0.0, 9.0]])
+    out = sample_next(
+        logits,
+        torch.tensor([0.0, 0.5, 1.0]),
+        torch.tensor([0, 1, 0]),
+        torch.tensor([1.0, 1.0, 0.5]),
+        torch.tensor([seed_key(3)] * 3),
+        torch.tensor([0, 0, 0]),
+    )
+    assert out.tolist() == [1, 0, 2]
 
 
 @pytest.mark.parametrize(
     "kw",
-    [{"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"repetition_penalty": 0}, {"max_new_tokens": -1}],
+    [
+        {"temperature": -1},
+        {"temperature": float("nan")},
+        {"top_p": 0},
+        {"top_k": -2},
+        {"repetition_penalty": 0},
+        {"max_new_tokens": -1},
+    ],
 )
 def test_bad_params_name_the_key(kw):
     with pytest.raises(ConfigError, match=next(iter(kw))):

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from bessemer.infer.generate import generate, stop_token_ids
+from bessemer.infer.generate import generate
+from bessemer.infer.request import stop_token_ids
 from bessemer.infer.sampling import SamplingParams
 from tests.infer.server_helpers import running_server, wait_for
 
