@@ -117,11 +117,12 @@ def _int8_twin(layer: nn.Module) -> nn.Module:
 
 def load_quantized(ckpt: Path, device: torch.device, dtype: torch.dtype):
     """Build a checkpoint's model block by block on the CPU, load, quantize and move each to `device`."""
+    from bessemer.checkpoint import load_model_config
     from bessemer.checkpoint.model_io import load_model_state
-    from bessemer.models import ModelConfig, build_model
+    from bessemer.models import build_model
     from bessemer.models.rope import rope_inv_freq
 
-    cfg = ModelConfig.load(ckpt / "model.json")
+    cfg = load_model_config(ckpt)
     model = build_model(cfg, device="meta")
     tensor_files = _safetensors_index(ckpt)
     parts = ["tok_embeddings", *(f"layers.{i}" for i in model.layers), "norm", "output"]
@@ -148,9 +149,12 @@ def _safetensors_index(ckpt: Path) -> dict[str, Path] | None:
     """Tensor name -> file for a checkpoint stored as model/*.safetensors (None for DCP shards)."""
     from safetensors import safe_open
 
+    from bessemer.checkpoint.model_io import _safetensors_shapes
+
     files = sorted((ckpt / "model").glob("*.safetensors"))
     if (ckpt / "state" / ".metadata").is_file() or not files:
         return None
+    _safetensors_shapes(ckpt / "model")  # headers validated strictly and files confined before safe_open
     index = {}
     for file in files:
         with safe_open(str(file), framework="pt") as f:
