@@ -136,6 +136,17 @@ class EvalSection:
 
 
 @dataclass
+class LoRASection:
+    """Low-rank adapters on a frozen base (bessemer.tune.lora); rank 0 trains every weight instead."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])  # q k v o gate up down
+    modules_to_save: list[str] = field(default_factory=list)  # trained in full and saved: embeddings, head
+
+
+@dataclass
 class JobConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -148,3 +159,4 @@ class JobConfig:
     generate: GenerateSection = field(default_factory=GenerateSection)
     serve: ServeSection = field(default_factory=ServeSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    lora: LoRASection = field(default_factory=LoRASection)

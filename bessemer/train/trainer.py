@@ -38,12 +38,14 @@ from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train.loggers import MetricsWriter
 from bessemer.train.metrics import device_peak_flops, flops_per_token, memory_gib
 from bessemer.train.optim import build_optimizer, build_scheduler
+from bessemer.tune.lora import adapt_for_training, is_adapter_key, lora_meta
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-# optimizer state keyed by parameter name, so it reshards onto any layout (pipeline ranks hold different groups)
-STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+# optimizer state keyed by parameter name, so it reshards onto any layout (pipeline ranks hold different groups);
+# frozen parameters (a LoRA run's base) are not saved, so loading is not strict: they come from train.finetune
+STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True, ignore_frozen_params=True, strict=False)
 
 
 class TrainingError(BessemerError):
@@ -123,6 +125,7 @@ class Trainer:
             "family": self.model_cfg.family,
             "source": "train",
             "tokenizer_fingerprint": self.data.meta.get("tokenizer_fingerprint"),
+            **lora_meta(cfg),
         }
         self.checkpoints = CheckpointManager(
             self.out_dir, cfg.checkpoint, self.model_cfg, self.tokenizer_src, meta
@@ -208,9 +211,9 @@ class Trainer:
         copy per rank while setting up), sliced onto this rank's shards. Sets `stages` and `schedule`.
         """
         cfg = self.cfg
-        full = build_model(self.model_cfg, device="cpu", seed=cfg.train.seed)
+        full = adapt_for_training(build_model(self.model_cfg, device="cpu", seed=cfg.train.seed), cfg)
         laid_out = parallelize(
-            build_model(self.model_cfg, device="meta"),
+            adapt_for_training(build_model(self.model_cfg, device="meta"), cfg),
             self.dims,
             self.mesh,
             cfg.parallel,
@@ -232,7 +235,7 @@ class Trainer:
             state = {
                 k: v
                 for k, v in get_model_state_dict(model).items()
-                if not (self.model_cfg.tie_embeddings and k == "output.weight")
+                if not (self.model_cfg.tie_embeddings and k == "output.weight") and not is_adapter_key(k)
             }
             load_model_state(ckpt, state)
             set_model_state_dict(model, state, options=StateDictOptions(strict=False))
