@@ -51,16 +51,17 @@ def load_for_inference(
     template: a name from bessemer.templates; default the checkpoint's meta.json "template", else the
     family's default.
     """
-    from bessemer.checkpoint import load_model, read_meta, tokenizer_dir
+    from bessemer.checkpoint import read_meta, tokenizer_dir
     from bessemer.templates import check_template, default_template
     from bessemer.tokenizer import load_tokenizer
+    from bessemer.tune.peft_io import load_model_or_adapted
 
     path = Path(path)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if _is_hf_folder(path):
         return _load_hf(path, dev, dt, template)
-    model, ckpt = load_model(path, device=dev, dtype=dt)
+    model, ckpt = load_model_or_adapted(path, device=dev, dtype=dt)  # a LoRA run: base + adapters, unmerged
     meta = read_meta(ckpt)
     tok_dir = tokenizer_dir(ckpt)
     if tok_dir is None:
