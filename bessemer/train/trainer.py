@@ -38,7 +38,7 @@ from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train.loggers import MetricsWriter
 from bessemer.train.metrics import device_peak_flops, flops_per_token, memory_gib
 from bessemer.train.optim import build_optimizer, build_scheduler
-from bessemer.tune.lora import adapt_for_training, is_adapter_key, lora_meta
+from bessemer.tune.lora import adapt_for_training, freeze_base, is_adapter_key, lora_meta
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,7 @@ class Trainer:
         del full
         self.stages, self.stage_ids, self.schedule = laid_out.stages, laid_out.stage_ids, laid_out.schedule
         model = laid_out.model
+        freeze_base(model, cfg.lora)
         if cfg.train.finetune:
             ckpt = resolve_checkpoint(cfg.train.finetune)
             state = {

@@ -22,6 +22,7 @@ from torch import nn
 
 from bessemer.config.schema import LoRASection
 from bessemer.errors import ConfigError
+from bessemer.parallel.parallelize import plain_name
 
 # short target names (PEFT users write q_proj etc.; these are the projections by role) -> path in a block
 TARGETS = {
@@ -93,8 +94,6 @@ def apply_lora(model: nn.Module, cfg: LoRASection, seed: int = 0) -> None:
     adapter's name (PEFT's init: A Kaiming-uniform, B zero), so every layout and rank gets the same numbers.
     """
     check_lora_config(cfg)
-    for p in model.parameters():
-        p.requires_grad_(False)
     for layer, block in model.layers.items():
         for target in cfg.targets:
             path = TARGETS[target]
@@ -112,10 +111,17 @@ def apply_lora(model: nn.Module, cfg: LoRASection, seed: int = 0) -> None:
             linear.register_forward_hook(_lora_forward)
             if weight.device.type != "meta":
                 _init_adapter(linear, f"layers.{layer}.{path}", seed)
-    for name in cfg.modules_to_save:
-        module = getattr(model, SAVABLE[name], None)
-        if module is not None:
-            module.requires_grad_(True)
+    freeze_base(model, cfg)
+
+
+def freeze_base(model: nn.Module, cfg: LoRASection) -> None:
+    """Only adapters and `modules_to_save` train. Run again after tensor parallelism: SequenceParallel
+    re-creates the norm weights as new, trainable parameters."""
+    if not lora_enabled(cfg):
+        return
+    saved = tuple(SAVABLE[n] + "." for n in cfg.modules_to_save)
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_adapter_key(name) or plain_name(name).startswith(saved))
 
 
 @torch.no_grad()
