@@ -316,7 +316,6 @@ def merge_adapters(model: Transformer) -> Transformer:
 def merge_lora(run: str | Path, out: str | Path, fmt: str = "checkpoint", overwrite: bool = False) -> Path:
     """Write a LoRA run merged into its base: a Bessemer checkpoint (`fmt="checkpoint"`) or a HF folder."""
     from bessemer.hf.convert import check_output, convert_to_hf, staged_output
-    from bessemer.hf.safetensors_io import OutTensor, tensor_bytes, write_sharded
     from bessemer.tokenizer import copy_tokenizer_files
 
     if fmt not in ("checkpoint", "hf"):
@@ -327,20 +326,11 @@ def merge_lora(run: str | Path, out: str | Path, fmt: str = "checkpoint", overwr
     model, ckpt = load_adapted(ckpt)
     _, base = lora_settings(ckpt)
     merge_adapters(model)
-    state = model.state_dict()
-    if model.config.tie_embeddings:
-        state.pop("output.weight", None)
-    tensors = [
-        OutTensor(name, t.dtype, tuple(t.shape), lambda f, t=t: f.write(tensor_bytes(t.contiguous())))
-        for name, t in state.items()
-    ]
     meta = {k: v for k, v in read_meta(base).items() if k not in ("lora", "step")}
-    meta.update({"format": FORMAT, "version": VERSION, "step": 0, "source": str(ckpt.resolve())})
+    meta["source"] = str(ckpt.resolve())
     with staged_output(out, overwrite) as tmp:
         merged = tmp if fmt == "checkpoint" else tmp / "merged"
-        write_sharded(merged / "model", tensors, 5 * 10**9)
-        model.config.save(merged / "model.json")
-        atomic_write_text(merged / "meta.json", json.dumps(meta, indent=2) + "\n")
+        write_model_checkpoint(model, merged, meta)
         if tokenizer_dir(ckpt) is not None:
             copy_tokenizer_files(ckpt / "tokenizer", merged / "tokenizer")
         if fmt == "hf":
@@ -351,3 +341,20 @@ def merge_lora(run: str | Path, out: str | Path, fmt: str = "checkpoint", overwr
             (tmp / "hf").rmdir()
     log.info("%s merged into %s -> %s", ckpt, base, out)
     return out
+
+
+def write_model_checkpoint(model: Transformer, folder: Path, meta: dict) -> None:
+    """Write `model`'s weights as a checkpoint (model/*.safetensors, model.json, meta.json) into `folder`."""
+    from bessemer.hf.safetensors_io import OutTensor, tensor_bytes, write_sharded
+
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("output.weight", None)
+    tensors = [
+        OutTensor(name, t.dtype, tuple(t.shape), lambda f, t=t: f.write(tensor_bytes(t.contiguous())))
+        for name, t in state.items()
+    ]
+    write_sharded(Path(folder) / "model", tensors, 5 * 10**9)
+    model.config.save(Path(folder) / "model.json")
+    info = {**meta, "format": FORMAT, "version": VERSION, "step": meta.get("step", 0)}
+    atomic_write_text(Path(folder) / "meta.json", json.dumps(info, indent=2) + "\n")
