@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
@@ -10,7 +12,7 @@ from bessemer.checkpoint import load_model, read_meta
 from bessemer.config import load_config
 from bessemer.errors import ConfigError
 from bessemer.train.trainer import Trainer
-from bessemer.tune.lora import adapted_linears, adapters_disabled, apply_lora
+from bessemer.tune.lora import adapted_linears, adapters_disabled, apply_lora, check_lora_config
 from tests.train.conftest import losses, tiny_overrides
 from tests.tune.conftest import lora_overrides
 
@@ -97,3 +99,19 @@ def test_lora_needs_a_base_checkpoint(synthetic_dataset, tmp_path):
     over = tiny_overrides(synthetic_dataset, tmp_path / "r", **{"lora.rank": 4})
     with pytest.raises(ConfigError, match="needs train.finetune"):
         Trainer(load_config(None, over))
+
+
+LORA_RECIPES = sorted((Path(__file__).parents[2] / "configs").glob("*lora*.toml"))
+
+
+@pytest.mark.parametrize("path", LORA_RECIPES, ids=[p.stem for p in LORA_RECIPES])
+def test_lora_recipe_adapts_its_model(path):
+    from bessemer.config.schema import LoRASection
+    from bessemer.models import build_model, get_preset
+
+    cfg = load_config(path)
+    assert cfg.lora.rank > 0 and cfg.train.finetune
+    check_lora_config(cfg.lora)
+    model = build_model(get_preset(Path(cfg.train.finetune).name, n_layers=1), device="meta")
+    apply_lora(model, LoRASection(**vars(cfg.lora)))
+    assert len(list(adapted_linears(model))) == len(cfg.lora.targets)
