@@ -25,7 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--out", required=True, metavar="PREFIX", help="output prefix: PREFIX.bin, .idx, .meta.json"
     )
-    parser.add_argument("--handler", default="pretrain", choices=HANDLERS, help="how rows become tokens")
+    parser.add_argument(
+        "--handler", default="pretrain", choices=(*HANDLERS, "preference"), help="how rows become tokens"
+    )
     parser.add_argument(
         "--template",
         default=None,
@@ -79,6 +81,20 @@ def run(args) -> int:
         raise ConfigError(f"--max-length={args.max_length}; use at least 2")
     if args.shard_size is not None and args.shard_size < 1:
         raise ConfigError(f"--shard-size={args.shard_size}; use at least 1 document")
+    if args.handler == "preference":  # DPO pairs: bessemer/data/preference.py
+        from bessemer.data.preference import prepare_preference
+
+        meta = prepare_preference(
+            args.input,
+            args.out,
+            args.tokenizer,
+            template=args.template,
+            max_length=args.max_length,
+            skip_bad=args.skip_bad,
+            command=command,
+        )
+        print(f"wrote {args.out}: {meta['pairs']} pairs, {meta['truncated']} cut to --max-length")
+        return 0
     options = PrepareOptions(
         tokenizer=args.tokenizer,
         handler=args.handler,
