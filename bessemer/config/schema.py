@@ -147,6 +147,17 @@ class LoRASection:
 
 
 @dataclass
+class DPOSection:
+    """Preference optimisation on a `prepare --handler preference` dataset (bessemer.tune.dpo)."""
+
+    enabled: bool = False
+    beta: float = 0.1
+    loss: str = "sigmoid"  # sigmoid, ipo, hinge
+    label_smoothing: float = 0.0  # sigmoid only
+    reference: str = "frozen"  # the starting model (with LoRA: the base, adapters switched off)
+
+
+@dataclass
 class JobConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -160,3 +171,4 @@ class JobConfig:
     serve: ServeSection = field(default_factory=ServeSection)
     eval: EvalSection = field(default_factory=EvalSection)
     lora: LoRASection = field(default_factory=LoRASection)
+    dpo: DPOSection = field(default_factory=DPOSection)

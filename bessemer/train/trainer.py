@@ -38,6 +38,7 @@ from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train.loggers import MetricsWriter
 from bessemer.train.metrics import device_peak_flops, flops_per_token, memory_gib
 from bessemer.train.optim import build_optimizer, build_scheduler
+from bessemer.tune.dpo import attach_dpo, preference_data
 from bessemer.tune.lora import adapt_for_training, freeze_base, is_adapter_key, lora_meta
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Trainer:
         self.accum_steps = gbs // (tc.micro_batch_size * self.dp_size)
         self.pp_microbatches = self._pp_microbatches()
 
+        data_factory = data_factory or preference_data(cfg)  # DPO pairs instead of packed sequences
         self.data = data_factory(self) if data_factory else self._build_data()
         tok = cfg.data.tokenizer or self.data.meta.get("tokenizer")
         self.tokenizer_src = Path(tok) if tok and Path(tok).is_dir() else None
@@ -119,6 +121,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self._pp_targets = 1.0
         self.model = self._build_model()
+        self.dpo = attach_dpo(self)  # with [dpo] enabled: the DPO loss replaces forward_backward
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tc.steps)
         meta = {
@@ -371,6 +374,7 @@ class Trainer:
             if self.peak_flops
             else None,
             **memory,
+            **(self.dpo.step_metrics() if self.dpo else {}),
         }
         return metrics
 
