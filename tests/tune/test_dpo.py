@@ -18,6 +18,7 @@ from bessemer.data.indexed import IndexedDatasetWriter, mask_prefix, meta_path
 from bessemer.errors import ConfigError, DataError
 from bessemer.train.trainer import Trainer
 from tests.train.conftest import losses, tiny_overrides
+from tests.tune.conftest import ALL_TARGETS
 
 N_PAIRS, STEPS, LR, BETA = 4, 3, 5e-3, 0.1
 
@@ -154,6 +155,31 @@ def test_full_dpo_equals_trl(pairs_dataset, base_run, tmp_path, demo_tokenizer_d
     Trainer(load_config(None, dpo_overrides(pairs_dataset, base_run, tmp_path / "ours"))).train()
     hf = convert_to_hf(base_run, tmp_path / "hf").out
     assert_matches_trl(tmp_path / "ours", trl_history(hf, tmp_path, demo_tokenizer_dir))
+
+
+@pytest.mark.slow
+def test_lora_dpo_equals_trl_with_peft(pairs_dataset, base_run, tmp_path, demo_tokenizer_dir):
+    from bessemer.hf import convert_to_hf
+    from bessemer.tune.peft_io import export_peft
+
+    lora = {"lora.rank": 4, "lora.alpha": 8, "lora.targets": ALL_TARGETS}
+
+    def trainer(out):
+        t = Trainer(load_config(None, dpo_overrides(pairs_dataset, base_run, out, **lora)))
+        with torch.no_grad():  # B = 0 would leave A untrained in step 1: start both from the same nonzero B
+            gen = torch.Generator().manual_seed(0)
+            for name, p in t.model.named_parameters():
+                if name.endswith("lora_B"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+        return t
+
+    # the adapters TRL starts from, saved by a twin (saving before a first step creates optimizer state)
+    trainer(tmp_path / "start").save()
+    peft_dir = export_peft(tmp_path / "start", tmp_path / "peft0")
+    trainer(tmp_path / "ours").train()
+    hf = convert_to_hf(base_run, tmp_path / "hf").out
+    theirs = trl_history(hf, tmp_path, demo_tokenizer_dir, peft_dir)
+    assert_matches_trl(tmp_path / "ours", theirs, from_reference=False)
 
 
 def test_dpo_resume_is_exact(pairs_dataset, base_run, tmp_path):
