@@ -1,4 +1,5 @@
-"""Fine-tuning cost: peak memory and tokens/s of full fine-tuning vs LoRA, same model, batch and start weights.
+"""Fine-tuning cost: peak memory and tokens/s of full fine-tuning, LoRA and DPO with LoRA, same model, batch
+(sequences per step; DPO's are pairs of half as many prompts) and start weights.
 
 Each method runs in its own child process (peak RSS on CPU only ever grows within a process), on synthetic
 tokens through the trainer's own step; the parent prints both and LoRA's ratios against full fine-tuning.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,8 +23,37 @@ import torch
 from bessemer.bench.throughput import run_throughput
 from bessemer.config import load_config
 from bessemer.models import build_model, get_preset
+from bessemer.train.trainer import Trainer
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "dpo-lora")
+
+
+class SyntheticPairs:
+    """Random preference micro-batches: rows [chosen..., rejected...] sharing a prompt of half the length."""
+
+    def __init__(self, trainer):
+        tc = trainer.cfg.train
+        self.meta: dict = {}
+        self.pairs, self.seq_len, self.vocab = tc.micro_batch_size, tc.seq_len, trainer.model_cfg.vocab_size
+        self.generator = torch.Generator().manual_seed(tc.seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        n, t = self.pairs, self.seq_len + 1
+        prompt = torch.randint(0, self.vocab, (n, t // 2), generator=self.generator)
+        answers = torch.randint(0, self.vocab, (2 * n, t - t // 2), generator=self.generator)
+        ids = torch.cat([prompt.repeat(2, 1), answers], dim=1)
+        labels = ids.clone()
+        labels[:, : t // 2] = -100
+        return {"tokens": ids[:, :-1], "labels": labels[:, 1:]}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -36,15 +67,26 @@ def measure(args: argparse.Namespace) -> dict:
         "checkpoint.interval=0",
         "optim.lr=1e-4",
     ]
-    if args.method == "lora":
+    if args.method != "full":
         over += [f"lora.rank={args.rank}", 'lora.targets=["q","k","v","o","gate","up","down"]']
-    cfg = load_config(None, over)
-    result, trainer = run_throughput(cfg, args.warmup)
+    if args.method == "dpo-lora":  # pairs: half the prompts, so the same sequences per step
+        over += ["dpo.enabled=true", f"train.micro_batch_size={max(args.batch // 2, 1)}"]
+        trainer = Trainer(load_config(None, over), data_factory=SyntheticPairs)
+        records = []
+        for _ in range(args.steps):
+            records.append(trainer.train_step())
+            trainer.step += 1
+        step_time = statistics.median(r["step_time_s"] for r in records[args.warmup :])
+        tokens_per_s = 2 * trainer.global_batch_size * args.seq_len / step_time
+        memory = {k: max(r[k] for r in records) for k in records[0] if k.startswith(("mem_", "rss_"))}
+    else:
+        result, trainer = run_throughput(load_config(None, over), args.warmup)
+        tokens_per_s, memory = result.tokens_per_s_per_device, result.memory_gib
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return {
-        "tokens_per_s": result.tokens_per_s_per_device,
-        "memory_gib": max(result.memory_gib.values()),
-        "memory_kind": next(iter(result.memory_gib)),
+        "tokens_per_s": tokens_per_s,
+        "memory_gib": max(memory.values()),
+        "memory_kind": next(iter(memory)),
         "trainable": trainable,
         "device": str(trainer.device),
     }
@@ -88,7 +130,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method, "--base", str(base)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[method] = json.loads(out.strip().splitlines()[-1])
-    full, lora = results["full"], results["lora"]
+    full = results["full"]
     cfg = model_config(args)
     print(
         f"shape: {args.preset} {cfg.n_layers} layers, dim {cfg.dim}, seq {args.seq_len}, batch {args.batch}, "
@@ -96,13 +138,15 @@ def main() -> None:
     )
     for name, r in results.items():
         print(
-            f"{name:5s} trainable {r['trainable']:>13,}  tokens/s {r['tokens_per_s']:>10,.0f}  "
+            f"{name:8s} trainable {r['trainable']:>13,}  tokens/s {r['tokens_per_s']:>10,.0f}  "
             f"peak {r['memory_kind']} {r['memory_gib']:.3f} GiB"
         )
-    print(
-        f"LoRA / full: memory {lora['memory_gib'] / full['memory_gib']:.2f}x, "
-        f"tokens/s {lora['tokens_per_s'] / full['tokens_per_s']:.2f}x"
-    )
+    for name in METHODS[1:]:
+        r = results[name]
+        print(
+            f"{name} / full: memory {r['memory_gib'] / full['memory_gib']:.2f}x, "
+            f"tokens/s {r['tokens_per_s'] / full['tokens_per_s']:.2f}x"
+        )
 
 
 if __name__ == "__main__":
