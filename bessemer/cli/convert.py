@@ -18,8 +18,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--to-hf", metavar="CKPT", help="a checkpoint (or run dir) to export as a HF folder")
     mode.add_argument("--apply-delta", metavar="DELTA", help="a HF folder of delta weights (needs --base)")
     mode.add_argument("--from-gguf", metavar="FILE", help="a llama.cpp GGUF file to dequantise and convert")
+    mode.add_argument(
+        "--to-peft", metavar="RUN", help="a LoRA run (or checkpoint) to write as a PEFT adapter"
+    )
+    mode.add_argument("--from-peft", metavar="DIR", help="a PEFT LoRA adapter folder to read (needs --base)")
+    mode.add_argument("--merge-lora", metavar="RUN", help="a LoRA run to fold into its base model")
     parser.add_argument("--out", required=True, help="the folder to write (refused if it holds anything)")
-    parser.add_argument("--base", metavar="DIR", help="with --apply-delta: the base model's HF folder")
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="with --apply-delta: the base model's HF folder; with --from-peft: the base checkpoint",
+    )
+    parser.add_argument(
+        "--format",
+        dest="merged_format",
+        choices=("checkpoint", "hf"),
+        help="with --merge-lora: write a checkpoint (default) or a Hugging Face folder",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     parser.add_argument(
         "--dtype",
@@ -47,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bessemer.hf import apply_delta, convert_from_hf, convert_to_hf
 
+    if args.to_peft or args.from_peft or args.merge_lora:
+        return _run_lora(args)
+    if args.merged_format:
+        raise ConversionError("--format applies to --merge-lora only; remove it")
     if args.from_hf:
         _only(args, "from-hf", ("base", "as_layout"))
         result = convert_from_hf(
@@ -99,8 +118,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_lora(args: argparse.Namespace) -> int:
+    from bessemer.tune.peft_io import export_peft, import_peft, merge_lora
+
+    flags = ("as_layout", "position", "template")
+    if args.dtype != "keep":
+        raise ConversionError("--dtype does not apply to LoRA adapters; remove it")
+    if args.to_peft:
+        _only(args, "to-peft", ("base", "merged_format", *flags))
+        out = export_peft(args.to_peft, args.out, overwrite=args.overwrite)
+    elif args.from_peft:
+        if not args.base:
+            raise ConversionError("--from-peft needs --base CKPT, the checkpoint the adapter was trained on")
+        _only(args, "from-peft", ("merged_format", *flags))
+        out = import_peft(args.from_peft, args.base, args.out, overwrite=args.overwrite)
+    else:
+        _only(args, "merge-lora", ("base", *flags))
+        out = merge_lora(
+            args.merge_lora, args.out, args.merged_format or "checkpoint", overwrite=args.overwrite
+        )
+    log.info("wrote %s", out)
+    return 0
+
+
 def _only(args: argparse.Namespace, mode: str, not_allowed: tuple[str, ...]) -> None:
     for name in not_allowed:
         if getattr(args, name):
-            flag = "--as" if name == "as_layout" else "--" + name.replace("_", "-")
+            flag = {"as_layout": "--as", "merged_format": "--format"}.get(name, "--" + name.replace("_", "-"))
             raise ConversionError(f"{flag} does not apply to --{mode}; remove it")

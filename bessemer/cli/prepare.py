@@ -26,7 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--out", required=True, metavar="PREFIX", help="output prefix: PREFIX.bin, .idx, .meta.json"
     )
-    parser.add_argument("--handler", default="pretrain", choices=HANDLERS, help="how rows become tokens")
+    parser.add_argument(
+        "--handler", default="pretrain", choices=(*HANDLERS, "preference"), help="how rows become tokens"
+    )
     parser.add_argument(
         "--template",
         default=None,
@@ -89,6 +91,20 @@ def run(args) -> int:
         raise ConfigError(
             "--allow-special-in-text applies to pretrain text; SFT control tokens come from the template"
         )
+    if args.handler == "preference":  # DPO pairs: bessemer/data/preference.py
+        from bessemer.data.preference import prepare_preference
+
+        meta = prepare_preference(
+            args.input,
+            args.out,
+            args.tokenizer,
+            template=args.template,
+            max_length=args.max_length,
+            skip_bad=args.skip_bad,
+            command=command,
+        )
+        print(f"wrote {args.out}: {meta['pairs']} pairs, {meta['truncated']} cut to --max-length")
+        return 0
     options = PrepareOptions(
         tokenizer=args.tokenizer,
         handler=args.handler,

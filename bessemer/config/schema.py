@@ -143,6 +143,28 @@ class EvalSection:
 
 
 @dataclass
+class LoRASection:
+    """Low-rank adapters on a frozen base (bessemer.tune.lora); rank 0 trains every weight instead."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])  # q k v o gate up down
+    modules_to_save: list[str] = field(default_factory=list)  # trained in full and saved: embeddings, head
+
+
+@dataclass
+class DPOSection:
+    """Preference optimisation on a `prepare --handler preference` dataset (bessemer.tune.dpo)."""
+
+    enabled: bool = False
+    beta: float = 0.1
+    loss: str = "sigmoid"  # sigmoid, ipo, hinge
+    label_smoothing: float = 0.0  # sigmoid only
+    reference: str = "frozen"  # the starting model (with LoRA: the base, adapters switched off)
+
+
+@dataclass
 class JobConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -155,3 +177,5 @@ class JobConfig:
     generate: GenerateSection = field(default_factory=GenerateSection)
     serve: ServeSection = field(default_factory=ServeSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    lora: LoRASection = field(default_factory=LoRASection)
+    dpo: DPOSection = field(default_factory=DPOSection)

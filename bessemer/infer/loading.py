@@ -56,10 +56,11 @@ def load_for_inference(
     family's default.
     quantize: "int8" stores the weights as int8 per output channel (bessemer.infer.quantize).
     """
-    from bessemer.checkpoint import load_model, read_meta, tokenizer_dir
+    from bessemer.checkpoint import read_meta, tokenizer_dir
     from bessemer.infer.quantize import check_quantize, quantize_int8
     from bessemer.templates import check_template, default_template
     from bessemer.tokenizer import load_tokenizer
+    from bessemer.tune.peft_io import load_model_or_adapted
 
     path = Path(path)
     dev = pick_device(device)
@@ -73,11 +74,16 @@ def load_for_inference(
     if quantize:
         from bessemer.checkpoint import resolve_checkpoint
         from bessemer.infer.quantize import load_quantized
+        from bessemer.tune.peft_io import load_adapted, lora_settings, merge_adapters
 
         ckpt = resolve_checkpoint(path)
-        model = load_quantized(ckpt, dev, dt)
+        if lora_settings(ckpt) is None:
+            model = load_quantized(ckpt, dev, dt)
+        else:  # a LoRA run: fold the adapters in on the CPU, then quantize the merged weights
+            model, ckpt = load_adapted(ckpt, device="cpu")
+            model = quantize_int8(merge_adapters(model).to(dt)).to(dev)
     else:
-        model, ckpt = load_model(path, device=dev, dtype=dt)
+        model, ckpt = load_model_or_adapted(path, device=dev, dtype=dt)  # a LoRA run: base + adapters
     meta = read_meta(ckpt)
     tok_dir = tokenizer_dir(ckpt)
     if tok_dir is None:

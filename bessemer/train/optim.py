@@ -21,8 +21,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device_type: str)
         impl = "fused" if device_type == "cuda" else "foreach"
     if impl not in ("fused", "foreach", "for-loop"):
         raise ConfigError(f"optim.implementation={impl!r}: use auto, fused, foreach or for-loop")
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [g for g in groups if g["params"]],  # an empty group (LoRA: no vectors train) breaks DCP's flattening
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,

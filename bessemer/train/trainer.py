@@ -39,12 +39,15 @@ from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train.loggers import MetricsWriter
 from bessemer.train.metrics import device_peak_flops, flops_per_token, memory_gib
 from bessemer.train.optim import build_optimizer, build_scheduler
+from bessemer.tune.dpo import attach_dpo, preference_data
+from bessemer.tune.lora import adapt_for_training, freeze_base, is_adapter_key, lora_meta
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-# optimizer state keyed by parameter name, so it reshards onto any layout (pipeline ranks hold different groups)
-STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+# optimizer state keyed by parameter name, so it reshards onto any layout (pipeline ranks hold different groups);
+# frozen parameters (a LoRA run's base) are not saved, so loading is not strict: they come from train.finetune
+STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True, ignore_frozen_params=True, strict=False)
 
 
 class TrainingError(BessemerError):
@@ -111,6 +114,7 @@ class Trainer:
         self.accum_steps = gbs // (tc.micro_batch_size * self.dp_size)
         self.pp_microbatches = self._pp_microbatches()
 
+        data_factory = data_factory or preference_data(cfg)  # DPO pairs instead of packed sequences
         self.data = data_factory(self) if data_factory else self._build_data()
         tok = cfg.data.tokenizer or self.data.meta.get("tokenizer")
         self.tokenizer_src = Path(tok) if tok and Path(tok).is_dir() else None
@@ -118,12 +122,14 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self._pp_targets = 1.0
         self.model = self._build_model()
+        self.dpo = attach_dpo(self)  # with [dpo] enabled: the DPO loss replaces forward_backward
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tc.steps)
         meta = {
             "family": self.model_cfg.family,
             "source": "train",
             "tokenizer_fingerprint": self.data.meta.get("tokenizer_fingerprint"),
+            **lora_meta(cfg),
         }
         self.checkpoints = CheckpointManager(
             self.out_dir, cfg.checkpoint, self.model_cfg, self.tokenizer_src, meta
@@ -209,9 +215,9 @@ class Trainer:
         copy per rank while setting up), sliced onto this rank's shards. Sets `stages` and `schedule`.
         """
         cfg = self.cfg
-        full = build_model(self.model_cfg, device="cpu", seed=cfg.train.seed)
+        full = adapt_for_training(build_model(self.model_cfg, device="cpu", seed=cfg.train.seed), cfg)
         laid_out = parallelize(
-            build_model(self.model_cfg, device="meta"),
+            adapt_for_training(build_model(self.model_cfg, device="meta"), cfg),
             self.dims,
             self.mesh,
             cfg.parallel,
@@ -228,12 +234,13 @@ class Trainer:
         del full
         self.stages, self.stage_ids, self.schedule = laid_out.stages, laid_out.stage_ids, laid_out.schedule
         model = laid_out.model
+        freeze_base(model, cfg.lora)
         if cfg.train.finetune:
             ckpt = resolve_checkpoint(cfg.train.finetune)
             state = {
                 k: v
                 for k, v in get_model_state_dict(model).items()
-                if not (self.model_cfg.tie_embeddings and k == "output.weight")
+                if not (self.model_cfg.tie_embeddings and k == "output.weight") and not is_adapter_key(k)
             }
             load_model_state(ckpt, state)
             set_model_state_dict(model, state, options=StateDictOptions(strict=False))
@@ -370,6 +377,7 @@ class Trainer:
             if self.peak_flops
             else None,
             **memory,
+            **(self.dpo.step_metrics() if self.dpo else {}),
         }
         return metrics
 

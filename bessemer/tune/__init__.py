@@ -1,0 +1,1 @@
+"""Fine-tuning methods applied from outside the model: LoRA adapters, PEFT adapter folders, DPO."""

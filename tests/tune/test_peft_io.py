@@ -1,0 +1,127 @@
+"""PEFT adapter folders in and out against `peft` itself, and merging, on a tiny LoRA run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bessemer.checkpoint import load_model
+from bessemer.config import load_config
+from bessemer.errors import ConversionError
+from bessemer.hf import convert_to_hf
+from bessemer.train.trainer import Trainer
+from bessemer.tune.peft_io import export_peft, import_peft, load_adapted, merge_lora
+from tests.tune.conftest import lora_overrides
+
+
+@pytest.fixture(scope="module")
+def lora_run(synthetic_dataset, base_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("lora") / "run"
+    extra = {"train.steps": 3, "lora.modules_to_save": '["head"]', "optim.lr": 5e-2}
+    Trainer(load_config(None, lora_overrides(synthetic_dataset, base_run, run, **extra))).train()
+    return run
+
+
+@pytest.fixture(scope="module")
+def hf_base(base_run, tmp_path_factory):
+    return convert_to_hf(base_run, tmp_path_factory.mktemp("hf") / "base").out
+
+
+TOKENS = torch.tensor([[1, 5, 9, 200, 17, 3, 44, 45, 46, 47], [7, 7, 8, 9, 10, 11, 12, 13, 14, 15]])
+
+
+def test_peft_loads_our_adapter_with_the_same_logits(lora_run, hf_base, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    ours, _ = load_adapted(lora_run)
+    adapter = ours.layers["0"].attention.wq
+    assert adapter.lora_B.abs().max() > 1e-3  # trained: the comparison is not of two base models
+    folder = export_peft(lora_run, tmp_path / "peft")
+    hf = AutoModelForCausalLM.from_pretrained(hf_base, dtype=torch.float32)
+    theirs = peft.PeftModel.from_pretrained(hf, folder).eval()
+    with torch.no_grad():
+        expected = theirs(TOKENS).logits
+        got = ours(TOKENS)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    assert config["modules_to_save"] == ["lm_head"]
+
+
+def test_peft_round_trip_is_bit_exact(lora_run, base_run, tmp_path):
+    from safetensors.torch import load_file
+
+    first = export_peft(lora_run, tmp_path / "a")
+    ckpt = import_peft(first, base_run, tmp_path / "imported")
+    second = export_peft(ckpt, tmp_path / "b")
+    a, b = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    assert json.loads((first / "adapter_config.json").read_text()) == json.loads(
+        (second / "adapter_config.json").read_text()
+    )
+    original, imported = load_adapted(lora_run)[0], load_adapted(ckpt)[0]
+    with torch.no_grad():
+        assert torch.equal(original(TOKENS), imported(TOKENS))
+
+
+def test_merged_model_equals_adapted_model(lora_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    adapted, _ = load_adapted(lora_run)
+    merged_ckpt = merge_lora(lora_run, tmp_path / "merged")
+    merged, _ = load_model(merged_ckpt)
+    hf = AutoModelForCausalLM.from_pretrained(
+        merge_lora(lora_run, tmp_path / "hf", fmt="hf"), dtype=torch.float32
+    )
+    with torch.no_grad():
+        want = adapted(TOKENS)
+        torch.testing.assert_close(merged(TOKENS), want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(hf(TOKENS).logits, want, rtol=0, atol=1e-5)
+
+
+def test_adapter_of_another_rank_or_base_is_refused(lora_run, base_run, tmp_path):
+    folder = export_peft(lora_run, tmp_path / "peft")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+    with pytest.raises(ConversionError, match="another rank or base model"):
+        import_peft(folder, base_run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConversionError, match="not a PEFT adapter folder"):
+        import_peft(tmp_path, base_run, tmp_path / "out2")
+
+
+def test_cli_round_trip_and_inference_loading(lora_run, base_run, tmp_path, demo_tokenizer_dir, capsys):
+    import shutil
+
+    from bessemer.checkpoint import resolve_checkpoint
+    from bessemer.cli.main import main
+    from bessemer.infer.loading import load_for_inference
+
+    assert main(["convert", "--to-peft", str(lora_run), "--out", str(tmp_path / "peft")]) == 0
+    args = [
+        "convert",
+        "--from-peft",
+        str(tmp_path / "peft"),
+        "--base",
+        str(base_run),
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert main(args) == 0
+    assert main(["convert", "--merge-lora", str(tmp_path / "c"), "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model.json").is_file()
+    assert main(["convert", "--from-peft", str(tmp_path / "peft"), "--out", str(tmp_path / "x")]) != 0
+    assert "--from-peft needs --base" in capsys.readouterr().err
+
+    ckpt = resolve_checkpoint(tmp_path / "c")
+    shutil.copytree(demo_tokenizer_dir, ckpt / "tokenizer", dirs_exist_ok=True)
+    loaded = load_for_inference(ckpt, device="cpu", dtype="float32")
+    with torch.no_grad():
+        assert torch.equal(loaded.model(TOKENS), load_adapted(lora_run)[0](TOKENS))
