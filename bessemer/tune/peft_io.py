@@ -18,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bessemer.checkpoint import safe_dcp
+from bessemer.checkpoint import load_model_config, safe_dcp, save_model_config
 from bessemer.checkpoint.files import atomic_write_text, single_process_quiet
 from bessemer.checkpoint.layout import FORMAT, VERSION, read_meta, resolve_checkpoint, tokenizer_dir
 from bessemer.checkpoint.model_io import check_shapes, load_model
@@ -148,8 +148,8 @@ def export_peft(run: str | Path, out: str | Path, overwrite: bool = False) -> Pa
     if settings is None:
         raise ConversionError(f"{ckpt}: not a LoRA run (meta.json has no lora); use --to-hf for a full model")
     cfg, base = settings
-    family = read_meta(ckpt).get("family") or ModelConfig.load(ckpt / "model.json").family
-    shaped = build_model(ModelConfig.load(base / "model.json"), device="meta")
+    family = read_meta(ckpt).get("family") or load_model_config(ckpt).family
+    shaped = build_model(load_model_config(base), device="meta")
     apply_lora(shaped, cfg)
     names = _peft_names(shaped, cfg, family, ckpt)
     tensors = _read_saved(ckpt, shaped, cfg)
@@ -171,7 +171,7 @@ def export_peft(run: str | Path, out: str | Path, overwrite: bool = False) -> Pa
         "inference_mode": True,
         "base_model_name_or_path": str(base),
     }
-    with staged_output(out, overwrite) as tmp:
+    with staged_output(out, overwrite, "convert --to-peft", (ckpt,)) as tmp:
         save_file({names[k]: v.contiguous() for k, v in tensors.items()}, str(tmp / ADAPTER_FILE))
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     log.info("%s -> %s: %d adapter tensors", ckpt, out, len(tensors))
@@ -235,7 +235,7 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
     where = folder / ADAPTER_FILE
     with safe_open(str(where), framework="pt") as f:
         stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    model_cfg = ModelConfig.load(base / "model.json")
+    model_cfg = load_model_config(base)
     family = read_meta(base).get("family") or model_cfg.family
     hf = _weight_names(model_cfg, family)
     to_ours = {PEFT_PREFIX + h.removesuffix(".weight"): o.removesuffix(".weight") for o, h in hf.items()}
@@ -276,8 +276,8 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
                 f"{tuple(tensor.shape)}; the adapter was made for another rank or base model"
             )
     meta = read_meta(base)
-    with staged_output(out, overwrite) as tmp:
-        model_cfg.save(tmp / "model.json")
+    with staged_output(out, overwrite, "convert --from-peft", (folder, base)) as tmp:
+        save_model_config(model_cfg, tmp)
         with single_process_quiet():
             dcp.save({"model": tensors}, storage_writer=dcp.FileSystemWriter(str(tmp / "state")))
         info = {
@@ -327,7 +327,7 @@ def merge_lora(run: str | Path, out: str | Path, fmt: str = "checkpoint", overwr
     merge_adapters(model)
     meta = {k: v for k, v in read_meta(base).items() if k not in ("lora", "step")}
     meta["source"] = str(ckpt.resolve())
-    with staged_output(out, overwrite) as tmp:
+    with staged_output(out, overwrite, "convert --merge-lora", (ckpt,)) as tmp:
         merged = tmp if fmt == "checkpoint" else tmp / "merged"
         write_model_checkpoint(model, merged, meta)
         if tokenizer_dir(ckpt) is not None:
@@ -354,6 +354,6 @@ def write_model_checkpoint(model: Transformer, folder: Path, meta: dict) -> None
         for name, t in state.items()
     ]
     write_sharded(Path(folder) / "model", tensors, 5 * 10**9)
-    model.config.save(Path(folder) / "model.json")
+    save_model_config(model.config, Path(folder))
     info = {**meta, "format": FORMAT, "version": VERSION, "step": meta.get("step", 0)}
     atomic_write_text(Path(folder) / "meta.json", json.dumps(info, indent=2) + "\n")
