@@ -2,6 +2,13 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so CI is repeatable; a developer can explore more with
+# --hypothesis-profile=explore.
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile("repeatable")
 
 # Two CI cores: keep intra-op threads bounded so multi-process tests don't oversubscribe.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -208,6 +208,9 @@ json_values = st.recursive(
 )
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.lists(
@@ -231,7 +234,12 @@ def test_any_jsonl_row_is_a_document_or_a_counted_bad_row(tmp_path_factory, toke
     handler = text_handler
     read = list(iter_rows([path], skip_bad=True, stats=stats))
     results = handler.encode(read, skip_bad=True)
-    blank = sum(1 for line in lines if not line.strip())
+    # a byte order mark opening the file is not text: a first line holding only one is blank
+    blank = sum(
+        1
+        for i, line in enumerate(lines)
+        if not (line[3:] if i == 0 and line.startswith(BOM) else line).strip()
+    )
     assert stats.rows + sum(stats.skipped.values()) + blank == len(lines)
     for (_, row), res in zip(read, results):
         text = row.get("text")
