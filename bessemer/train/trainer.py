@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
+from bessemer import device as devices
 from bessemer.checkpoint.files import atomic_write_text
 from bessemer.checkpoint.layout import read_meta, resolve_checkpoint, tokenizer_dir
 from bessemer.checkpoint.manager import CheckpointManager
@@ -32,11 +34,12 @@ from bessemer.checkpoint.model_io import load_model_state
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError, ConfigError
 from bessemer.models import ModelConfig, build_model, get_preset
-from bessemer.parallel import ParallelDims, build_mesh, check_layout, load_full_weights, parallelize
+from bessemer.models.transformer import init_parameter
+from bessemer.parallel import ParallelDims, build_mesh, check_layout, materialize, parallelize
 from bessemer.parallel.cp import apply_cp
 from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train.loggers import MetricsWriter
-from bessemer.train.metrics import device_peak_flops, flops_per_token, memory_gib
+from bessemer.train.metrics import flops_per_token
 from bessemer.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -61,20 +64,12 @@ def resolve_model_config(cfg: JobConfig) -> ModelConfig:
     return get_preset(cfg.model.preset, **cfg.model.overrides)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 class Trainer:
     def __init__(self, cfg: JobConfig, data_factory=None):
         """data_factory(trainer) -> batches: another source of micro-batches than data.paths (benchmarks)."""
         self.cfg = cfg
         tc = cfg.train
-        self.device = pick_device(tc.device)
+        self.device = devices.pick_device(tc.device)
         self._init_distributed()
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.dims = ParallelDims.from_config(
@@ -82,7 +77,7 @@ class Trainer:
         )
         self.model_cfg = resolve_model_config(cfg)
         check_layout(self.dims, cfg.parallel, self.model_cfg)
-        if self.dims.cp > 1 and self.device.type != "cuda":
+        if self.dims.cp > 1 and not devices.supports_context_parallel(self.device):
             raise ConfigError(
                 f"parallel.cp={self.dims.cp}: context parallelism needs CUDA attention kernels; use cp=1 on "
                 f"{self.device.type}"
@@ -117,7 +112,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self._pp_targets = 1.0
         self.model = self._build_model()
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tc.steps)
         meta = {
             "family": self.model_cfg.family,
@@ -129,17 +124,17 @@ class Trainer:
         )
         self.step = 0
         self.flops_per_token = flops_per_token(self.model_cfg, tc.seq_len)
-        self.peak_flops = device_peak_flops(self.device)
+        self.peak_flops = devices.peak_flops(self.device)
         self._stop_requested = False
         self.skipped_steps = 0
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _init_distributed(self) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend, timeout=timedelta(seconds=self.cfg.parallel.timeout_s))
+            devices.set_current(self.device)
+            dist.init_process_group(
+                devices.dist_backend(self.device), timeout=timedelta(seconds=self.cfg.parallel.timeout_s)
+            )
 
     def _dp_coords(self) -> tuple[int, int]:
         if self.mesh is None:
@@ -162,7 +157,7 @@ class Trainer:
 
     def _amp_dtype(self, name: str) -> torch.dtype | None:
         if name == "auto":
-            return torch.bfloat16 if self.device.type == "cuda" else None
+            return torch.bfloat16 if devices.is_accelerator(self.device) else None
         if name == "float32":
             return None
         if name == "bfloat16":
@@ -202,13 +197,14 @@ class Trainer:
         )
 
     def _build_model(self) -> torch.nn.Module:
-        """Shape on meta, lay out, materialise, then fill with the one-process initial weights.
+        """Shape on meta, lay out, then materialise only this rank's shards.
 
-        Every layout starts from the same numbers: the full model initialised on CPU from the seed (one fp32
-        copy per rank while setting up), sliced onto this rank's shards. Sets `stages` and `schedule`.
+        Pretraining draws each parameter whole, one at a time, from its own (seed, name) generator and keeps this
+        rank's slice: the one-process initial weights on every layout, with no full model anywhere. Fine-tuning
+        skips the initialisation: the checkpoint is read through DCP straight into the shards.
+        Sets `stages` and `schedule`.
         """
         cfg = self.cfg
-        full = build_model(self.model_cfg, device="cpu", seed=cfg.train.seed)
         laid_out = parallelize(
             build_model(self.model_cfg, device="meta"),
             self.dims,
@@ -219,12 +215,13 @@ class Trainer:
             loss_fn=self._pp_loss,
             n_microbatches=self.pp_microbatches,
         )
+        init = None if cfg.train.finetune else partial(init_parameter, self.model_cfg, seed=cfg.train.seed)
+        materialize(laid_out.stages, self.device, init)
         for stage in laid_out.stages:
-            stage.to_empty(device=self.device)
-            if self.model_cfg.tie_embeddings:
+            stage.flex_attention = devices.supports_flex_attention(self.device)
+        if self.model_cfg.tie_embeddings:
+            for stage in laid_out.stages:
                 stage.output.weight = stage.tok_embeddings.weight  # to_empty() unties shared parameters
-        load_full_weights(laid_out.stages, full)
-        del full
         self.stages, self.stage_ids, self.schedule = laid_out.stages, laid_out.stage_ids, laid_out.schedule
         model = laid_out.model
         if cfg.train.finetune:
@@ -313,8 +310,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         tc = self.cfg.train
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        devices.reset_peak_memory(self.device)
         started = time.perf_counter()
         micro = [next(self.data) for _ in range(self.accum_steps)]
         local_targets = sum(int((b["labels"] != IGNORE).sum()) for b in micro)
@@ -351,10 +347,9 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        devices.synchronize(self.device)
         # the slowest rank's time and the fullest rank's memory are the job's
-        elapsed, memory = self._max_over_ranks(time.perf_counter() - started, memory_gib(self.device))
+        elapsed, memory = self._max_over_ranks(time.perf_counter() - started, devices.memory_gib(self.device))
         tokens = self.global_batch_size * tc.seq_len
         world = self.dims.world_size
         metrics = {
@@ -430,7 +425,7 @@ class Trainer:
 
     # ---- collectives -------------------------------------------------------------------------------------
     def _collective_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
+        return devices.collective_device(self.device)
 
     def _all_reduce(self, value: float, groups: list, op=None) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
@@ -462,7 +457,7 @@ class Trainer:
         """True if any rank says so (so every rank stops at the same step)."""
         if not dist.is_initialized():
             return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor([1.0 if flag else 0.0], device=self._collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
