@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -285,10 +284,11 @@ class Trainer:
         last = {}
         try:
             while self.step < tc.steps:
-                metrics = self.train_step()
+                logged = (self.step + 1) % cfg.log.interval == 0 or self.step + 1 == tc.steps
+                metrics = self.train_step(log_metrics=logged)
                 self.step += 1
                 last = metrics
-                if self.step % cfg.log.interval == 0 or self.step == tc.steps:
+                if logged:
                     writer.log(self.step, metrics)
                 stopping = self._agree(self._stop_requested)
                 if (
@@ -308,12 +308,14 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
         return {"step": self.step, **last}
 
-    def train_step(self) -> dict:
+    def train_step(self, log_metrics: bool = True) -> dict:
+        """One optimizer step. Loss and grad norm stay on the device unless `log_metrics`: then they are reduced over the
+        ranks and copied to the host with the step's time and memory. Every step pays one host sync: the ranks
+        agree whether the step was finite (the NaN policy), so all of them step or skip together."""
         tc = self.cfg.train
-        devices.reset_peak_memory(self.device)
         started = time.perf_counter()
         micro = [next(self.data) for _ in range(self.accum_steps)]
-        local_targets = sum(int((b["labels"] != IGNORE).sum()) for b in micro)
+        local_targets = sum(int((b["labels"] != IGNORE).sum()) for b in micro)  # host batches: no device sync
         global_targets = self._sum_over_dp(float(local_targets))
         if global_targets == 0:
             raise TrainingError(
@@ -326,13 +328,10 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             for batch in micro:
                 loss_sum += self.forward_backward(batch, global_targets)
-        loss = self._sum_loss(loss_sum)
         pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
-        grad_norm = float(
-            clip_grad_norm(list(self.model.parameters()), tc.grad_clip or float("inf"), pp_group)
-        )
+        grad_norm = clip_grad_norm(list(self.model.parameters()), tc.grad_clip or float("inf"), pp_group)
         lr = self.scheduler.get_last_lr()[0]
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        if not self._all_finite(loss_sum, grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             if tc.nan_policy == "skip":
                 self.skipped_steps += 1
@@ -340,22 +339,25 @@ class Trainer:
                 log.warning("step %d: non-finite loss/grad norm, step skipped", self.step + 1)
             else:
                 raise TrainingError(
-                    f"step {self.step + 1}: loss {loss} / grad norm {grad_norm} is not finite; lower optim.lr, "
-                    "check the data, or set train.nan_policy=skip"
+                    f"step {self.step + 1}: loss {self._sum_loss(loss_sum)} / grad norm {float(grad_norm)} is not "
+                    "finite; lower optim.lr, check the data, or set train.nan_policy=skip"
                 )
         else:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        if not log_metrics:
+            return {"lr": lr}
         devices.synchronize(self.device)
         # the slowest rank's time and the fullest rank's memory are the job's
         elapsed, memory = self._max_over_ranks(time.perf_counter() - started, devices.memory_gib(self.device))
+        devices.reset_peak_memory(self.device)  # the next logged peak covers the steps up to it
         tokens = self.global_batch_size * tc.seq_len
         world = self.dims.world_size
         metrics = {
-            "loss": loss,
+            "loss": self._sum_loss(loss_sum),
             "lr": lr,
-            "grad_norm": grad_norm,
+            "grad_norm": float(grad_norm),
             "tokens_per_s_per_device": tokens / elapsed / world,
             "step_time_s": elapsed,
             "mfu": (self.flops_per_token * tokens / elapsed / world / self.peak_flops)
@@ -445,6 +447,14 @@ class Trainer:
             return float(local)
         groups = [self.mesh[name].get_group() for name in ("dp_cp", "pp") if self.mesh[name].size() > 1]
         return self._all_reduce(float(local), groups) if groups else float(local)
+
+    def _all_finite(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether every rank's loss and the grad norm are finite: one small all-reduce and one host sync."""
+        ok = (torch.isfinite(loss_sum) & torch.isfinite(grad_norm)).to(torch.float32).reshape(1)
+        if dist.is_initialized():
+            ok = ok.to(self._collective_device())
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
 
     def _max_over_ranks(self, elapsed: float, memory: dict[str, float]) -> tuple[float, dict[str, float]]:
         if not dist.is_initialized():

@@ -80,10 +80,7 @@ def test_each_rank_holds_its_share_only(synthetic_dataset, tmp_path):
             mib = {k: round(v / 2**20) for k, v in r.items() if k != "rank"}
             print(Path(job["result"]).stem, r["rank"], mib)  # figures for the note (pytest -s)
             assert r["peak"] - r["base"] <= 1.5 * r["share"] + OVERHEAD, (job["result"], mib)
-            assert r["built"] - r["base"] <= r["share"] / 4 + r["largest_param"] + OVERHEAD, (
-                job["result"],
-                mib,
-            )
+            assert r["built"] - r["base"] < r["replica"], (job["result"], mib)
     # the fine-tuned shards hold the converted weights: the first step's loss is the one-process run's
     one = tmp_path / "ft_one"
     Trainer(
