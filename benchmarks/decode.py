@@ -30,11 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bessemer import device as devices  # noqa: E402
 from bessemer.infer.generate import DecodeBatch, Sequence  # noqa: E402
 from bessemer.infer.sampling import SamplingParams  # noqa: E402
 from bessemer.models import ModelConfig, build_model, get_preset  # noqa: E402
 
-# peak memory bandwidth in bytes/s, by a substring of torch.cuda.get_device_name()
+# peak memory bandwidth in bytes/s, by a substring of the device name (bessemer.device.device_name)
 PEAK_BANDWIDTH = {
     "H200": 4.8e12,
     "H100 PCIe": 2.0e12,
@@ -54,9 +55,9 @@ CPU_MODEL = dict(
 
 
 def peak_bandwidth(device: torch.device) -> float | None:
-    if device.type != "cuda":
+    if not devices.is_accelerator(device):
         return None
-    name = torch.cuda.get_device_name(device)
+    name = devices.device_name(device)
     return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
 
 
@@ -69,8 +70,7 @@ def weight_bytes(model) -> int:
 
 
 def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    devices.synchronize(device)
 
 
 def bench_bessemer(
@@ -244,7 +244,7 @@ def bench_server(model, cfg, streams: list[int], new_tokens: int, prompt_text: s
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto: the accelerator if there is one, else cpu")
     p.add_argument("--preset", help="model preset (default: llama2-7b on GPU, a ~60M model on CPU)")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=0, help="default 256 on GPU, 64 on CPU")
@@ -254,10 +254,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     p.add_argument("--quantize", choices=["int8"], help="also time Bessemer with int8 weights")
     args = p.parse_args()
-    device = torch.device(args.device)
+    device = devices.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    gpu = device.type == "cuda"
+    gpu = devices.is_accelerator(device)
     if gpu and not args.preset:
         args.preset = "llama2-7b"
     dtype = torch.bfloat16 if gpu else torch.float32
@@ -285,7 +285,7 @@ def main() -> int:
     bench_hf(hf, prompt, min(new_tokens, 8), args.compile)
     runs["transformers"] = median_run(lambda: bench_hf(hf, prompt, new_tokens, args.compile), args.repeats)
 
-    where = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    where = devices.device_name(device)
     print(f"device: {where}; torch {torch.__version__}; {str(dtype).removeprefix('torch.')}")
     print(
         f"model: {args.preset or 'cpu-small'} ({cfg.num_params() / 1e6:.0f}M params, {cfg.n_layers} layers, "

@@ -14,6 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bessemer import device as devices
 from bessemer.bench.throughput import SyntheticBatches, run_throughput
 from bessemer.config import load_config
 from bessemer.models import get_preset
@@ -47,13 +48,16 @@ def hf_throughput(cfg, args, device: torch.device, amp: torch.dtype | None) -> t
         for layer in model.model.layers:
             layer.compile()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
+        model.parameters(),
+        lr=3e-4,
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+        fused=devices.supports_fused_optimizer(device),
     )
     data = SyntheticBatches(cfg.vocab_size, args.seq_len, args.batch, seed=1234)  # the trainer's default seed
     times, first_loss = [], None
     for _ in range(args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        devices.synchronize(device)
         started = time.perf_counter()
         batch = {k: v.to(device) for k, v in next(data).items()}
         with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
@@ -63,8 +67,7 @@ def hf_throughput(cfg, args, device: torch.device, amp: torch.dtype | None) -> t
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        devices.synchronize(device)
         times.append(time.perf_counter() - started)
         first_loss = first_loss if first_loss is not None else float(loss)
     step = statistics.median(times[args.warmup :])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 
 import torch
 
 from bessemer.config import JobConfig
+from bessemer.device import synchronize
 from bessemer.errors import ConfigError
 
 
@@ -43,7 +45,7 @@ class BenchResult:
     memory_gib: dict[str, float]
     world_size: int
     measured_steps: int
-    losses: list[float]
+    losses: list[float]  # of the first and the last step
 
 
 def run_throughput(cfg: JobConfig, warmup: int) -> tuple[BenchResult, object]:
@@ -63,25 +65,32 @@ def run_throughput(cfg: JobConfig, warmup: int) -> tuple[BenchResult, object]:
         return SyntheticBatches(trainer.model_cfg.vocab_size, tc.seq_len, tc.micro_batch_size, seed)
 
     trainer = Trainer(cfg, data_factory=synthetic)
-    records = []
-    for _ in range(steps):
-        records.append(trainer.train_step())
+    times, losses, last = [], [], {}
+    for i in range(steps):
+        # as the training loop runs: only logged steps (here the first, a warm-up, and the last) reduce and
+        # copy their loss and figures to the host
+        started = time.perf_counter()
+        logged = i in (0, steps - 1)
+        last = trainer.train_step(log_metrics=logged)
+        if logged:
+            losses.append(last["loss"])
+        synchronize(trainer.device)
+        times.append(time.perf_counter() - started)
         trainer.step += 1
-    timed = records[warmup:]
-    step_time = statistics.median(r["step_time_s"] for r in timed)
+    step_time = statistics.median(times[warmup:])
     tokens = trainer.global_batch_size * cfg.train.seq_len
     world = trainer.dims.world_size
     mfu = None
     if trainer.peak_flops:
         mfu = trainer.flops_per_token * tokens / step_time / world / trainer.peak_flops
-    memory = {k: max(r[k] for r in records) for k in records[0] if k.startswith(("mem_", "rss_"))}
+    memory = {k: v for k, v in last.items() if k.startswith(("mem_", "rss_"))}  # peaks since the first step
     result = BenchResult(
         tokens_per_s_per_device=tokens / step_time / world,
         step_time_s=step_time,
         mfu=mfu,
         memory_gib=memory,
         world_size=world,
-        measured_steps=len(timed),
-        losses=[r["loss"] for r in records],
+        measured_steps=steps - warmup,
+        losses=losses,
     )
     return result, trainer

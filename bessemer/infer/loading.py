@@ -30,14 +30,14 @@ class InferenceModel:
 
 
 def pick_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from bessemer import device as devices
+
+    return devices.pick_device(device or "auto")
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if not dtype:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type != "cpu" else torch.float32
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]

@@ -1,13 +1,23 @@
-"""Multi-head / grouped-query attention through scaled_dot_product_attention, and the masks it needs."""
+"""Multi-head / grouped-query attention and the masks it needs.
+
+Plain causal attention is SDPA's fused `is_causal` path. Document masks (packed SFT), sliding windows and ALiBi
+are FlexAttention block masks (`FlexMask`) where the model is told the device supports them: no [T, S] tensor
+is built and fully masked blocks are skipped. Elsewhere (CPUs: FlexAttention has no backward there in torch
+2.13) they are dense masks for SDPA, [B or 1, 1, T, S] booleans, or [B or 1, H, T, S] biases for ALiBi.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from bessemer.models.config import ModelConfig
 from bessemer.models.rope import apply_rope
@@ -65,6 +75,54 @@ def build_attention_mask(
     return bias.masked_fill(~allowed, float("-inf")).to(dtype)
 
 
+@dataclass
+class FlexMask:
+    """Which keys each query sees, as FlexAttention blocks, and ALiBi's distance bias when the model has it."""
+
+    block_mask: BlockMask
+    score_mod: Callable | None = None
+    compiled: bool = True  # False: eager FlexAttention (a slow reference; tests on CPUs)
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    # FlexAttention is only fast compiled (eager is a reference that materialises the scores)
+    return torch.compile(fn, dynamic=False)
+
+
+def build_flex_mask(
+    cfg: ModelConfig, positions: torch.Tensor, doc_ids: torch.Tensor | None, compiled: bool = True
+) -> FlexMask:
+    """The training mask of `build_attention_mask` (no cache) as a block mask: causal by index, within
+    `cfg.sliding_window` tokens, within a document; with ALiBi a bias of slope x (key - query position).
+
+    Positions rise by one per token inside a document (packing resets them per document), so index distance and
+    position distance agree wherever a query may look.
+    """
+    window = cfg.sliding_window
+
+    def mask_mod(b, h, q, kv):
+        allowed = q >= kv
+        if window:
+            allowed = allowed & (q - kv < window)
+        if doc_ids is not None:
+            allowed = allowed & (doc_ids[b, q] == doc_ids[b, kv])
+        return allowed
+
+    seq = positions.shape[1]
+    batch = doc_ids.shape[0] if doc_ids is not None else None
+    make = _compiled(create_block_mask) if compiled else create_block_mask
+    block_mask = make(mask_mod, batch, None, seq, seq, device=positions.device)
+    score_mod = None
+    if cfg.position == "alibi":
+        slopes = alibi_slopes(cfg.n_heads).to(positions.device)
+
+        def score_mod(score, b, h, q, kv):
+            return score + slopes[h] * (positions[b, kv] - positions[b, q]).to(score.dtype)
+
+    return FlexMask(block_mask, score_mod, compiled)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
@@ -80,7 +138,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | FlexMask | None,
         cache: KVCacheLike | None = None,
     ) -> torch.Tensor:
         bsz, seq, _ = x.shape
@@ -95,11 +153,9 @@ class Attention(nn.Module):
         gqa = q.shape[1] != k.shape[1]
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif isinstance(mask, FlexMask):
+            flex = _compiled(flex_attention) if mask.compiled else flex_attention
+            out = flex(q, k, v, score_mod=mask.score_mod, block_mask=mask.block_mask, enable_gqa=gqa)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
-
-    def init_weights(self, std: float, out_std: float) -> None:
-        for lin in (self.wq, self.wk, self.wv):
-            nn.init.normal_(lin.weight, std=std)
-        nn.init.normal_(self.wo.weight, std=out_std)

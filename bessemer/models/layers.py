@@ -20,9 +20,6 @@ class RMSNorm(nn.Module):
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
 
-    def init_weights(self) -> None:
-        nn.init.ones_(self.weight)
-
 
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
@@ -35,11 +32,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-    def init_weights(self, std: float, out_std: float) -> None:
-        nn.init.normal_(self.w1.weight, std=std)
-        nn.init.normal_(self.w3.weight, std=std)
-        nn.init.normal_(self.w2.weight, std=out_std)
 
 
 class OutputHead(nn.Linear):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 from torch import nn
 
-from bessemer.models.attention import Attention, KVCacheLike, build_attention_mask
+from bessemer.models.attention import Attention, FlexMask, KVCacheLike, build_attention_mask, build_flex_mask
 from bessemer.models.config import ModelConfig
 from bessemer.models.layers import FeedForward, OutputHead, RMSNorm
 from bessemer.models.rope import rope_cos_sin, rope_inv_freq
@@ -25,12 +26,6 @@ class Block(nn.Module):
         h = x + self.attention(self.attention_norm(x), rope, mask, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
-    def init_weights(self, std: float, out_std: float) -> None:
-        self.attention_norm.init_weights()
-        self.ffn_norm.init_weights()
-        self.attention.init_weights(std, out_std)
-        self.feed_forward.init_weights(std, out_std)
-
 
 class Transformer(nn.Module):
     """A LLaMA-family decoder. Pipeline stages delete `tok_embeddings` or `norm`/`output` and pass hidden states."""
@@ -46,24 +41,21 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        # masked attention through FlexAttention block masks; set from outside where the device supports them
+        self.flex_attention = False
 
-    def init_weights(self, buffer_device: torch.device | None = None) -> None:
+    def init_weights(self, buffer_device: torch.device | None = None, seed: int = 0) -> None:
         """Initialise every parameter and buffer in place (also after `to_empty` from the meta device)."""
-        cfg = self.config
-        device = buffer_device or self.inv_freq.device
-        with torch.no_grad():
-            self.inv_freq = rope_inv_freq(cfg, device=device)
-        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
-        if self.tok_embeddings is not None:
-            nn.init.normal_(self.tok_embeddings.weight, std=cfg.init_std)
-        for block in self.layers.values():
-            block.init_weights(cfg.init_std, out_std)
-        if self.norm is not None:
-            self.norm.init_weights()
-        if self.output is not None and cfg.tie_embeddings and self.tok_embeddings is not None:
+        self.init_buffers(buffer_device or self.inv_freq.device)
+        if self.output is not None and self.config.tie_embeddings and self.tok_embeddings is not None:
             self.output.weight = self.tok_embeddings.weight  # to_empty() unties shared parameters; tie again
-        elif self.output is not None:
-            nn.init.normal_(self.output.weight, std=cfg.dim**-0.5)
+        for name, param in self.named_parameters():
+            init_parameter(self.config, name, param, seed)
+
+    def init_buffers(self, device: torch.device) -> None:
+        """Compute the (non-persistent) buffers: the rotary inverse frequencies."""
+        with torch.no_grad():
+            self.inv_freq = rope_inv_freq(self.config, device=device)
 
     def forward(
         self,
@@ -83,12 +75,14 @@ class Transformer(nn.Module):
         """
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         bsz, seq = h.shape[:2]
+        # every row alike: a mask of batch 1 serves them all
+        shared_positions = positions is None and doc_ids is None and cache is None
         if positions is None:
             positions = torch.arange(seq, device=h.device).expand(bsz, seq)
         rope = None
         if self.config.position == "rope":
             rope = rope_cos_sin(self.config, self.inv_freq, positions.clamp(min=0), h.dtype)
-        mask = self._mask(positions, doc_ids, cache, h.dtype)
+        mask = self._mask(positions[:1] if shared_positions else positions, doc_ids, cache, h.dtype)
         for block in self.layers.values():
             h = block(h, rope, mask, cache)
         if logits_index is not None:
@@ -97,24 +91,51 @@ class Transformer(nn.Module):
             h = self.norm(h)
         return self.output(h) if self.output is not None else h
 
-    def _mask(self, positions, doc_ids, cache, dtype) -> torch.Tensor | None:
+    def _mask(self, positions, doc_ids, cache, dtype) -> torch.Tensor | FlexMask | None:
         cfg = self.config
         if cache is not None:
             return build_attention_mask(cfg, positions, cache.prepare(positions), None, dtype)
         # plain causal attention takes SDPA's fused is_causal path; anything else needs an explicit mask
         if doc_ids is None and not cfg.sliding_window and cfg.position != "alibi":
             return None
+        if self.flex_attention:
+            return build_flex_mask(cfg, positions, doc_ids)
         return build_attention_mask(cfg, positions, positions, doc_ids, dtype)
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
+def parameter_seed(seed: int, name: str) -> int:
+    """The seed of parameter `name`'s own generator: a pure function of the run's seed and the name."""
+    return (seed * 0x9E3779B97F4A7C15 + zlib.crc32(name.encode())) % 2**63
+
+
+@torch.no_grad()
+def init_parameter(cfg: ModelConfig, name: str, tensor: torch.Tensor, seed: int = 0) -> None:
+    """Fill `tensor`, the whole of parameter `name` (e.g. "layers.3.attention.wo.weight"), with its initial values.
+
+    Each parameter draws from its own generator seeded by (seed, name), on the tensor's device, so the values do
+    not depend on which other parameters exist or the order they are initialised in: whoever draws a parameter
+    in full (the one-process run, or a rank that keeps only a slice of it) gets the same numbers.
+    """
+    if tensor.ndim == 1:  # the RMSNorm scales
+        tensor.fill_(1.0)
+        return
+    if name == "output.weight":
+        std = cfg.dim**-0.5
+    elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+        # projections back into the residual stream: scaled down with depth
+        std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    else:
+        std = cfg.init_std
+    generator = torch.Generator(device=tensor.device).manual_seed(parameter_seed(seed, name))
+    tensor.normal_(0.0, std, generator=generator)
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> Transformer:
     """Build and initialise a model; on "meta" it is only shaped (materialise with to_empty + init_weights)."""
-    if seed is not None:
-        torch.manual_seed(seed)
     with torch.device("meta"):
         model = Transformer(cfg)
     if str(device) == "meta":
         return model
     model.to_empty(device=device)
-    model.init_weights(buffer_device=torch.device(device))
+    model.init_weights(buffer_device=torch.device(device), seed=seed)
     return model

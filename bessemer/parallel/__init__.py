@@ -2,6 +2,6 @@
 
 from bessemer.parallel.dims import ParallelDims, check_layout
 from bessemer.parallel.mesh import build_mesh
-from bessemer.parallel.parallelize import ParallelModel, load_full_weights, parallelize
+from bessemer.parallel.parallelize import ParallelModel, materialize, parallelize
 
-__all__ = ["ParallelDims", "ParallelModel", "build_mesh", "check_layout", "load_full_weights", "parallelize"]
+__all__ = ["ParallelDims", "ParallelModel", "build_mesh", "check_layout", "materialize", "parallelize"]

@@ -85,16 +85,33 @@ def plain_name(name: str) -> str:
 
 
 @torch.no_grad()
-def load_full_weights(stages: list[nn.Module], full: nn.Module) -> None:
-    """Fill every parameter and buffer of the (materialised, possibly sharded) `stages` with the matching
-    slice of the unsharded `full` model, which every rank built the same way: no communication, and the
-    result is exactly the one-process initialisation whatever the layout."""
-    source = {**dict(full.named_parameters()), **dict(full.named_buffers())}
+def materialize(
+    stages: list[nn.Module],
+    device: torch.device,
+    init: Callable[[str, torch.Tensor], None] | None,
+    only: Callable[[str], bool] | None = None,
+) -> None:
+    """Allocate this rank's share of every stage (laid out on the meta device) on `device`, and fill it.
+
+    init(name, full): fills `full`, the whole parameter `name` (plain name), with its initial values. Each rank
+    draws one whole parameter at a time and keeps its own slice: no communication, at most one full parameter
+    in memory, and the numbers of the one-process run whatever the layout. None: leave the parameters
+    uninitialised (a checkpoint is about to overwrite them); buffers are computed either way.
+    only(name): when given, just the parameters it accepts are drawn (a LoRA fine-tune's new adapters).
+    """
     for stage in stages:
-        for name, tensor in [*stage.named_parameters(), *stage.named_buffers()]:
-            src = source[plain_name(name)]
-            if isinstance(tensor, DTensor):
-                local = distribute_tensor(src, tensor.device_mesh, tensor.placements, src_data_rank=None)
-                tensor.to_local().copy_(local.to_local())
-            else:
-                tensor.copy_(src)
+        stage.to_empty(device=device)
+        stage.init_buffers(device)
+        if init is None:
+            continue
+        for name, param in stage.named_parameters():
+            if only is not None and not only(plain_name(name)):
+                continue
+            if not isinstance(param, DTensor):
+                init(plain_name(name), param)
+                continue
+            full = torch.empty(param.shape, dtype=param.dtype, device=device)
+            init(plain_name(name), full)
+            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(local.to_local())
+            del full, local

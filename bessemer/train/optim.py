@@ -7,18 +7,20 @@ import math
 import torch
 
 from bessemer.config import OptimSection, ScheduleSection
+from bessemer.device import supports_fused_optimizer
 from bessemer.errors import ConfigError
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device_type: str) -> torch.optim.Optimizer:
-    """AdamW with decay on matrices only (norm weights are not decayed); fused on CUDA, foreach elsewhere."""
+def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with decay on matrices only (norm weights are not decayed); fused where the device has the kernel
+    (bessemer.device), foreach elsewhere."""
     if cfg.name.lower() != "adamw":
         raise ConfigError(f"optim.name={cfg.name!r}: only 'adamw' is supported")
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     impl = cfg.implementation
     if impl == "auto":
-        impl = "fused" if device_type == "cuda" else "foreach"
+        impl = "fused" if supports_fused_optimizer(device) else "foreach"
     if impl not in ("fused", "foreach", "for-loop"):
         raise ConfigError(f"optim.implementation={impl!r}: use auto, fused, foreach or for-loop")
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

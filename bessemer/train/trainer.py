@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
+from bessemer import device as devices
 from bessemer.checkpoint.files import atomic_write_text
 from bessemer.checkpoint.layout import load_model_config, read_meta, resolve_checkpoint, tokenizer_dir
 from bessemer.checkpoint.manager import CheckpointManager
@@ -33,14 +34,22 @@ from bessemer.checkpoint.outputs import prepare_run_dir
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError, ConfigError
 from bessemer.models import ModelConfig, build_model, get_preset
-from bessemer.parallel import ParallelDims, build_mesh, check_layout, load_full_weights, parallelize
+from bessemer.models.transformer import init_parameter
+from bessemer.parallel import ParallelDims, build_mesh, check_layout, materialize, parallelize
 from bessemer.parallel.cp import apply_cp
 from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train.loggers import MetricsWriter
-from bessemer.train.metrics import device_peak_flops, flops_per_token, memory_gib
+from bessemer.train.metrics import flops_per_token
 from bessemer.train.optim import build_optimizer, build_scheduler
 from bessemer.tune.dpo import attach_dpo, preference_data
-from bessemer.tune.lora import adapt_for_training, freeze_base, is_adapter_key, lora_meta
+from bessemer.tune.lora import (
+    adapt_for_training,
+    freeze_base,
+    init_adapter,
+    is_adapter_key,
+    lora_enabled,
+    lora_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +74,12 @@ def resolve_model_config(cfg: JobConfig) -> ModelConfig:
     return get_preset(cfg.model.preset, **cfg.model.overrides)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 class Trainer:
     def __init__(self, cfg: JobConfig, data_factory=None):
         """data_factory(trainer) -> batches: another source of micro-batches than data.paths (benchmarks)."""
         self.cfg = cfg
         tc = cfg.train
-        self.device = pick_device(tc.device)
+        self.device = devices.pick_device(tc.device)
         self._init_distributed()
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.dims = ParallelDims.from_config(
@@ -86,7 +87,7 @@ class Trainer:
         )
         self.model_cfg = resolve_model_config(cfg)
         check_layout(self.dims, cfg.parallel, self.model_cfg)
-        if self.dims.cp > 1 and self.device.type != "cuda":
+        if self.dims.cp > 1 and not devices.supports_context_parallel(self.device):
             raise ConfigError(
                 f"parallel.cp={self.dims.cp}: context parallelism needs CUDA attention kernels; use cp=1 on "
                 f"{self.device.type}"
@@ -123,7 +124,7 @@ class Trainer:
         self._pp_targets = 1.0
         self.model = self._build_model()
         self.dpo = attach_dpo(self)  # with [dpo] enabled: the DPO loss replaces forward_backward
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device.type)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tc.steps)
         meta = {
             "family": self.model_cfg.family,
@@ -136,17 +137,17 @@ class Trainer:
         )
         self.step = 0
         self.flops_per_token = flops_per_token(self.model_cfg, tc.seq_len)
-        self.peak_flops = device_peak_flops(self.device)
+        self.peak_flops = devices.peak_flops(self.device)
         self._stop_requested = False
         self.skipped_steps = 0
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _init_distributed(self) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend, timeout=timedelta(seconds=self.cfg.parallel.timeout_s))
+            devices.set_current(self.device)
+            dist.init_process_group(
+                devices.dist_backend(self.device), timeout=timedelta(seconds=self.cfg.parallel.timeout_s)
+            )
 
     def _dp_coords(self) -> tuple[int, int]:
         if self.mesh is None:
@@ -169,7 +170,7 @@ class Trainer:
 
     def _amp_dtype(self, name: str) -> torch.dtype | None:
         if name == "auto":
-            return torch.bfloat16 if self.device.type == "cuda" else None
+            return torch.bfloat16 if devices.is_accelerator(self.device) else None
         if name == "float32":
             return None
         if name == "bfloat16":
@@ -209,13 +210,14 @@ class Trainer:
         )
 
     def _build_model(self) -> torch.nn.Module:
-        """Shape on meta, lay out, materialise, then fill with the one-process initial weights.
+        """Shape on meta, lay out, then materialise only this rank's shards.
 
-        Every layout starts from the same numbers: the full model initialised on CPU from the seed (one fp32
-        copy per rank while setting up), sliced onto this rank's shards. Sets `stages` and `schedule`.
+        Pretraining draws each parameter whole, one at a time, from its own (seed, name) generator and keeps this
+        rank's slice: the one-process initial weights on every layout, with no full model anywhere. Fine-tuning
+        skips the initialisation: the checkpoint is read through DCP straight into the shards.
+        Sets `stages` and `schedule`.
         """
         cfg = self.cfg
-        full = adapt_for_training(build_model(self.model_cfg, device="cpu", seed=cfg.train.seed), cfg)
         laid_out = parallelize(
             adapt_for_training(build_model(self.model_cfg, device="meta"), cfg),
             self.dims,
@@ -226,12 +228,18 @@ class Trainer:
             loss_fn=self._pp_loss,
             n_microbatches=self.pp_microbatches,
         )
+        seed = cfg.train.seed
+        if not cfg.train.finetune:
+            materialize(laid_out.stages, self.device, partial(init_parameter, self.model_cfg, seed=seed))
+        elif lora_enabled(cfg.lora):  # the base comes from the checkpoint; only the new adapters are drawn
+            materialize(laid_out.stages, self.device, partial(init_adapter, seed=seed), only=is_adapter_key)
+        else:
+            materialize(laid_out.stages, self.device, None)
         for stage in laid_out.stages:
-            stage.to_empty(device=self.device)
-            if self.model_cfg.tie_embeddings:
+            stage.flex_attention = devices.supports_flex_attention(self.device)
+        if self.model_cfg.tie_embeddings:
+            for stage in laid_out.stages:
                 stage.output.weight = stage.tok_embeddings.weight  # to_empty() unties shared parameters
-        load_full_weights(laid_out.stages, full)
-        del full
         self.stages, self.stage_ids, self.schedule = laid_out.stages, laid_out.stage_ids, laid_out.schedule
         model = laid_out.model
         freeze_base(model, cfg.lora)
@@ -296,11 +304,12 @@ class Trainer:
         last = {}
         try:
             while self.step < tc.steps:
-                metrics = self.train_step()
+                logged = (self.step + 1) % cfg.log.interval == 0 or self.step + 1 == tc.steps
+                metrics = self.train_step(log_metrics=logged)
                 self.step += 1
                 self.checkpoints.poll()  # publish an async save whose write has finished
                 last = metrics
-                if self.step % cfg.log.interval == 0 or self.step == tc.steps:
+                if logged:
                     writer.log(self.step, metrics)
                 stopping = self._agree(self._stop_requested)
                 if (
@@ -321,13 +330,14 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
         return {"step": self.step, **last}
 
-    def train_step(self) -> dict:
+    def train_step(self, log_metrics: bool = True) -> dict:
+        """One optimizer step. Loss and grad norm stay on the device unless `log_metrics`: then they are reduced over the
+        ranks and copied to the host with the step's time and memory. Every step pays one host sync: the ranks
+        agree whether the step was finite (the NaN policy), so all of them step or skip together."""
         tc = self.cfg.train
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         micro = [next(self.data) for _ in range(self.accum_steps)]
-        local_targets = sum(int((b["labels"] != IGNORE).sum()) for b in micro)
+        local_targets = sum(int((b["labels"] != IGNORE).sum()) for b in micro)  # host batches: no device sync
         global_targets = self._sum_over_dp(float(local_targets))
         if global_targets == 0:
             raise TrainingError(
@@ -340,13 +350,10 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             for batch in micro:
                 loss_sum += self.forward_backward(batch, global_targets)
-        loss = self._sum_loss(loss_sum)
         pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
-        grad_norm = float(
-            clip_grad_norm(list(self.model.parameters()), tc.grad_clip or float("inf"), pp_group)
-        )
+        grad_norm = clip_grad_norm(list(self.model.parameters()), tc.grad_clip or float("inf"), pp_group)
         lr = self.scheduler.get_last_lr()[0]
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        if not self._all_finite(loss_sum, grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             if tc.nan_policy == "skip":
                 self.skipped_steps += 1
@@ -354,23 +361,25 @@ class Trainer:
                 log.warning("step %d: non-finite loss/grad norm, step skipped", self.step + 1)
             else:
                 raise TrainingError(
-                    f"step {self.step + 1}: loss {loss} / grad norm {grad_norm} is not finite; lower optim.lr, "
-                    "check the data, or set train.nan_policy=skip"
+                    f"step {self.step + 1}: loss {self._sum_loss(loss_sum)} / grad norm {float(grad_norm)} is not "
+                    "finite; lower optim.lr, check the data, or set train.nan_policy=skip"
                 )
         else:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if not log_metrics:
+            return {"lr": lr}
+        devices.synchronize(self.device)
         # the slowest rank's time and the fullest rank's memory are the job's
-        elapsed, memory = self._max_over_ranks(time.perf_counter() - started, memory_gib(self.device))
+        elapsed, memory = self._max_over_ranks(time.perf_counter() - started, devices.memory_gib(self.device))
+        devices.reset_peak_memory(self.device)  # the next logged peak covers the steps up to it
         tokens = self.global_batch_size * tc.seq_len
         world = self.dims.world_size
         metrics = {
-            "loss": loss,
+            "loss": self._sum_loss(loss_sum),
             "lr": lr,
-            "grad_norm": grad_norm,
+            "grad_norm": float(grad_norm),
             "tokens_per_s_per_device": tokens / elapsed / world,
             "step_time_s": elapsed,
             "mfu": (self.flops_per_token * tokens / elapsed / world / self.peak_flops)
@@ -441,7 +450,7 @@ class Trainer:
 
     # ---- collectives -------------------------------------------------------------------------------------
     def _collective_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
+        return devices.collective_device(self.device)
 
     def _all_reduce(self, value: float, groups: list, op=None) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
@@ -462,6 +471,14 @@ class Trainer:
         groups = [self.mesh[name].get_group() for name in ("dp_cp", "pp") if self.mesh[name].size() > 1]
         return self._all_reduce(float(local), groups) if groups else float(local)
 
+    def _all_finite(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether every rank's loss and the grad norm are finite: one small all-reduce and one host sync."""
+        ok = (torch.isfinite(loss_sum) & torch.isfinite(grad_norm)).to(torch.float32).reshape(1)
+        if dist.is_initialized():
+            ok = ok.to(self._collective_device())
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
     def _max_over_ranks(self, elapsed: float, memory: dict[str, float]) -> tuple[float, dict[str, float]]:
         if not dist.is_initialized():
             return elapsed, memory
@@ -473,7 +490,7 @@ class Trainer:
         """True if any rank says so (so every rank stops at the same step)."""
         if not dist.is_initialized():
             return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor([1.0 if flag else 0.0], device=self._collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 

@@ -124,14 +124,25 @@ def freeze_base(model: nn.Module, cfg: LoRASection) -> None:
         p.requires_grad_(is_adapter_key(name) or plain_name(name).startswith(saved))
 
 
-@torch.no_grad()
 def _init_adapter(linear: nn.Linear, name: str, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    init_adapter(f"{name}.lora_A", linear.lora_A.data, seed)
+    init_adapter(f"{name}.lora_B", linear.lora_B.data, seed)
+
+
+@torch.no_grad()
+def init_adapter(name: str, full: torch.Tensor, seed: int) -> None:
+    """Fill `full`, the whole adapter tensor `name` ("layers.3.attention.wq.lora_A"), with PEFT's init: A
+    Kaiming-uniform from a generator seeded by (seed, the adapted module's name), B zero. Any rank that draws the
+    whole tensor gets the one-process numbers."""
+    module, _, kind = name.rpartition(".")
+    if kind == "lora_B":
+        full.zero_()
+        return
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(module.encode()))
     # kaiming_uniform_(a=sqrt(5)) as nn.Linear and PEFT use: bound 1/sqrt(fan_in)
-    bound = 1.0 / math.sqrt(linear.in_features)
-    a = (torch.rand(linear.lora_A.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
-    linear.lora_A.copy_(a.to(linear.lora_A.dtype))
-    linear.lora_B.zero_()
+    bound = 1.0 / math.sqrt(full.shape[1])
+    a = (torch.rand(full.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+    full.copy_(a.to(full.dtype))
 
 
 def trainable_state_names(model: nn.Module) -> list[str]:

@@ -47,12 +47,16 @@ def torchrun_cmd(nproc: int, module_args: list[str]) -> list[str]:
     ]
 
 
-def torchrun(nproc: int, module_args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run `python -m MODULE ARGS` on `nproc` local ranks; fail the test with the output tail if it fails."""
+def torchrun(
+    nproc: int, module_args: list[str], timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS` on `nproc` local ranks; fail the test with the output tail if it fails.
+
+    env: extra environment variables for the ranks."""
     started = time.perf_counter()
     proc = subprocess.run(
         torchrun_cmd(nproc, module_args),
-        env=worker_env(),
+        env={**worker_env(), **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,

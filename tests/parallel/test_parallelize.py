@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from bessemer.config import ParallelSection
 from bessemer.errors import ConfigError
 from bessemer.models import build_model, get_preset
-from bessemer.parallel import ParallelDims, check_layout, load_full_weights, parallelize
+from bessemer.models.transformer import init_parameter
+from bessemer.parallel import ParallelDims, check_layout, materialize, parallelize
 from bessemer.parallel.dims import stage_layers
 from bessemer.parallel.grad import clip_grad_norm
 from bessemer.parallel.parallelize import plain_name
@@ -60,16 +62,27 @@ def test_stage_layers():
 
 
 def loss_and_grads(section: ParallelSection) -> tuple[float, dict[str, torch.Tensor]]:
-    full = build_model(CFG, "cpu", seed=0)
     laid = parallelize(build_model(CFG, "meta"), dims(), None, section, torch.device("cpu"), torch.float32)
-    for stage in laid.stages:
-        stage.to_empty(device="cpu")
-    load_full_weights(laid.stages, full)
+    materialize(laid.stages, torch.device("cpu"), partial(init_parameter, CFG, seed=0))
     tokens = torch.randint(0, 512, (2, 17), generator=torch.Generator().manual_seed(0))
     logits = laid.stages[0](tokens[:, :-1])
     loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()
     return loss.item(), {plain_name(n): p.grad for n, p in laid.model.named_parameters()}
+
+
+def test_materialize_draws_the_one_process_weights_parameter_by_parameter():
+    """Wrapped names (activation checkpointing) and any order of drawing give build_model's exact weights."""
+    section = ParallelSection(activation_checkpoint="full")
+    laid = parallelize(build_model(CFG, "meta"), dims(), None, section, torch.device("cpu"), torch.float32)
+    materialize(laid.stages, torch.device("cpu"), partial(init_parameter, CFG, seed=3))
+    want = build_model(CFG, "cpu", seed=3).state_dict()
+    got = {plain_name(k): v for k, v in laid.model.state_dict().items()}
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    other = build_model(CFG, "cpu", seed=4).state_dict()
+    assert not torch.equal(other["layers.0.attention.wq.weight"], want["layers.0.attention.wq.weight"])
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
