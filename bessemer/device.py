@@ -136,3 +136,16 @@ def memory_gib(device: torch.device) -> dict[str, float]:
         }
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB
     return {"rss_peak_gib": rss_kib / 2**20}
+
+
+def total_memory(device: torch.device) -> int | None:
+    """Bytes of memory the accelerator has in all (None where the backend does not say)."""
+    if not is_accelerator(device):
+        return None
+    mem_get_info = getattr(getattr(torch, device.type, None), "mem_get_info", None)  # cuda, xpu, npu have it
+    if mem_get_info is None:
+        return None
+    try:
+        return int(mem_get_info(device)[1])
+    except RuntimeError:
+        return None

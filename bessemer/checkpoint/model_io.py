@@ -77,10 +77,10 @@ def check_fits_in_memory(cfg: ModelConfig, device: str | torch.device, dtype: to
     device = torch.device(device)
     if device.type == "cpu":
         have = _physical_memory()
-    elif device.type == "cuda" and torch.cuda.is_available():
-        have = torch.cuda.mem_get_info(device)[1]
     else:
-        return
+        from bessemer import device as devices
+
+        have = devices.total_memory(device)
     if have and need > have:
         raise ConfigError(
             f"model: {cfg.num_params():,} parameters need {need / 2**30:.1f} GiB, {device.type} has "
