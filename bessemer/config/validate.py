@@ -37,7 +37,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "serve.port": (0, 65535),
 }
 # zero is not allowed for these although the range starts at 0 (it is the open end of the interval)
-POSITIVE = {"optim.lr", "optim.eps", "generate.top_p", "generate.repetition_penalty"}
+POSITIVE = {"optim.eps", "generate.top_p", "generate.repetition_penalty"}
 
 
 def check_finite(value: float, name: str) -> float:

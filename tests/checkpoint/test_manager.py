@@ -166,8 +166,8 @@ def test_async_save_trains_on_while_writing_and_resumes_exactly(
 
     real_step = trainer.train_step
 
-    def step_and_release():
-        out = real_step()
+    def step_and_release(**kwargs):
+        out = real_step(**kwargs)
         if trainer.step >= 4:  # step 5 is running: the step-3 write is still blocked
             release.set()
         return out

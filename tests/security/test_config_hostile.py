@@ -20,7 +20,6 @@ from bessemer.models import ModelConfig
         "optim.lr=nan",
         "optim.lr=-1e-3",
         "optim.lr=inf",
-        "optim.lr=0",
         "train.micro_batch_size=0",
         "train.seq_len=-5",
         "train.steps=-1",

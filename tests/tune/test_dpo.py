@@ -189,9 +189,9 @@ def test_dpo_resume_is_exact(pairs_dataset, base_run, tmp_path):
     stopped = Trainer(load_config(None, dpo_overrides(pairs_dataset, base_run, run, **lora)))
     step = stopped.train_step
 
-    def stop_after_two():
+    def stop_after_two(**kwargs):
         stopped._stop_requested = stopped.step == 1
-        return step()
+        return step(**kwargs)
 
     stopped.train_step = stop_after_two
     stopped.train()

@@ -47,9 +47,9 @@ def test_lora_resume_equals_uninterrupted_run(synthetic_dataset, base_run, tmp_p
     stopped = Trainer(load_config(None, lora_overrides(synthetic_dataset, base_run, run)))
     step = stopped.train_step
 
-    def stop_after_three():  # as SIGTERM does: save at the end of this step and leave
+    def stop_after_three(**kwargs):  # as SIGTERM does: save at the end of this step and leave
         stopped._stop_requested = stopped.step == 2
-        return step()
+        return step(**kwargs)
 
     stopped.train_step = stop_after_three
     assert stopped.train()["step"] == 3

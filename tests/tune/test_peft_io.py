@@ -93,8 +93,9 @@ def test_adapter_of_another_rank_or_base_is_refused(lora_run, base_run, tmp_path
     with pytest.raises(ConversionError, match="another rank or base model"):
         import_peft(folder, base_run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    (tmp_path / "not-peft").mkdir()
     with pytest.raises(ConversionError, match="not a PEFT adapter folder"):
-        import_peft(tmp_path, base_run, tmp_path / "out2")
+        import_peft(tmp_path / "not-peft", base_run, tmp_path / "out2")
 
 
 def test_cli_round_trip_and_inference_loading(lora_run, base_run, tmp_path, demo_tokenizer_dir, capsys):
