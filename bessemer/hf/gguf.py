@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from bessemer.checkpoint.files import atomic_write_text, temp_dir_for
+from bessemer.checkpoint.outputs import remove_stale_temps
 from bessemer.errors import ConversionError
 from bessemer.hf.convert import ConvertResult, check_output, convert_from_hf, staged_output
 from bessemer.hf.safetensors_io import OutTensor, parse_size, tensor_bytes, write_sharded
@@ -341,7 +342,7 @@ def _write_hf(g: GGUFFile, out: Path, overwrite: bool) -> Path:
     _check_tensor_types(g, config)
     tok_json, tok_config = tokenizer_files(g)
     tensors = _out_tensors(g, config)
-    with staged_output(out, overwrite) as tmp:
+    with staged_output(out, overwrite, "convert --from-gguf") as tmp:
         write_sharded(tmp, tensors, parse_size("5GB"))
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
@@ -374,13 +375,16 @@ def convert_from_gguf(
     if template is None and g.field("tokenizer.chat_template"):
         template = "tokenizer"
     quant = Counter(t.tensor_type.name for t in g.reader.tensors)
-    hf_tmp = temp_dir_for(out)
+    # the float HF folder lives beside `out` under its own name: staging `out` clears `out`'s leftover temps
+    hf_stage = out.with_name(f"{out.name}-gguf-hf")
+    remove_stale_temps(hf_stage)
+    hf_tmp = temp_dir_for(hf_stage)
     inner_log = logging.getLogger("bessemer.hf.convert")
     level = inner_log.level
     try:
         _write_hf(g, hf_tmp, overwrite=True)
         inner_log.setLevel(logging.WARNING)  # its summary would name our temporary folders
-        with staged_output(out, overwrite) as tmp:
+        with staged_output(out, overwrite, "convert --from-gguf", (path,)) as tmp:
             result = convert_from_hf(
                 hf_tmp, tmp, overwrite=True, dtype=dtype, template=template, shard_size=shard_size
             )
