@@ -54,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: use 1 or more")
     if args.shots is not None and args.shots < 0:
         raise ConfigError(f"--shots {args.shots}: use 0 or more")
+    if args.harness:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "--harness runs lm-eval tasks; install it with pip install 'lm-eval>=0.4.13'"
+            ) from exc
     loaded = load_for_inference(args.checkpoint, args.device, args.dtype)
     loaded.model.eval()
     if args.harness:
