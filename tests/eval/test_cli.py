@@ -77,3 +77,31 @@ def test_harness_runs_a_local_lm_eval_task(capsys, hf_dir, mmlu_dir, loaded_hf, 
     task = load_choice_task("mmlu", mmlu_dir, shots=N_DEV, subjects=["abstract_algebra"])
     preds = score_subject(loaded_hf.model, task, task.subjects[0], loaded_hf.tokenizer, 4)
     assert res["results"][tasks[0]]["acc,none"] == sum(p.correct for p in preds) / len(preds)
+
+
+def test_perplexity_and_missing_tokenizer(capsys, hf_dir, tmp_path):
+    import shutil
+
+    text = tmp_path / "t.txt"
+    text.write_text("A short text to measure. " * 8, encoding="utf-8")
+    argv = [
+        "eval",
+        "--checkpoint",
+        str(hf_dir),
+        "--device",
+        "cpu",
+        "--task",
+        "perplexity",
+        "--data",
+        str(text),
+    ]
+    assert main([*argv, "--window", "32", "--stride", "16"]) == 0
+    out = capsys.readouterr().out
+    assert all(k in out for k in ("tokens", "mean NLL", "perplexity", "bits per byte"))
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(hf_dir / name, bare / name)
+    assert main(["eval", "--checkpoint", str(bare), "--task", "perplexity", "--data", str(text)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tokenizer" in err and "\n" not in err
