@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward")
     p.add_argument("--out", help="output folder for results.json (default: eval/<model>-<task>)")
     p.add_argument("--resume", action="store_true", help="continue from the per-question cache in --out")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generated tokens per answer")
+    p.add_argument("--max-new-tokens", type=int, help="gsm8k: generated tokens per answer (default 256)")
     p.add_argument("--window", type=int, help="perplexity: tokens per window (default: the model's context)")
     p.add_argument("--stride", type=int, help="perplexity: new tokens per window (default: the window)")
     p.add_argument("--include-path", help="--harness: a folder of extra lm-eval task YAML files")
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--task {args.task} needs --data (see the README eval section for where to get it)"
         )
+    _check_options_apply(args)
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: use 1 or more")
     if args.batch_size < 1:
@@ -71,6 +72,30 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "gsm8k":
         return _run_gsm8k(args, loaded, out)
     return _run_choice(args, loaded, out)
+
+
+# options that only some tasks read; giving one elsewhere is refused rather than silently ignored
+_ONLY_FOR = {
+    "subjects": ("mmlu", "ceval", "cmmlu"),
+    "resume": ("mmlu", "ceval", "cmmlu", "gsm8k"),
+    "max_new_tokens": ("gsm8k",),
+    "window": ("perplexity",),
+    "stride": ("perplexity",),
+    "include_path": ("harness",),
+    "shots": ("mmlu", "ceval", "cmmlu", "gsm8k", "harness"),
+    "limit": ("mmlu", "ceval", "cmmlu", "gsm8k", "harness"),
+    "data": ("mmlu", "ceval", "cmmlu", "gsm8k", "perplexity"),
+}
+
+
+def _check_options_apply(args) -> None:
+    from bessemer.errors import ConfigError
+
+    what = "harness" if args.harness else args.task
+    for key, tasks in _ONLY_FOR.items():
+        if getattr(args, key) not in (None, False) and what not in tasks:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} applies to {', '.join(tasks)}, not {what}; drop it")
 
 
 def _progress():
@@ -191,7 +216,7 @@ def _run_gsm8k(args, loaded, out: Path) -> int:
                 loaded.model,
                 loaded.tokenizer,
                 task,
-                args.max_new_tokens,
+                args.max_new_tokens or 256,
                 args.batch_size,
                 {i for (_, i) in cache.done},
                 on_prediction,

@@ -66,6 +66,9 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, hf_dir, mmlu_dir, tmp_
     assert err.startswith("bessemer eval: error:") and "data folder not found" in err and "\n" not in err
     assert main(["eval", "--checkpoint", str(hf_dir), "--task", "mmlux", "--data", str(mmlu_dir)]) == 2
     assert "did you mean 'mmlu'" in capsys.readouterr().err
+    argv = ["eval", "--checkpoint", str(hf_dir), "--task", "perplexity", "--data", "x.txt", "--subjects", "a"]
+    assert main(argv) == 2
+    assert "--subjects applies to mmlu, ceval, cmmlu, not perplexity" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
