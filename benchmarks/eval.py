@@ -84,7 +84,7 @@ def run_lm_eval(args, subjects: list[str], workdir: Path):
         model=lm,
         tasks=names,
         limit=args.limit,
-        task_manager=TaskManager(include_path=str(workdir)),
+        task_manager=TaskManager(include_path=str(workdir), include_defaults=False),
         log_samples=True,
     )
     scored_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0

@@ -21,7 +21,7 @@ def lm_eval_hf(hf_dir, mmlu_dir, tmp_path_factory):
         model="hf",
         model_args=f"pretrained={hf_dir},dtype=float32",
         tasks=tasks,
-        task_manager=TaskManager(include_path=str(task_dir)),
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
         device="cpu",
         batch_size=4,
         log_samples=True,
