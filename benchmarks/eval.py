@@ -77,7 +77,8 @@ def run_lm_eval(args, subjects: list[str], workdir: Path):
         (workdir / f"{task}.yaml").write_text(text)
         names.append(task)
     t0 = time.perf_counter()
-    lm = HFLM(pretrained=args.checkpoint, dtype="float32", device=args.device, batch_size=args.batch_size)
+    bs = args.lm_eval_batch_size or args.batch_size
+    lm = HFLM(pretrained=args.checkpoint, dtype="float32", device=args.device, batch_size=bs)
     load_s = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
     res = lm_eval.simple_evaluate(
@@ -102,7 +103,13 @@ def main() -> None:
     p.add_argument("--subjects", help="comma-separated (default: all in DIR/test)")
     p.add_argument("--limit", type=int, help="questions per subject")
     p.add_argument("--shots", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="Bessemer: rows (question suffixes) per forward")
+    p.add_argument(
+        "--lm-eval-batch-size",
+        type=int,
+        help="lm-eval: rows (whole prompts) per forward (default --batch-size); equal tokens per forward "
+        "means about batch-size x suffix length = lm-eval-batch-size x prompt length",
+    )
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     import torch
@@ -123,7 +130,10 @@ def main() -> None:
             b_correct += pred.correct
             l_correct += max(range(4), key=lambda j: (ref[j], -j)) == pred.answer
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, lm-eval {version}")
-    print(f"subjects {len(subjects)}, questions {n}, shots {args.shots}, batch size {args.batch_size}")
+    lm_bs = args.lm_eval_batch_size or args.batch_size
+    print(
+        f"subjects {len(subjects)}, questions {n}, shots {args.shots}, batch size {args.batch_size} / {lm_bs}"
+    )
     for name, load, wall, cpu, correct in (
         ("bessemer  ", b_load, b_s, b_cpu, b_correct),
         ("lm-eval hf", l_load, l_s, l_cpu, l_correct),
