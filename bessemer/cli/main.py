@@ -12,7 +12,7 @@ from bessemer.errors import BessemerError
 
 # Each verb module defines `add_arguments(parser)` and `run(args) -> int`, plus a one-line `HELP`.
 # A verb appears here only once it works end to end.
-VERBS = ("demo", "prepare", "convert", "train", "generate", "chat", "serve", "bench", "compare")
+VERBS = ("demo", "prepare", "convert", "train", "generate", "chat", "serve", "eval", "bench", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

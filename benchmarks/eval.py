@@ -1,0 +1,151 @@
+"""MMLU-format scoring speed and agreement: Bessemer against lm-eval's `hf` backend, same model, same files, one run.
+
+Both score the same subjects of an MMLU-layout folder (DIR/dev/{subject}_dev.csv shots, DIR/test/{subject}_test.csv)
+with the classic 5-shot prompt in float32 on the same device. lm-eval reads the CSVs through task YAMLs written
+here (dataset_path: csv). Model loading is timed apart from scoring for both. Prints questions/s of each, their
+ratio (wall and CPU time), both accuracies and the largest per-choice log-probability difference.
+
+    python benchmarks/eval.py --checkpoint HF_FOLDER --data MMLU_DIR [--subjects a,b] [--limit 10] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TASK_YAML = """task: {task}
+dataset_path: csv
+dataset_kwargs:
+  data_files:
+    test: {data}/test/{name}_test.csv
+    dev: {data}/dev/{name}_dev.csv
+  column_names: [question, A, B, C, D, answer]
+test_split: test
+fewshot_split: dev
+num_fewshot: {shots}
+fewshot_config:
+  sampler: first_n
+output_type: multiple_choice
+description: "The following are multiple choice questions (with answers) about {title}.\\n\\n"
+doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{A}}}}\\nB. {{{{B}}}}\\nC. {{{{C}}}}\\nD. {{{{D}}}}\\nAnswer:"
+doc_to_choice: ["A", "B", "C", "D"]
+doc_to_target: "{{{{['A', 'B', 'C', 'D'].index(answer)}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def run_bessemer(args, subjects: list[str]):
+    from bessemer.eval.runner import score_subject
+    from bessemer.eval.tasks import load_choice_task
+    from bessemer.infer.loading import load_for_inference
+
+    t0 = time.perf_counter()
+    loaded = load_for_inference(args.checkpoint, args.device, "float32")
+    load_s = time.perf_counter() - t0
+    task = load_choice_task("mmlu", args.data, args.shots, subjects, args.limit)
+    t0, c0 = time.perf_counter(), time.process_time()
+    preds = {
+        s.name: score_subject(loaded.model, task, s, loaded.tokenizer, args.batch_size) for s in task.subjects
+    }
+    return load_s, time.perf_counter() - t0, time.process_time() - c0, preds
+
+
+def run_lm_eval(args, subjects: list[str], workdir: Path):
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    names = []
+    for name in subjects:
+        task = f"bench_mmlu_{name}"
+        text = TASK_YAML.format(
+            task=task,
+            data=Path(args.data).resolve(),
+            name=name,
+            shots=args.shots,
+            title=name.replace("_", " "),
+        )
+        (workdir / f"{task}.yaml").write_text(text)
+        names.append(task)
+    t0 = time.perf_counter()
+    bs = args.lm_eval_batch_size or args.batch_size
+    lm = HFLM(pretrained=args.checkpoint, dtype="float32", device=args.device, batch_size=bs)
+    load_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=names,
+        limit=args.limit,
+        task_manager=TaskManager(include_path=str(workdir), include_defaults=False),
+        log_samples=True,
+    )
+    scored_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    out = {}
+    for name in subjects:
+        samples = sorted(res["samples"][f"bench_mmlu_{name}"], key=lambda s: s["doc_id"])
+        out[name] = [[r[0][0] for r in s["resps"]] for s in samples]
+    return load_s, scored_s, cpu_s, out, lm_eval.__version__
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a Hugging Face folder (both sides load it)")
+    p.add_argument("--data", required=True, help="MMLU CSV layout: dev/ and test/")
+    p.add_argument("--subjects", help="comma-separated (default: all in DIR/test)")
+    p.add_argument("--limit", type=int, help="questions per subject")
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=8, help="Bessemer: rows (question suffixes) per forward")
+    p.add_argument(
+        "--lm-eval-batch-size",
+        type=int,
+        help="lm-eval: rows (whole prompts) per forward (default --batch-size); equal tokens per forward "
+        "means about batch-size x suffix length = lm-eval-batch-size x prompt length",
+    )
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    import torch
+
+    subjects = (
+        args.subjects.split(",")
+        if args.subjects
+        else sorted(f.name[: -len("_test.csv")] for f in Path(args.data, "test").glob("*_test.csv"))
+    )
+    b_load, b_s, b_cpu, b_preds = run_bessemer(args, subjects)
+    with tempfile.TemporaryDirectory() as tmp:
+        l_load, l_s, l_cpu, l_lps, version = run_lm_eval(args, subjects, Path(tmp))
+    n = sum(len(v) for v in b_preds.values())
+    worst, b_correct, l_correct = 0.0, 0, 0
+    for name in subjects:
+        for pred, ref in zip(b_preds[name], l_lps[name]):
+            worst = max(worst, max(abs(a - b) for a, b in zip(pred.logprobs, ref)))
+            b_correct += pred.correct
+            l_correct += max(range(4), key=lambda j: (ref[j], -j)) == pred.answer
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, lm-eval {version}")
+    lm_bs = args.lm_eval_batch_size or args.batch_size
+    print(
+        f"subjects {len(subjects)}, questions {n}, shots {args.shots}, batch size {args.batch_size} / {lm_bs}"
+    )
+    for name, load, wall, cpu, correct in (
+        ("bessemer  ", b_load, b_s, b_cpu, b_correct),
+        ("lm-eval hf", l_load, l_s, l_cpu, l_correct),
+    ):
+        print(
+            f"{name} load {load:7.1f} s  score {wall:8.1f} s wall, {cpu:8.1f} s CPU  "
+            f"{n / wall:8.3f} questions/s  acc {correct / n:.4f}"
+        )
+    # CPU seconds still compare fairly on a shared, loaded machine; wall time is what a user waits
+    print(f"speed ratio (bessemer / lm-eval): {l_s / b_s:.2f}x wall, {l_cpu / b_cpu:.2f}x CPU time")
+    print(f"max |log-prob difference| over {4 * n} choices: {worst:.2e}")
+
+
+if __name__ == "__main__":
+    main()

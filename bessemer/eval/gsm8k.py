@@ -1,0 +1,139 @@
+"""GSM8K: DIR/test.jsonl scored, DIR/train.jsonl gives the shots; few-shot chain of thought, greedy, exact match.
+
+Each row is {"question": ..., "answer": "...reasoning...\\n#### 42"}. The prompt is "Question: q\\nAnswer: a" per
+shot (the reasoning is the chain of thought), then "Question: q\\nAnswer:"; generation stops at the next
+"Question:" or a blank line. The prediction is the number after "####", else the last number generated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bessemer.errors import DataError
+
+STOPS = ["Question:", "\n\n", "</s>", "<|im_end|>"]
+_FINAL = re.compile(r"####\s*(-?[$0-9.,]+)")
+_NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass
+class Problem:
+    index: int
+    question: str
+    answer: str  # the reference's final number, normalised
+
+
+def normalize(number: str) -> str:
+    s = number.replace(",", "").replace("$", "").rstrip(".")
+    if re.fullmatch(r"-?\d+\.0*", s):
+        s = s.split(".")[0]
+    return s
+
+
+def extract(text: str) -> str | None:
+    """The model's final number: after "####" when it wrote one, else the last number in the text."""
+    m = _FINAL.search(text)
+    if m:
+        return normalize(m.group(1))
+    nums = _NUMBER.findall(text)
+    return normalize(nums[-1]) if nums else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(
+            f"{path}: not found; GSM8K needs test.jsonl (and train.jsonl for shots) from grade-school-math"
+        )
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg}); one object per line") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+                raise DataError(f"{path}:{line_no}: needs string fields question and answer")
+            if not isinstance(row.get("answer"), str) or not _FINAL.search(row["answer"]):
+                raise DataError(f"{path}:{line_no}: answer must end with '#### N' (the final number)")
+            rows.append(row)
+    return rows
+
+
+@dataclass
+class Gsm8kTask:
+    shots: list[dict]
+    problems: list[Problem]
+    files: list[Path]
+
+    def prompt(self, p: Problem, n_shots: int | None = None) -> str:
+        """The prompt with the last `n_shots` shots (all by default): shots drop from the front."""
+        n = len(self.shots) if n_shots is None else n_shots
+        shots = self.shots[len(self.shots) - n :] if n else []
+        parts = [f"Question: {s['question']}\nAnswer: {s['answer']}" for s in shots]
+        return "\n\n".join([*parts, f"Question: {p.question}\nAnswer:"])
+
+
+def load_gsm8k(data_dir: str | Path, shots: int = 8, limit: int | None = None) -> Gsm8kTask:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: data folder not found; download grade-school-math's data/ (train.jsonl, test.jsonl)"
+        )
+    test = read_jsonl(root / "test.jsonl")
+    files = [root / "test.jsonl"]
+    train = []
+    if shots:
+        train = read_jsonl(root / "train.jsonl")
+        files.append(root / "train.jsonl")
+        if len(train) < shots:
+            raise DataError(f"{root / 'train.jsonl'}: {len(train)} rows for --shots {shots}; lower --shots")
+    problems = [
+        Problem(i, r["question"], normalize(_FINAL.search(r["answer"]).group(1))) for i, r in enumerate(test)
+    ]
+    return Gsm8kTask(train[:shots], problems[:limit] if limit else problems, files)
+
+
+def run_gsm8k(
+    model,
+    tokenizer,
+    task: Gsm8kTask,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    skip: set[int] = frozenset(),
+    on_prediction: Callable[[dict], None] | None = None,
+) -> tuple[list[dict], int]:
+    """Greedy answers for the problems not in `skip`; returns predictions and how many prompts were shortened."""
+    from bessemer.infer.generate import generate, stop_token_ids
+    from bessemer.infer.sampling import SamplingParams
+
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, stop=list(STOPS), stop_token_ids=stop_token_ids(tokenizer)
+    )
+    room = model.config.max_seq_len - max_new_tokens
+    todo = [p for p in task.problems if p.index not in skip]
+    out, truncated = [], 0
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        prompts = []
+        for p in batch:
+            n = len(task.shots)
+            ids = tokenizer(task.prompt(p, n))["input_ids"]
+            while len(ids) > room and n > 0:
+                n -= 1
+                ids = tokenizer(task.prompt(p, n))["input_ids"]
+            truncated += n < len(task.shots) or len(ids) > room
+            prompts.append(ids[-room:])
+        seqs = generate(model, prompts, params, tokenizer)
+        for p, seq in zip(batch, seqs):
+            pred = extract(seq.text)
+            row = {"subject": "gsm8k", "index": p.index, "answer": p.answer, "pred": pred, "text": seq.text}
+            out.append(row)
+            if on_prediction is not None:
+                on_prediction(row)
+    return out, truncated

@@ -1,0 +1,62 @@
+"""GSM8K: reading, the few-shot prompt, answer extraction, and greedy answers equal to transformers' generate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bessemer.errors import DataError
+from bessemer.eval.gsm8k import extract, load_gsm8k, run_gsm8k
+
+TRAIN = [
+    {"question": "Tom has 3 apples and buys 2 more. How many?", "answer": "3 + 2 = <<3+2=5>>5\n#### 5"},
+    {"question": "A box holds 1,200 pins; half are red. Red pins?", "answer": "1200 / 2 = 600\n#### 600"},
+]
+TEST = [{"question": "Ann had $10 and spent $4. Left?", "answer": "10 - 4 = 6\n#### 6"}]
+
+
+def write(root, train=TRAIN, test=TEST):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
+    return root
+
+
+def test_extract_final_number():
+    assert extract("so 3+4=7.\n#### 1,234") == "1234"
+    assert extract("It costs $18.00 in the end.") == "18"
+    assert extract("-3 then 2.5") == "2.5"
+    assert extract("no number") is None
+
+
+def test_prompt_and_bad_rows(tmp_path):
+    task = load_gsm8k(write(tmp_path / "g"), shots=2)
+    assert task.problems[0].answer == "6"
+    assert task.prompt(task.problems[0]) == (
+        f"Question: {TRAIN[0]['question']}\nAnswer: {TRAIN[0]['answer']}\n\n"
+        f"Question: {TRAIN[1]['question']}\nAnswer: {TRAIN[1]['answer']}\n\n"
+        f"Question: {TEST[0]['question']}\nAnswer:"
+    )
+    assert task.prompt(task.problems[0], 1).startswith(f"Question: {TRAIN[1]['question']}")
+    with pytest.raises(DataError, match=r"test\.jsonl:1: answer must end with '#### N'"):
+        load_gsm8k(write(tmp_path / "b", test=[{"question": "q", "answer": "6"}]), shots=1)
+    with pytest.raises(DataError, match=r"train\.jsonl: 2 rows for --shots 8"):
+        load_gsm8k(tmp_path / "g", shots=8)
+
+
+def test_greedy_answers_match_transformers(loaded_hf, hf_model, tmp_path):
+    task = load_gsm8k(write(tmp_path / "g"), shots=2)
+    rows, shortened = run_gsm8k(loaded_hf.model, loaded_hf.tokenizer, task, max_new_tokens=6, batch_size=1)
+    assert shortened == 0 and rows[0]["answer"] == "6"
+    ids = loaded_hf.tokenizer(task.prompt(task.problems[0]))["input_ids"]
+    with torch.no_grad():
+        ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)[
+            0, len(ids) :
+        ].tolist()
+    text = loaded_hf.tokenizer.decode(ref, skip_special_tokens=True)
+    for stop in ("Question:", "\n\n"):
+        text = text.split(stop)[0]
+    assert rows[0]["text"].strip() == text.strip()
+    assert rows[0]["pred"] == extract(text)

@@ -1,0 +1,57 @@
+"""Perplexity equals transformers' loss over the same tokens; text files and prepared datasets agree."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bessemer.errors import ConfigError, DataError
+from bessemer.eval.perplexity import perplexity, read_tokens
+
+TEXT = "The quick brown fox jumps over the lazy dog. " * 6 + "Ünïcode bytes count too."
+
+
+def test_one_window_equals_transformers_loss(loaded_hf, hf_model, tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    ids, n_bytes = read_tokens(path, loaded_hf.tokenizer)
+    assert n_bytes == len(TEXT.encode("utf-8")) and ids[0] == loaded_hf.tokenizer.bos_token_id
+    with torch.no_grad():
+        loss = float(hf_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss)
+    r = perplexity(loaded_hf.model, ids, n_bytes, window=len(ids), stride=len(ids))
+    assert r.tokens == len(ids) - 1
+    assert r.nll == pytest.approx(loss, abs=1e-5)
+    assert r.ppl == pytest.approx(math.exp(loss), rel=1e-4)
+    assert r.bits_per_byte == pytest.approx(loss * (len(ids) - 1) / math.log(2) / n_bytes, rel=1e-6)
+
+
+def test_sliding_windows_predict_each_token_once_with_the_stated_context(loaded_hf, hf_model):
+    ids = loaded_hf.tokenizer(TEXT)["input_ids"]
+    window, stride = 16, 5
+    # reference: token t is predicted from the window ending just before the last target of its step
+    total = 0.0
+    with torch.no_grad():
+        for start in range(1, len(ids), stride):
+            end = min(start + stride, len(ids))
+            begin = max(0, end - 1 - window)
+            logp = torch.log_softmax(hf_model(torch.tensor([ids[begin : end - 1]])).logits[0].float(), -1)
+            total -= sum(float(logp[t - 1 - begin, ids[t]]) for t in range(start, end))
+    r = perplexity(loaded_hf.model, ids, 100, window, stride)
+    assert r.tokens == len(ids) - 1
+    assert r.nll == pytest.approx(total / (len(ids) - 1), abs=1e-5)
+
+
+def test_prepared_dataset_and_errors(loaded_hf, tmp_path):
+    from bessemer.data.indexed import IndexedDatasetWriter
+
+    ids = loaded_hf.tokenizer(TEXT)["input_ids"]
+    with IndexedDatasetWriter(tmp_path / "ds") as w:
+        w.add_document(ids)
+    got, n_bytes = read_tokens(tmp_path / "ds", loaded_hf.tokenizer)
+    assert got == ids and n_bytes == len(TEXT.encode("utf-8"))
+    with pytest.raises(DataError, match="neither a text file nor a prepared PREFIX"):
+        read_tokens(tmp_path / "nope", loaded_hf.tokenizer)
+    with pytest.raises(ConfigError, match="--stride 0"):
+        perplexity(loaded_hf.model, ids, 1, 8, 0)
