@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
+from bessemer.checkpoint import save_model_config
 from bessemer.config import load_config
 from bessemer.models import build_model, get_preset
 from bessemer.train.trainer import Trainer
@@ -44,7 +45,7 @@ def converted_checkpoint(path: Path) -> Path:
     """A checkpoint in the form `convert` writes (model.json + model/*.safetensors) of MODEL's shape."""
     cfg = get_preset("tiny", **{k.removeprefix("model."): v for k, v in MODEL.items()})
     (path / "model").mkdir(parents=True)
-    cfg.save(path / "model.json")
+    save_model_config(cfg, path)
     save_file(build_model(cfg, seed=7).state_dict(), str(path / "model" / "model-00001-of-00001.safetensors"))
     return path
 
