@@ -37,8 +37,21 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     cfg = load_config(args.config, overrides)
-    trainer = Trainer(cfg)
-    summary = trainer.train()
-    if trainer.rank == 0:
-        print(f"trained to step {summary['step']}; checkpoints in {trainer.out_dir / 'checkpoints'}")
+    try:
+        trainer = Trainer(cfg)
+        summary = trainer.train()
+        if trainer.rank == 0:
+            print(f"trained to step {summary['step']}; checkpoints in {trainer.out_dir / 'checkpoints'}")
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: left to process exit, gloo's worker threads
+    can be destroyed while still joinable, which aborts the rank ("terminate called without an active
+    exception") after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
