@@ -7,7 +7,10 @@ import logging
 
 from bessemer.errors import ConversionError
 
-HELP = "convert a Hugging Face model to a checkpoint (--from-hf), back (--to-hf), or apply a Vicuna delta"
+HELP = (
+    "convert Hugging Face models (--from-hf, --to-hf), GGUF files (--from-gguf), Vicuna deltas and LoRA "
+    "adapters (--to-peft, --from-peft, --merge-lora)"
+)
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ VERBS = ("demo", "prepare", "convert", "train", "generate", "chat", "serve", "ev
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bessemer",
-        description="Prepare data, convert weights, train, generate, chat, serve and benchmark open LLMs.",
+        description="Prepare data, convert weights, train, generate, chat, serve, evaluate and benchmark open LLMs.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
