@@ -73,15 +73,20 @@ def read_meta(ckpt: str | Path) -> dict:
     path = Path(ckpt) / META_JSON
     if not path.is_file():
         return {}
+    return _read_json_object(path)
+
+
+def _read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict; anything else is a damaged checkpoint, named in one line."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(
             f"{path}: not valid JSON ({type(exc).__name__}); the checkpoint is damaged"
         ) from exc
-    if not isinstance(meta, dict):
+    if not isinstance(value, dict):
         raise CheckpointError(f"{path}: not a JSON object; the checkpoint is damaged")
-    return meta
+    return value
 
 
 def tokenizer_dir(ckpt: str | Path) -> Path | None:
@@ -116,15 +121,7 @@ def load_model_config(ckpt: str | Path) -> ModelConfig:
         path = path / MODEL_JSON
     if not path.is_file():
         raise CheckpointError(f"{path}: model.json not found; is this a Bessemer checkpoint directory?")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(
-            f"{path}: not valid JSON ({type(exc).__name__}); the checkpoint is damaged"
-        ) from exc
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: not a JSON object; the checkpoint is damaged")
-    return ModelConfig.from_dict(raw, str(path))
+    return ModelConfig.from_dict(_read_json_object(path), str(path))
 
 
 def write_meta(ckpt: str | Path, step: int, **fields) -> None:
