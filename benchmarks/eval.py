@@ -19,29 +19,6 @@ from pathlib import Path
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TASK_YAML = """task: {task}
-dataset_path: csv
-dataset_kwargs:
-  data_files:
-    test: {data}/test/{name}_test.csv
-    dev: {data}/dev/{name}_dev.csv
-  column_names: [question, A, B, C, D, answer]
-test_split: test
-fewshot_split: dev
-num_fewshot: {shots}
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-description: "The following are multiple choice questions (with answers) about {title}.\\n\\n"
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{A}}}}\\nB. {{{{B}}}}\\nC. {{{{C}}}}\\nD. {{{{D}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: "{{{{['A', 'B', 'C', 'D'].index(answer)}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
 
 def run_bessemer(args, subjects: list[str]):
     from bessemer.eval.runner import score_subject
@@ -64,16 +41,12 @@ def run_lm_eval(args, subjects: list[str], workdir: Path):
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from bessemer.eval.lm_eval_tasks import mmlu_csv_task
+
     names = []
     for name in subjects:
         task = f"bench_mmlu_{name}"
-        text = TASK_YAML.format(
-            task=task,
-            data=Path(args.data).resolve(),
-            name=name,
-            shots=args.shots,
-            title=name.replace("_", " "),
-        )
+        text = mmlu_csv_task(task, Path(args.data).resolve(), name, args.shots)
         (workdir / f"{task}.yaml").write_text(text)
         names.append(task)
     t0 = time.perf_counter()

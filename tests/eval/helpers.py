@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from bessemer.eval.lm_eval_tasks import mmlu_csv_task
+
 # (question, A, B, C, D, answer); commas and quotes exercise the CSV quoting
 SUBJECTS = {
     "abstract_algebra": [
@@ -42,29 +44,7 @@ def write_lm_eval_tasks(data: Path, out: Path, shots: int = N_DEV) -> list[str]:
     names = []
     for name in SUBJECTS:
         task = f"local_mmlu_{name}"
-        title = name.replace("_", " ")
-        yaml = f"""task: {task}
-dataset_path: csv
-dataset_kwargs:
-  data_files:
-    test: {data}/test/{name}_test.csv
-    dev: {data}/dev/{name}_dev.csv
-  column_names: [question, A, B, C, D, answer]
-test_split: test
-fewshot_split: dev
-num_fewshot: {shots}
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-description: "The following are multiple choice questions (with answers) about {title}.\\n\\n"
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{A}}}}\\nB. {{{{B}}}}\\nC. {{{{C}}}}\\nD. {{{{D}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: "{{{{['A', 'B', 'C', 'D'].index(answer)}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
+        yaml = mmlu_csv_task(task, data, name, shots)
         (out / f"{task}.yaml").write_text(yaml)
         names.append(task)
     return names
