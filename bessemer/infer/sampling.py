@@ -1,9 +1,11 @@
 """Choosing the next token for a whole batch at once: greedy, temperature, top-k, top-p, repetition penalty.
 
-Every row has its own parameters (held as tensors, so one set of kernels serves the batch) and its own seed.
-Randomness is a counter-based hash of (seed, position, token id): a row draws the same numbers whatever else
-is in the batch and whenever it joined, with no generator object per row and no host round trip. The draw is
-the exponential-race form of sampling (argmax of p / E, E ~ Exp(1)), which picks token i with probability p_i.
+Every row has its own parameters and its own seed. Rows are grouped by the work they need (known on the host,
+so no device round trip): greedy rows take the argmax; rows with a top-k take `topk(k)` of their logits and
+never touch the rest of the vocabulary; top-p rows without a top-k sort their logits once; temperature-only
+rows sample in vocabulary order without sorting. A sampled row draws by inverse CDF: one uniform number per
+row, a counter-based hash of (seed, position), is looked up in the cumulative weights of its candidates. So a
+row draws the same token whatever else is in the batch and whenever it joined, with no generator per row.
 """
 
 from __future__ import annotations
@@ -60,21 +62,6 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Mask (to -inf) all but each row's `top_k` largest logits (0: all; ties at the k-th stay), then all but
-    the smallest set of most likely tokens whose probabilities reach `top_p` (1: all). [B, V], [B], [B]."""
-    vocab = logits.shape[-1]
-    ordered, order = logits.sort(-1, descending=True)
-    k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)
-    kth = ordered.gather(1, (k - 1)[:, None])
-    ordered = ordered.masked_fill(ordered < kth, float("-inf"))
-    probs = ordered.softmax(-1)
-    # a token is dropped when the tokens before it already reach top_p; the most likely one always stays
-    drop = (probs.cumsum(-1) - probs) >= top_p[:, None].to(probs.dtype)
-    ordered = ordered.masked_fill(drop, float("-inf"))
-    return torch.full_like(logits, float("-inf")).scatter(1, order, ordered)
-
-
 def _mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash on int64 tensors (values in [0, 2^32)); products stay below 2^63."""
     x = ((x ^ (x >> 16)) * 0x7FEB352D) & M32
@@ -89,57 +76,85 @@ def seed_key(seed: int) -> int:
     return int(_mix32(lo ^ _mix32(hi + 0x9E3779B9)))
 
 
-def exponential_noise(keys: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Exp(1) draws [B, V], a pure function of each row's key [B] and position [B]."""
-    row = _mix32(keys ^ _mix32(positions & M32))
-    ids = torch.arange(vocab, device=keys.device, dtype=torch.int64)
-    bits = _mix32(row[:, None] ^ ((ids * 0x61C88647) & M32))
-    uniform = ((bits >> 8).to(torch.float32) + 0.5) / float(1 << 24)  # in (0, 1)
-    return -torch.log(uniform)
+def uniform(keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """One number in [0, 1) per row [B], a pure function of the row's key [B] and position [B] (24 bits)."""
+    bits = _mix32(keys ^ _mix32(positions & M32))
+    return (bits >> 8).to(torch.float32) / float(1 << 24)
+
+
+def draw_sorted(values: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Column drawn per row [b] from logits sorted in descending order [b, W]: the smallest leading set whose
+    probability reaches top_p [b] (1: all) is kept, and `u` [b] is looked up in its cumulative weights."""
+    weights = (values - values[:, :1]).exp()  # unnormalised: the leading logit weighs 1
+    cum = weights.cumsum(-1)
+    # a column stays while the mass before it is below top_p of the whole (the first one always stays)
+    kept = ((cum - weights) < top_p[:, None] * cum[:, -1:]).sum(-1, keepdim=True)
+    return _lookup(cum, u, cum.gather(1, kept - 1), kept - 1)
+
+
+def draw_unsorted(values: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Column drawn per row [b] from logits [b, V] in any order, with probability softmax(values)."""
+    cum = (values - values.amax(-1, keepdim=True)).exp().cumsum(-1)
+    return _lookup(cum, u, cum[:, -1:], values.shape[-1] - 1)
+
+
+def _lookup(cum: torch.Tensor, u: torch.Tensor, total: torch.Tensor, last) -> torch.Tensor:
+    # the first column whose cumulative weight exceeds u * total; a zero-weight column never is (its
+    # cumulative weight equals its neighbour's), and `last` bounds rounding at the top end
+    found = torch.searchsorted(cum, u[:, None] * total, right=True)
+    return torch.minimum(found, torch.as_tensor(last, device=found.device)).squeeze(1)
+
+
+def _to_device(values: list, device: torch.device) -> torch.Tensor:
+    # non_blocking: a blocking host-to-device copy would wait for the forward pass still running
+    return torch.tensor(values).to(device, non_blocking=True)
 
 
 def sample_next(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    keys: torch.Tensor,
-    positions: torch.Tensor,
-    *,
-    sampling: bool = True,
-    filtering: bool = True,
+    logits: torch.Tensor, params: list[SamplingParams], keys: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
-    """Next token ids [B] from logits [B, V]; per-row temperature (0: greedy), top_k, top_p, keys, positions.
-
-    sampling / filtering: whether any row samples / uses top-k or top-p (known on the host; skips the work).
-    """
+    """Next token ids [B] from logits [B, V]: row i follows params[i] (a host list), draws with keys[i] and
+    positions[i] (device tensors [B]; the position the token will take)."""
     logits = logits.float()
-    greedy = logits.argmax(-1)
-    if not sampling:
-        return greedy
-    scaled = logits / torch.where(temperature > 0, temperature, 1.0)[:, None]
-    if filtering:
-        scaled = filter_top_k_top_p(scaled, top_k, top_p)
-    drawn = (scaled - torch.log(exponential_noise(keys, positions, logits.shape[-1]))).argmax(-1)
-    return torch.where(temperature > 0, drawn, greedy)
+    out = logits.argmax(-1)
+    vocab, device = logits.shape[-1], logits.device
+    groups: dict[int, list[int]] = {}  # top_k (0: none) -> sampled rows; -1: top-p rows without a top-k
+    for i, p in enumerate(params):
+        if not p.greedy:
+            k = min(p.top_k, vocab) if p.top_k > 0 else (-1 if p.top_p < 1 else 0)
+            groups.setdefault(k, []).append(i)
+    if not groups:
+        return out
+    u = uniform(keys, positions)
+    for k, rows in groups.items():
+        idx = _to_device(rows, device)
+        temperature = _to_device([params[i].temperature for i in rows], device)[:, None]
+        top_p = _to_device([params[i].top_p for i in rows], device)
+        if k == 0:  # temperature only: no order needed
+            token = draw_unsorted(logits[idx] / temperature, u[idx])
+        else:  # a positive temperature keeps the order, so rank the raw logits and scale only the kept ones
+            ranked = (
+                logits[idx].topk(k, -1)
+                if k > 0
+                else torch.sort(logits[idx], dim=-1, descending=True, stable=True)
+            )
+            column = draw_sorted(ranked.values / temperature, top_p, u[idx])
+            token = ranked.indices.gather(1, column[:, None]).squeeze(1)
+        out = out.index_copy(0, idx, token)
+    return out
 
 
 class BatchSampler:
-    """Per-row sampling parameters of a decode batch, as device tensors, and the draw for the rows asked."""
+    """Per-row sampling parameters of a decode batch (host) and seeds (device), and the draw for the rows asked."""
 
     def __init__(self, max_batch: int, device: torch.device):
         self.params: list[SamplingParams | None] = [None] * max_batch
-        self.temperature = torch.zeros(max_batch, device=device)
-        self.top_k = torch.zeros(max_batch, dtype=torch.long, device=device)
-        self.top_p = torch.ones(max_batch, device=device)
         self.penalty = torch.ones(max_batch, device=device)
         self.keys = torch.zeros(max_batch, dtype=torch.long, device=device)
 
     def set_row(self, row: int, params: SamplingParams, seed: int) -> None:
         self.params[row] = params
-        values = torch.tensor([params.temperature, params.top_p, params.repetition_penalty])
-        self.temperature[row], self.top_p[row], self.penalty[row] = values.to(self.temperature.device)
-        self.top_k[row] = params.top_k
+        self.penalty[row] = params.repetition_penalty
         self.keys[row] = seed_key(seed)
 
     def clear_row(self, row: int) -> None:
@@ -157,13 +172,4 @@ class BatchSampler:
         params = [self.params[r] for r in rows]
         if any(p.repetition_penalty != 1 for p in params):
             logits = apply_repetition_penalty(logits.float(), seen[idx], self.penalty[idx])
-        return sample_next(
-            logits,
-            self.temperature[idx],
-            self.top_k[idx],
-            self.top_p[idx],
-            self.keys[idx],
-            positions,
-            sampling=any(not p.greedy for p in params),
-            filtering=any(not p.greedy and (p.top_k > 0 or p.top_p < 1) for p in params),
-        )
+        return sample_next(logits, params, self.keys[idx], positions)

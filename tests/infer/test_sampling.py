@@ -1,5 +1,5 @@
-"""Each sampling filter against its definition, the repetition penalty against transformers', and the
-batched seeded draw against the distribution it samples from."""
+"""The batched seeded draw against transformers' logits warpers (a chi-square test of the sampled frequencies),
+the repetition penalty against transformers', and each row's draw against its own seed alone."""
 
 from __future__ import annotations
 
@@ -8,37 +8,100 @@ import torch
 
 from bessemer.errors import ConfigError
 from bessemer.infer.sampling import (
+    BatchSampler,
     SamplingParams,
     apply_repetition_penalty,
-    exponential_noise,
-    filter_top_k_top_p,
     sample_next,
     seed_key,
+    uniform,
 )
 
-
-def kept(logits, k=0, p=1.0):
-    rows = logits.view(-1, logits.shape[-1])
-    n = rows.shape[0]
-    out = filter_top_k_top_p(rows, torch.full((n,), k), torch.full((n,), p))
-    return torch.isfinite(out).tolist()
+DRAWS = 6000
 
 
-def test_top_k_keeps_the_k_largest_per_row():
-    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
-    out = filter_top_k_top_p(logits, torch.tensor([2, 0]), torch.ones(2))
-    assert torch.isfinite(out).tolist() == [[False, True, False, True, False], [True] * 5]
-    assert torch.equal(out[1], logits[1]) and out[0, 1] == 5.0
+def reference_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """What transformers samples from: temperature, then top-k, then top-p, then softmax."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = TemperatureLogitsWarper(p.temperature)(None, logits[None].clone())
+    if p.top_k:
+        scores = TopKLogitsWarper(p.top_k)(None, scores)
+    if p.top_p < 1:
+        scores = TopPLogitsWarper(p.top_p)(None, scores)
+    return scores.softmax(-1)[0]
 
 
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
-    assert kept(logits, p=0.5) == [[True, False, False, False]]
-    assert kept(logits, p=0.75) == [[True, True, False, False]]
-    assert kept(logits, p=0.81) == [[True, True, True, False]]
-    assert kept(logits[[2, 0, 3, 1]], p=0.75) == [[False, True, False, True]]
-    # top-p applies to the top-k renormalised: 0.5/0.95 + 0.3/0.95 already reaches 0.81
-    assert kept(logits, k=3, p=0.81) == [[True, True, False, False]]
+def draws(logits: torch.Tensor, p: SamplingParams, seed: int = 7, n: int = DRAWS) -> torch.Tensor:
+    """n draws of one distribution: n rows with the same seed at positions 0..n-1."""
+    return sample_next(logits.repeat(n, 1), [p] * n, torch.full((n,), seed_key(seed)), torch.arange(n))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.6),
+        SamplingParams(temperature=1.3, top_k=5),
+        SamplingParams(temperature=1.0, top_p=0.8),
+        SamplingParams(temperature=0.8, top_k=9, top_p=0.7),
+    ],
+    ids=["temperature", "cold", "top-k", "top-p", "top-k+top-p"],
+)
+def test_frequencies_match_transformers_warpers(params):
+    logits = torch.randn(24, generator=torch.Generator().manual_seed(1)) * 1.5
+    probs = reference_probs(logits, params)
+    counts = torch.bincount(draws(logits, params), minlength=24).double()
+    assert counts[probs == 0].sum() == 0  # nothing outside what the filters keep
+    # chi-square over the tokens expected at least 5 times, the rarer ones pooled into one cell
+    expected = probs.double() * DRAWS
+    big = expected >= 5
+    cells_expected = torch.cat([expected[big], expected[~big].sum()[None]])
+    cells_counted = torch.cat([counts[big], counts[~big].sum()[None]])
+    chi2 = ((cells_counted - cells_expected) ** 2 / cells_expected.clamp(min=1e-9)).sum()
+    dof = int(big.sum()) - (0 if (~big & (probs > 0)).any() else 1)
+    p_value = float(torch.special.gammaincc(torch.tensor(dof / 2.0), chi2 / 2))  # chi-square survival
+    assert p_value > 1e-3, f"chi2 {float(chi2):.1f} on {dof} degrees of freedom"
+
+
+def test_a_rows_draw_depends_on_its_seed_and_position_only():
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(2))
+    params = [
+        SamplingParams(temperature=1.0, top_k=50, top_p=0.9),
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.0, top_p=0.5),
+        SamplingParams(),  # greedy
+        SamplingParams(temperature=1.2, top_k=3),
+        SamplingParams(temperature=1.0, top_k=50, top_p=0.9),
+    ]
+    keys = torch.tensor([seed_key(s) for s in (5, 6, 7, 8, 9, 10)])
+    positions = torch.tensor([3, 9, 4, 2, 7, 3])
+    together = sample_next(logits, params, keys, positions)
+    for i in range(6):  # alone, and behind rows of other kinds
+        alone = sample_next(logits[i : i + 1], params[i : i + 1], keys[i : i + 1], positions[i : i + 1])
+        order = [j for j in range(6) if j != i] + [i]
+        last = sample_next(logits[order], [params[j] for j in order], keys[order], positions[order])[-1]
+        assert int(alone) == int(together[i]) == int(last)
+    assert int(together[3]) == int(logits[3].argmax())
+    # the same seed repeats; another seed or position mostly does not
+    p = SamplingParams(temperature=1.0)
+    flat = torch.zeros(1000)
+    first = draws(flat, p, seed=1, n=500)
+    assert torch.equal(first, draws(flat, p, seed=1, n=500))
+    assert (first != draws(flat, p, seed=2, n=500)).float().mean() > 0.9
+
+
+def test_uniform_is_uniform_and_keyed():
+    u = uniform(torch.full((50000,), seed_key(1)), torch.arange(50000))
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
+    assert seed_key(-1) != seed_key(2**63 - 1)
+
+
+def test_greedy_rows_and_sampled_rows_together():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0], [0.0, 0.0, 9.0]])
+    params = [SamplingParams(), SamplingParams(temperature=0.5, top_k=1), SamplingParams(temperature=1.0)]
+    out = sample_next(logits, params, torch.tensor([seed_key(3)] * 3), torch.tensor([0, 0, 0]))
+    assert out.tolist()[:2] == [1, 0]
 
 
 def test_repetition_penalty_matches_transformers():
@@ -52,52 +115,13 @@ def test_repetition_penalty_matches_transformers():
     assert torch.allclose(ours, ref)
 
 
-def draw(logits, temperature, keys, positions, top_k=0, top_p=1.0):
-    n = logits.shape[0]
-    return sample_next(
-        logits,
-        torch.full((n,), float(temperature)),
-        torch.full((n,), top_k),
-        torch.full((n,), float(top_p)),
-        keys,
-        positions,
-    )
-
-
-def test_the_draw_follows_the_distribution_and_repeats_per_seed():
-    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
-    logits = probs.log().repeat(4000, 1)
-    keys = torch.full((4000,), seed_key(7))
-    tokens = draw(logits, 1.0, keys, torch.arange(4000))
-    freq = torch.bincount(tokens, minlength=5).float() / 4000
-    assert torch.allclose(freq, probs, atol=0.025)  # 4000 draws: sd of a frequency <= 0.008
-    assert torch.equal(tokens, draw(logits, 1.0, keys, torch.arange(4000)))  # same seed and positions
-    other = draw(logits, 1.0, torch.full((4000,), seed_key(8)), torch.arange(4000))
-    assert (other != tokens).float().mean() > 0.4
-    hot = draw(logits, 2.0, keys, torch.arange(4000))  # temperature 2 flattens: p ~ sqrt(p)
-    want = probs.sqrt() / probs.sqrt().sum()
-    assert torch.allclose(torch.bincount(hot, minlength=5).float() / 4000, want, atol=0.025)
-
-
-def test_noise_is_exponential_and_a_function_of_key_and_position():
-    noise = exponential_noise(torch.tensor([seed_key(1), seed_key(2)]), torch.tensor([5, 5]), 50000)
-    assert abs(float(noise.mean()) - 1.0) < 0.02 and abs(float(noise.var()) - 1.0) < 0.05
-    again = exponential_noise(torch.tensor([seed_key(2)]), torch.tensor([5]), 50000)
-    assert torch.equal(again[0], noise[1])  # a row's draw does not depend on its neighbours
-    assert seed_key(-1) != seed_key(2**63 - 1)
-
-
-def test_greedy_rows_and_sampled_rows_together():
-    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0], [0.0, 0.0, 9.0]])
-    out = sample_next(
-        logits,
-        torch.tensor([0.0, 0.5, 1.0]),
-        torch.tensor([0, 1, 0]),
-        torch.tensor([1.0, 1.0, 0.5]),
-        torch.tensor([seed_key(3)] * 3),
-        torch.tensor([0, 0, 0]),
-    )
-    assert out.tolist() == [1, 0, 2]
+def test_batch_sampler_penalises_only_its_penalised_rows():
+    logits = torch.tensor([[5.0, 4.0, 0.0], [5.0, 4.0, 0.0]])
+    seen = torch.tensor([[True, False, False], [True, False, False]])
+    sampler = BatchSampler(2, torch.device("cpu"))
+    sampler.set_row(0, SamplingParams(repetition_penalty=2.0), seed=0)  # greedy: 5 / 2 < 4
+    sampler.set_row(1, SamplingParams(), seed=0)
+    assert sampler.sample([0, 1], torch.tensor([0, 1]), logits, torch.tensor([0, 0]), seen).tolist() == [1, 0]
 
 
 @pytest.mark.parametrize(
