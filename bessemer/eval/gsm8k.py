@@ -109,27 +109,20 @@ def run_gsm8k(
     on_prediction: Callable[[dict], None] | None = None,
 ) -> tuple[list[dict], int]:
     """Greedy answers for the problems not in `skip`; returns predictions and how many prompts were shortened."""
-    from bessemer.infer.generate import generate, stop_token_ids
+    from bessemer.infer.generate import generate
     from bessemer.infer.sampling import SamplingParams
 
-    params = SamplingParams(
-        max_new_tokens=max_new_tokens, stop=list(STOPS), stop_token_ids=stop_token_ids(tokenizer)
-    )
-    room = model.config.max_seq_len - max_new_tokens
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop=list(STOPS))
     todo = [p for p in task.problems if p.index not in skip]
     out, truncated = [], 0
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        prompts = []
+        requests = []
         for p in batch:
-            n = len(task.shots)
-            ids = tokenizer(task.prompt(p, n))["input_ids"]
-            while len(ids) > room and n > 0:
-                n -= 1
-                ids = tokenizer(task.prompt(p, n))["input_ids"]
-            truncated += n < len(task.shots) or len(ids) > room
-            prompts.append(ids[-room:])
-        seqs = generate(model, prompts, params, tokenizer)
+            req, shortened = _fitted_request(tokenizer, task, p, params, model.config.max_seq_len)
+            requests.append(req)
+            truncated += shortened
+        seqs = generate(model, [r.prompt_ids for r in requests], [r.params for r in requests], tokenizer)
         for p, seq in zip(batch, seqs):
             pred = extract(seq.text)
             row = {"subject": "gsm8k", "index": p.index, "answer": p.answer, "pred": pred, "text": seq.text}
@@ -137,3 +130,23 @@ def run_gsm8k(
             if on_prediction is not None:
                 on_prediction(row)
     return out, truncated
+
+
+def _fitted_request(tokenizer, task: Gsm8kTask, p: Problem, params, context_len: int):
+    """(request, shortened): as many shots as fit the context (they drop from the front); with none left, the
+    question itself loses its first tokens."""
+    from bessemer.infer.request import CONTEXT_EXCEEDED, RequestError, build_request
+
+    for n in range(len(task.shots), 0, -1):
+        try:
+            prompt = task.prompt(p, n)
+            return build_request(tokenizer, None, params, context_len=context_len, prompt=prompt), n < len(
+                task.shots
+            )
+        except RequestError as exc:
+            if exc.code != CONTEXT_EXCEEDED:
+                raise
+    req = build_request(
+        tokenizer, None, params, context_len=context_len, prompt=task.prompt(p, 0), truncate=True
+    )
+    return req, bool(task.shots) or req.truncated

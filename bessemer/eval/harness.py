@@ -110,7 +110,8 @@ class BessemerLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from bessemer.infer.generate import generate, stop_token_ids
+        from bessemer.infer.generate import generate
+        from bessemer.infer.request import build_request
         from bessemer.infer.sampling import SamplingParams
 
         out: list[str | None] = [None] * len(requests)
@@ -123,17 +124,25 @@ class BessemerLM(TemplateLM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kw.get("max_gen_toks", 256))
             temperature = float(kw.get("temperature", 0.0)) if kw.get("do_sample") else 0.0
-            params = SamplingParams(
-                max_new_tokens=max_new,
-                temperature=temperature,
-                stop=until,
-                stop_token_ids=stop_token_ids(self.tokenizer),
-            )
-            room = self.max_length - max_new
+            params = SamplingParams(max_new_tokens=max_new, temperature=temperature, stop=until)
             for start in range(0, len(members), self.batch_size):
                 batch = members[start : start + self.batch_size]
-                prompts = [self.tok_encode(requests[i].args[0])[-room:] for i in batch]
-                for i, seq in zip(batch, generate(self.model, prompts, params, self.tokenizer)):
+                # lm-eval's tokenization; the request path adds stop ids and keeps the context's last tokens
+                reqs = [
+                    build_request(
+                        self.tokenizer,
+                        None,
+                        params,
+                        context_len=self.max_length,
+                        prompt=self.tok_encode(requests[i].args[0]),
+                        truncate=True,
+                    )
+                    for i in batch
+                ]
+                seqs = generate(
+                    self.model, [r.prompt_ids for r in reqs], [r.params for r in reqs], self.tokenizer
+                )
+                for i, seq in zip(batch, seqs):
                     out[i] = seq.text
         return out  # type: ignore[return-value]
 

@@ -1,8 +1,8 @@
 """The one path from a prompt (or a conversation) and sampling parameters to something the decoder can run.
 
-`generate`, `chat` and `serve` all call `build_request`: it encodes through the model's template, adds the
-template's stop strings and the stop ids they map to, and checks the prompt and the new tokens against the
-context. A bad request raises `RequestError`, which names the field (the server's 400 `param`).
+`generate`, `chat`, `serve` and `eval` (GSM8K, lm-eval's generate_until) all call `build_request`: it encodes
+through the model's template, adds the template's stop strings and the stop ids they map to, and checks the
+prompt and the new tokens against the context. A bad request raises `RequestError`, which names the field (the server's 400 `param`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class GenerationRequest:
 
     prompt_ids: list[int]
     params: SamplingParams
+    truncated: bool = False  # the prompt lost its first tokens to fit the context (build_request's truncate)
 
 
 def stop_token_ids(tokenizer, stops: list[str] = ()) -> list[int]:
@@ -74,7 +75,7 @@ def encode_input(tokenizer, template: str, prompt=None, messages: list[dict] | N
 
 def build_request(
     tokenizer,
-    template: str,
+    template: str | None,
     params: SamplingParams,
     *,
     context_len: int,
@@ -83,14 +84,29 @@ def build_request(
     max_prompt_tokens: int | None = None,
     fit_max_new_tokens: bool = False,
     ignore_eos: bool = False,
+    truncate: bool = False,
 ) -> GenerationRequest:
     """Encode the prompt or messages and complete `params` (stops), checking it all fits `context_len`.
 
+    template: the chat template's name (only messages need one). A prompt is text or a list of token ids.
     fit_max_new_tokens: params.max_new_tokens is only a default; lower it to what the context leaves.
     ignore_eos: run to max_new_tokens whatever the model says (benchmarks).
+    truncate: keep the last tokens of a prompt too long for the context beside max_new_tokens instead of
+    refusing it (evaluation, as lm-eval's hf backend does).
     """
     ids = encode_input(tokenizer, template, prompt, messages)
     field = "messages" if messages is not None else "prompt"
+    keep = context_len - params.max_new_tokens
+    truncated = truncate and len(ids) > keep
+    if truncated:
+        if keep < 1:
+            raise RequestError(
+                f"max_new_tokens ({params.max_new_tokens}) leaves no room for a prompt in the context of "
+                f"{context_len}; ask for fewer tokens",
+                param="max_tokens",
+                code=CONTEXT_EXCEEDED,
+            )
+        ids = ids[-keep:]
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
         raise RequestError(
             f"prompt has {len(ids)} tokens; the limit is {max_prompt_tokens}",
@@ -122,5 +138,5 @@ def build_request(
     if ignore_eos:
         stop_ids = [i for i in stop_ids if i != tokenizer.eos_token_id]
     return GenerationRequest(
-        ids, replace(params, max_new_tokens=max_new, stop=stops, stop_token_ids=stop_ids)
+        ids, replace(params, max_new_tokens=max_new, stop=stops, stop_token_ids=stop_ids), truncated
     )

@@ -60,3 +60,19 @@ def test_greedy_answers_match_transformers(loaded_hf, hf_model, tmp_path):
         text = text.split(stop)[0]
     assert rows[0]["text"].strip() == text.strip()
     assert rows[0]["pred"] == extract(text)
+
+
+def test_shots_drop_to_fit_the_context_then_the_question_is_cut(tokenizer, tmp_path):
+    from bessemer.eval.gsm8k import _fitted_request
+    from bessemer.infer.sampling import SamplingParams
+
+    task = load_gsm8k(write(tmp_path / "g"), shots=2)
+    p, params = task.problems[0], SamplingParams(max_new_tokens=4, stop=["Question:"])
+    lengths = [len(tokenizer.encode(task.prompt(p, n))) for n in (0, 1, 2)]
+    req, shortened = _fitted_request(tokenizer, task, p, params, lengths[2] + 4)
+    assert len(req.prompt_ids) == lengths[2] and not shortened
+    req, shortened = _fitted_request(tokenizer, task, p, params, lengths[2] + 3)
+    assert req.prompt_ids == tokenizer.encode(task.prompt(p, 1)) and shortened
+    req, shortened = _fitted_request(tokenizer, task, p, params, lengths[0] + 1)
+    assert req.prompt_ids == tokenizer.encode(task.prompt(p, 0))[-(lengths[0] - 3) :] and shortened
+    assert req.params.stop == ["Question:"] and req.params.stop_token_ids == [tokenizer.eos_token_id]
