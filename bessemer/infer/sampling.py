@@ -2,8 +2,8 @@
 
 Every row has its own parameters and its own seed. Rows are grouped by the work they need (known on the host,
 so no device round trip): greedy rows take the argmax; rows with a top-k take `topk(k)` of their logits and
-never touch the rest of the vocabulary; top-p rows without a top-k sort their logits once; temperature-only
-rows sample in vocabulary order without sorting. A sampled row draws by inverse CDF: one uniform number per
+never touch the rest of the vocabulary; top-p rows without a top-k rank their logits (`rank_for_top_p`);
+temperature-only rows sample in vocabulary order without sorting. A sampled row draws by inverse CDF: one uniform number per
 row, a counter-based hash of (seed, position), is looked up in the cumulative weights of its candidates. So a
 row draws the same token whatever else is in the batch and whenever it joined, with no generator per row.
 """
@@ -82,14 +82,49 @@ def uniform(keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return (bits >> 8).to(torch.float32) / float(1 << 24)
 
 
-def draw_sorted(values: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def draw_sorted(
+    values: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor, total: torch.Tensor | None = None
+) -> torch.Tensor:
     """Column drawn per row [b] from logits sorted in descending order [b, W]: the smallest leading set whose
-    probability reaches top_p [b] (1: all) is kept, and `u` [b] is looked up in its cumulative weights."""
+    probability reaches top_p [b] (1: all) is kept, and `u` [b] is looked up in its cumulative weights.
+
+    total [b, 1]: the whole row's weight, sum(exp(logit - max logit)), when `values` is only its head."""
+    cum, kept = _nucleus(values, top_p, total)
+    return _lookup(cum, u, cum.gather(1, kept - 1), kept - 1)
+
+
+def _nucleus(values: torch.Tensor, top_p: torch.Tensor, total: torch.Tensor | None):
     weights = (values - values[:, :1]).exp()  # unnormalised: the leading logit weighs 1
     cum = weights.cumsum(-1)
+    total = cum[:, -1:] if total is None else total
     # a column stays while the mass before it is below top_p of the whole (the first one always stays)
-    kept = ((cum - weights) < top_p[:, None] * cum[:, -1:]).sum(-1, keepdim=True)
-    return _lookup(cum, u, cum.gather(1, kept - 1), kept - 1)
+    return cum, ((cum - weights) < top_p[:, None] * total).sum(-1, keepdim=True)
+
+
+HEAD = 1024  # top-p on the CPU first ranks this many logits, and sorts the whole row only if that is too few
+
+
+def rank_for_top_p(
+    scaled: torch.Tensor, top_p: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, ids, total) for `draw_sorted`: each row's logits [b, V] in descending order (ties: lower id
+    first), or only their head when that holds every row's nucleus, with the whole row's weight `total`.
+
+    On the CPU a full sort costs far more than `topk(HEAD)` plus one check read back on the host; on an
+    accelerator the sort is cheap and a read back would stall the step, so the row is always sorted."""
+    total = (scaled - scaled.amax(-1, keepdim=True)).exp().sum(-1, keepdim=True)
+    if scaled.device.type == "cpu" and scaled.shape[-1] > HEAD:
+        head = scaled.topk(HEAD, -1)
+        by_id = head.indices.sort(-1).indices  # the same order as a stable sort of the whole row
+        values, ids = head.values.gather(1, by_id), head.indices.gather(1, by_id)
+        order = torch.sort(values, dim=-1, descending=True, stable=True).indices
+        values, ids = values.gather(1, order), ids.gather(1, order)
+        # the nucleus must end above the head's lowest value: a token left out may tie with that one
+        _, kept = _nucleus(values, top_p, total)
+        if bool((kept < (values > values[:, -1:]).sum(-1, keepdim=True)).all()):
+            return values, ids, total
+    ranked = torch.sort(scaled, dim=-1, descending=True, stable=True)
+    return ranked.values, ranked.indices, total
 
 
 def draw_unsorted(values: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -116,31 +151,34 @@ def sample_next(
     """Next token ids [B] from logits [B, V]: row i follows params[i] (a host list), draws with keys[i] and
     positions[i] (device tensors [B]; the position the token will take)."""
     logits = logits.float()
-    out = logits.argmax(-1)
     vocab, device = logits.shape[-1], logits.device
     groups: dict[int, list[int]] = {}  # top_k (0: none) -> sampled rows; -1: top-p rows without a top-k
     for i, p in enumerate(params):
         if not p.greedy:
             k = min(p.top_k, vocab) if p.top_k > 0 else (-1 if p.top_p < 1 else 0)
             groups.setdefault(k, []).append(i)
+    greedy = len(groups) == 0 or sum(map(len, groups.values())) < len(params)
+    out = logits.argmax(-1) if greedy else torch.zeros(len(params), dtype=torch.long, device=device)
     if not groups:
         return out
     u = uniform(keys, positions)
     for k, rows in groups.items():
-        idx = _to_device(rows, device)
+        whole = len(rows) == len(params)  # the usual case: every row samples alike, nothing to gather
+        idx = None if whole else _to_device(rows, device)
+        scores = logits if whole else logits.index_select(0, idx)
+        draw = u if whole else u.index_select(0, idx)
         temperature = _to_device([params[i].temperature for i in rows], device)[:, None]
         top_p = _to_device([params[i].top_p for i in rows], device)
         if k == 0:  # temperature only: no order needed
-            token = draw_unsorted(logits[idx] / temperature, u[idx])
+            token = draw_unsorted(scores / temperature, draw)
+        elif k < 0:  # top-p alone: the nucleus's share is of the whole row
+            values, ids, total = rank_for_top_p(scores / temperature, top_p)
+            token = ids.gather(1, draw_sorted(values, top_p, draw, total)[:, None]).squeeze(1)
         else:  # a positive temperature keeps the order, so rank the raw logits and scale only the kept ones
-            ranked = (
-                logits[idx].topk(k, -1)
-                if k > 0
-                else torch.sort(logits[idx], dim=-1, descending=True, stable=True)
-            )
-            column = draw_sorted(ranked.values / temperature, top_p, u[idx])
+            ranked = scores.topk(k, -1)
+            column = draw_sorted(ranked.values / temperature, top_p, draw)
             token = ranked.indices.gather(1, column[:, None]).squeeze(1)
-        out = out.index_copy(0, idx, token)
+        out = token if whole else out.index_copy(0, idx, token)
     return out
 
 
@@ -171,5 +209,7 @@ class BatchSampler:
         """Tokens [len(rows)] for `rows` (also as device index `idx`), sampled at `positions` [len(rows)]."""
         params = [self.params[r] for r in rows]
         if any(p.repetition_penalty != 1 for p in params):
-            logits = apply_repetition_penalty(logits.float(), seen[idx], self.penalty[idx])
-        return sample_next(logits, params, self.keys[idx], positions)
+            logits = apply_repetition_penalty(
+                logits.float(), seen.index_select(0, idx), self.penalty.index_select(0, idx)
+            )
+        return sample_next(logits, params, self.keys.index_select(0, idx), positions)

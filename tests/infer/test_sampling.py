@@ -90,6 +90,18 @@ def test_a_rows_draw_depends_on_its_seed_and_position_only():
     assert (first != draws(flat, p, seed=2, n=500)).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("scale", [4.0, 0.1], ids=["nucleus-in-head", "nucleus-past-head"])
+def test_top_p_from_the_head_of_the_row_equals_the_full_sort(monkeypatch, scale):
+    import bessemer.infer.sampling as sampling
+
+    # whole-number logits: large groups of exact ties, which must fall the same way on both paths
+    logits = (torch.randn(2000, generator=torch.Generator().manual_seed(3)) * scale).round()
+    params = SamplingParams(temperature=0.9, top_p=0.9)
+    head = draws(logits, params, n=300)
+    monkeypatch.setattr(sampling, "HEAD", 10**6)  # every row sorted whole
+    assert torch.equal(head, draws(logits, params, n=300))
+
+
 def test_uniform_is_uniform_and_keyed():
     u = uniform(torch.full((50000,), seed_key(1)), torch.arange(50000))
     assert float(u.min()) >= 0 and float(u.max()) < 1
