@@ -3,6 +3,8 @@
 `DecodeBatch` is the one decode loop: `generate` runs a fixed batch through it, and the server's engine
 (bessemer.infer.engine) adds and removes rows between its steps (continuous batching). Each row sits at its
 own position; a prompt is right-padded with position -1, which the model and the cache treat as empty.
+`generate` uses the static cache (one row per prompt, the shape `--compile` needs); the engine uses the paged
+one, where rows with the same prompt prefix share its blocks and prefill only what follows.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ class Sequence:
 
 class DecodeBatch:
     """A KV cache of `max_batch` rows; sequences join free rows (prefill) and decode together (step).
+
+    With `paged`, a sequence joins only when the pool gives it blocks for its prompt and all of its new
+    tokens (`admit` takes as many as can join now), so a running row never runs out of cache.
 
     Row state that the model and the sampler read (last token, sampling parameters, tokens seen) lives on the
     device; positions are kept on the host, where they are known without asking. The one read back per step
