@@ -263,23 +263,21 @@ class DecodeBatch:
             row = free[len(group)]
             self.allocs[row] = alloc
             self.cache.set_table(row, alloc.table)
-            group.append((row, seq, alloc.cached_tokens))
+            group.append((row, seq, alloc))
             taken += 1
         if group:
             events += self._prefill_rows(group)
-            for row, _, _ in group:
-                self.blocks.computed(self.allocs[row])
         return taken, events
 
-    def _prefill_rows(self, group: list[tuple[int, Sequence, int]]) -> list[tuple[Sequence, str]]:
+    def _prefill_rows(self, group: list[tuple[int, Sequence, Allocation]]) -> list[tuple[Sequence, str]]:
         """Prefill each row's prompt from its first uncached position (paged cache)."""
         n = len(group)
-        width = max(len(s.prompt_ids) - cached for _, s, cached in group)
+        width = max(len(s.prompt_ids) - a.cached_tokens for _, s, a in group)
         tokens = torch.zeros(n, width, dtype=torch.long)
         positions = torch.full((n, width), -1, dtype=torch.long)
         seen = torch.zeros(n, self.seen.shape[1], dtype=torch.bool)
-        for j, (row, seq, cached) in enumerate(group):
-            t = len(seq.prompt_ids)
+        for j, (row, seq, alloc) in enumerate(group):
+            t, cached = len(seq.prompt_ids), alloc.cached_tokens
             tokens[j, : t - cached] = torch.tensor(seq.prompt_ids[cached:])
             positions[j, : t - cached] = torch.arange(cached, t)
             seen[j, seq.prompt_ids] = True
@@ -290,6 +288,8 @@ class DecodeBatch:
         rows = [row for row, _, _ in group]
         self.seen[torch.tensor(rows, device=self.device)] = seen.to(self.device)
         logits = prefill(self.model, tokens, positions, self.cache.rows(rows))
+        for _, _, alloc in group:  # before sampling, which may finish and release a row at once
+            self.blocks.computed(alloc)
         return self._sample(rows, logits)
 
     def _prefill_run(self, run: list[tuple[int, Sequence]]) -> list[tuple[Sequence, str]]:

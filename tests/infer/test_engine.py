@@ -103,3 +103,24 @@ def test_requests_wait_for_blocks_and_still_equal_their_solo_runs(model):
         assert engine.stats()["kv_blocks_available"] == 2
     finally:
         engine.stop()
+
+
+def test_int8_weights_through_the_paged_prefix_cache(model):
+    import copy
+
+    from bessemer.infer.quantize import quantize_int8
+
+    qmodel = quantize_int8(copy.deepcopy(model))
+    system = [(3 * j) % 250 + 1 for j in range(36)]
+    prompts = [system + [i + 1, i + 2] for i in range(3)]
+    params = SamplingParams(max_new_tokens=8)
+    solo = [generate(qmodel, [p], params)[0].output_ids for p in prompts]
+    engine = Engine(qmodel, max_batch=2, max_len=64, max_queue=4)
+    engine.start()
+    try:
+        seqs = [Sequence(p, params) for p in prompts]
+        run_all(engine, seqs)
+        assert [s.output_ids for s in seqs] == solo
+        assert engine.stats()["prefix_hit_tokens"] >= 32
+    finally:
+        engine.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -181,6 +183,9 @@ def test_prefix_cache_prefills_only_new_tokens_and_changes_no_token(params):
     assert batch.prefilled_tokens == len(a) + len(b) + len(c) - 2 * shared
     while batch.active():
         batch.step()
+    one = Sequence(a, dataclasses.replace(params, max_new_tokens=1))  # finishes (and frees) as it joins
+    batch.add([one])
+    assert one.output_ids == want[tuple(a)][:1] and batch.blocks.available == batch.blocks.num_blocks
     for seq in (first, second, third):
         assert seq.output_ids == want[tuple(seq.prompt_ids)]
 
