@@ -261,7 +261,9 @@ class DecodeBatch:
             if alloc is None:  # no blocks now, or its prefix is being computed in this group: next time
                 break
             row = free[len(group)]
-            self.allocs[row] = alloc
+            # from here a failure releases the blocks, naming only those known to be written
+            self.rows[row], self.allocs[row] = seq, alloc
+            self.next_pos[row] = alloc.cached_tokens
             self.cache.set_table(row, alloc.table)
             group.append((row, seq, alloc))
             taken += 1
@@ -281,7 +283,6 @@ class DecodeBatch:
             tokens[j, : t - cached] = torch.tensor(seq.prompt_ids[cached:])
             positions[j, : t - cached] = torch.arange(cached, t)
             seen[j, seq.prompt_ids] = True
-            self.rows[row] = seq
             self.next_pos[row] = t
             self.sampler.set_row(row, seq.params, seq.pick_seed())
             self.prefilled_tokens += t - cached

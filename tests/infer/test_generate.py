@@ -224,3 +224,26 @@ def test_a_multi_turn_chat_reuses_the_previous_reply():
     while batch.active():
         batch.step()
     assert turn2.output_ids == generate(model, [turn2.prompt_ids], params)[0].output_ids
+
+
+def test_a_failed_prefill_returns_its_blocks_and_names_none(monkeypatch):
+    import importlib
+
+    gen = importlib.import_module("bessemer.infer.generate")  # the module (the package exports a function)
+    model = build_model(tiny(), seed=0).eval()
+    batch = DecodeBatch(model, max_batch=2, max_len=64, paged=True)
+    batch.add([Sequence(list(range(1, 41)), SamplingParams(max_new_tokens=20))])  # row 0 reaches position 60
+    while batch.active():
+        batch.step()
+    cached = batch.blocks.cached
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(gen, "prefill", out_of_memory)
+    with pytest.raises(RuntimeError):
+        batch.add([Sequence(SYSTEM + [1], SamplingParams(max_new_tokens=4))])
+    for row in batch.active():  # what the engine does when a step fails
+        batch.release(row)
+    # nothing of the failed prompt is named (its keys were never written), all its blocks are back
+    assert batch.blocks.cached == cached and batch.blocks.available == batch.blocks.num_blocks
