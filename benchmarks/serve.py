@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -90,7 +91,7 @@ class Server:
         cmd += ["--device", args.device] if args.device else []
         cmd += ["--dtype", args.dtype] if args.dtype else []
         cmd += [] if prefix_cache else ["--no-prefix-cache"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**_env(), "PYTHONPATH": str(REPO)})
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
     def __enter__(self) -> Server:
         import httpx
@@ -120,12 +121,6 @@ class Server:
         import httpx
 
         return httpx.get(self.url + "/health", timeout=10).json()
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 async def conversation(http, url: str, model: str, system: str, client: int, args, ttfts: list[float]) -> int:
