@@ -25,6 +25,8 @@ SERVE_KEYS = (
     "cors_origins",
     "max_connections",
     "header_timeout_s",
+    "kv_blocks",
+    "prefix_cache",
 )
 
 
@@ -50,6 +52,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-connections", type=int, help="open connections before new ones get 429")
     p.add_argument("--header-timeout-s", type=float, help="seconds a client has to send its request headers")
+    p.add_argument(
+        "--kv-blocks",
+        type=int,
+        help="KV-cache blocks of 16 positions shared by all requests (default: max-batch full contexts)",
+    )
+    p.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_const",
+        const=False,
+        help="do not reuse the cached keys of an identical prompt prefix (every request prefills in full)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, cfg=None):

@@ -132,6 +132,8 @@ class ServeSection:
     cors_origins: list[str] = field(default_factory=list)  # web origins allowed to call it; empty: none
     max_connections: int = 256  # open connections; more are answered 429
     header_timeout_s: float = 10.0  # a client must send its request headers within this
+    kv_blocks: int = 0  # KV-cache blocks of 16 positions; 0: max_batch x the context each request may use
+    prefix_cache: bool = True  # share cached blocks of an identical prompt prefix between requests
 
 
 @dataclass

@@ -3,6 +3,11 @@
 Between two decode steps the engine drops cancelled requests, prefills waiting prompts into free rows, and
 then decodes every active row by one token. A finished or cancelled request frees its row at once, so a
 long generation never holds up a short one behind it.
+
+The cache is paged (bessemer.infer.blocks): a waiting request joins only when it can get the blocks for its
+whole prompt and max_new_tokens, so a running request never runs out; until then it waits at the head of
+the queue, and a full queue is answered 429 by the server. Requests with the same prompt prefix share
+its blocks, and a later one prefills only the tokens after its longest cached prefix.
 """
 
 from __future__ import annotations
@@ -43,13 +48,29 @@ class Engine:
     """Owns the model; `submit` from any thread, `stats` for monitoring; `start` / `stop` the loop."""
 
     def __init__(
-        self, model: Transformer, max_batch: int, max_len: int, max_queue: int, compile: bool = False
+        self,
+        model: Transformer,
+        max_batch: int,
+        max_len: int,
+        max_queue: int,
+        compile: bool = False,
+        kv_blocks: int = 0,
+        prefix_cache: bool = True,
     ):
-        """compile: torch.compile the decode step (the cache is then read whole: fixed shapes)."""
+        """compile: torch.compile the decode step on a static cache read whole (fixed shapes), without
+        paging or prefix caching. Otherwise the cache is paged: `kv_blocks` blocks (0: every row's full
+        context), shared between requests with the same prompt prefix unless `prefix_cache` is off."""
         self.model = model
         self.max_batch, self.max_len, self.max_queue = max_batch, max_len, max_queue
         self._batch = DecodeBatch(
-            model, max_batch, max_len, bucket=0 if compile else READ_BUCKET, compile=compile
+            model,
+            max_batch,
+            max_len,
+            bucket=0 if compile else READ_BUCKET,
+            compile=compile,
+            paged=not compile,
+            kv_blocks=kv_blocks,
+            prefix_cache=prefix_cache,
         )
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: dict[int, Request] = {}  # id(seq) -> request, for rows in the batch
@@ -75,6 +96,13 @@ class Engine:
     def submit(self, seq: Sequence, on_event: Callable[[str, str], None]) -> Request:
         """Queue a sequence; raises QueueFull when `max_queue` requests are already waiting."""
         if not self._batch.fits(seq):
+            length = len(seq.prompt_ids) + seq.params.max_new_tokens
+            if length <= self.max_len:
+                blocks = self._batch.blocks
+                raise ValueError(
+                    f"prompt + max_new_tokens ({length} positions) needs more than the {blocks.num_blocks} "
+                    f"KV-cache blocks of {blocks.block_size} positions this server has (serve --kv-blocks)"
+                )
             raise ValueError(f"prompt + max_new_tokens exceeds the engine's context of {self.max_len}")
         req = Request(seq, on_event)
         with self._cond:
@@ -93,13 +121,23 @@ class Engine:
 
     def stats(self) -> dict:
         with self._cond:
-            return {
+            batch = self._batch
+            out = {
                 "max_batch": self.max_batch,
                 "active": len(self._running),
-                "free_rows": len(self._batch.free()),
+                "free_rows": len(batch.free()),
                 "queued": len(self._waiting),
+                "prefilled_tokens": batch.prefilled_tokens,
                 **self._counts,
             }
+            if batch.blocks is not None:
+                out |= {
+                    "kv_blocks": batch.blocks.num_blocks,
+                    "kv_blocks_available": batch.blocks.available,
+                    "prefix_cached_blocks": batch.blocks.cached,
+                    "prefix_hit_tokens": batch.blocks.hit_tokens,
+                }
+            return out
 
     # -- engine thread ----------------------------------------------------------------------------------
 
@@ -119,7 +157,12 @@ class Engine:
                     for req in admit:
                         self._running[id(req.seq)] = req
                 try:
-                    events = self._batch.add([r.seq for r in admit]) if admit else []
+                    taken, events = self._batch.admit([r.seq for r in admit]) if admit else (0, [])
+                    if taken < len(admit):  # no KV blocks for the rest yet: they wait, first in line
+                        with self._cond:
+                            for req in reversed(admit[taken:]):
+                                del self._running[id(req.seq)]
+                                self._waiting.appendleft(req)
                     if self._batch.active():
                         events += self._batch.step()
                 except (

@@ -3,6 +3,8 @@
 `DecodeBatch` is the one decode loop: `generate` runs a fixed batch through it, and the server's engine
 (bessemer.infer.engine) adds and removes rows between its steps (continuous batching). Each row sits at its
 own position; a prompt is right-padded with position -1, which the model and the cache treat as empty.
+`generate` uses the static cache (one row per prompt, the shape `--compile` needs); the engine uses the paged
+one, where rows with the same prompt prefix share its blocks and prefill only what follows.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from dataclasses import dataclass, field
 import torch
 
 from bessemer.errors import ConfigError
+from bessemer.infer.blocks import Allocation, BlockManager
 from bessemer.infer.detokenize import IncrementalDetokenizer, StopMatcher
-from bessemer.infer.kv_cache import KVCache
+from bessemer.infer.kv_cache import KVCache, PagedKVCache
 from bessemer.infer.request import stop_token_ids  # noqa: F401 (callers such as eval import it from here)
 from bessemer.infer.sampling import BatchSampler, SamplingParams
 from bessemer.models import Transformer
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention mask a long prompt needs at once
 READ_BUCKET = 64  # see KVCache.bucket
+BLOCK_SIZE = 16  # positions per block of the paged cache
 
 
 @torch.no_grad()
@@ -115,6 +119,9 @@ class Sequence:
 class DecodeBatch:
     """A KV cache of `max_batch` rows; sequences join free rows (prefill) and decode together (step).
 
+    With `paged`, a sequence joins only when the pool gives it blocks for its prompt and all of its new
+    tokens (`admit` takes as many as can join now), so a running row never runs out of cache.
+
     Row state that the model and the sampler read (last token, sampling parameters, tokens seen) lives on the
     device; positions are kept on the host, where they are known without asking. The one read back per step
     is the chosen token ids, which the host needs to emit text and see stops.
@@ -127,16 +134,35 @@ class DecodeBatch:
         max_len: int,
         bucket: int = READ_BUCKET,
         compile: bool = False,
+        paged: bool = False,
+        kv_blocks: int = 0,
+        prefix_cache: bool = True,
     ):
-        """compile: torch.compile the decode step (prefill stays eager); use with bucket=0 for fixed shapes."""
+        """compile: torch.compile the decode step (prefill stays eager); use with bucket=0 for fixed shapes.
+
+        paged: keep the cache in blocks of BLOCK_SIZE positions, `kv_blocks` of them (0: enough for every
+        row's full context), shared between rows holding the same prompt prefix unless `prefix_cache` is
+        off. A sequence joins only when it can get the blocks for its prompt and all its new tokens.
+        """
+        if paged and compile:
+            raise ConfigError("compile: the compiled decode step uses the static cache; turn paging off")
         param = next(model.parameters())
         self.model, self.device = model, param.device
         self.compiled = compile
         self._decode_model = torch.compile(model) if compile else model
         self.max_len = max_len
-        self.cache = KVCache(
-            model.config, max_batch, max_len, param.device, _cache_dtype(model), bucket=bucket
-        )
+        dtype = _cache_dtype(model)
+        self.blocks: BlockManager | None = None
+        if paged:
+            kv_blocks = kv_blocks or max_batch * -(-max_len // BLOCK_SIZE)
+            self.blocks = BlockManager(kv_blocks, BLOCK_SIZE, prefix_cache)
+            self.cache = PagedKVCache(
+                model.config, kv_blocks, BLOCK_SIZE, max_batch, max_len, param.device, dtype
+            )
+        else:
+            self.cache = KVCache(model.config, max_batch, max_len, param.device, dtype, bucket=bucket)
+        self.allocs: list[Allocation | None] = [None] * max_batch
+        self.prefilled_tokens = 0  # prompt positions run through the model (cached prefixes are not)
         self.rows: list[Sequence | None] = [None] * max_batch
         self.next_pos = torch.zeros(max_batch, dtype=torch.long)  # host: the position each row decodes next
         self.last_token = torch.zeros(max_batch, dtype=torch.long, device=param.device)
@@ -154,31 +180,62 @@ class DecodeBatch:
         return [i for i, s in enumerate(self.rows) if s is None]
 
     def fits(self, seq: Sequence) -> bool:
-        return len(seq.prompt_ids) + seq.params.max_new_tokens <= self.max_len
+        """Whether `seq` can ever join: its context, and (paged) its blocks when the pool is all free."""
+        length = len(seq.prompt_ids) + seq.params.max_new_tokens
+        if self.blocks is not None and self.blocks.blocks_for(length) > self.blocks.num_blocks:
+            return False
+        return length <= self.max_len
 
     def release(self, row: int) -> None:
-        """Free a row (finished or cancelled); its cache slots read as empty from now on."""
-        self.rows[row] = None
+        """Free a row (finished or cancelled); its cache slots read as empty from now on (paged: its
+        blocks go back to the pool, those holding a full block of tokens stay cached for later prompts)."""
+        seq, alloc = self.rows[row], self.allocs[row]
+        self.rows[row] = self.allocs[row] = None
         self.sampler.clear_row(row)
-        self.cache.reset_rows([row])
+        if alloc is None:
+            self.cache.reset_rows([row])
+            return
+        self.blocks.extend_names(alloc, seq.prompt_ids + seq.output_ids, int(self.next_pos[row]))
+        self.blocks.release(alloc)
 
     def add(self, seqs: list[Sequence]) -> list[tuple[Sequence, str]]:
-        """Prefill `seqs` into the lowest free rows and sample each one's first token; returns (seq, text)."""
-        free = self.free()
-        if len(seqs) > len(free):
-            raise ValueError(f"{len(seqs)} sequences for {len(free)} free rows")
-        events = []
-        todo = []
+        """Prefill `seqs` into free rows and sample each one's first token; returns (seq, text)."""
+        if len([s for s in seqs if not s.finished]) > len(self.free()):
+            raise ValueError(f"{len(seqs)} sequences for {len(self.free())} free rows")
+        events: list[tuple[Sequence, str]] = []
+        while seqs:
+            taken, got = self.admit(seqs)
+            if not taken:
+                raise ConfigError(
+                    f"kv cache: {self.blocks.available} free blocks of {BLOCK_SIZE} positions cannot hold a "
+                    f"prompt of {len(seqs[0].prompt_ids)} tokens + {seqs[0].params.max_new_tokens} new ones; "
+                    "give the cache more blocks"
+                )
+            events += got
+            seqs = seqs[taken:]
+        return events
+
+    def admit(self, seqs: list[Sequence]) -> tuple[int, list[tuple[Sequence, str]]]:
+        """Prefill as many of the leading `seqs` as free rows (and blocks) allow now, sampling each one's
+        first token; returns how many joined and their (seq, text) events."""
         for seq in seqs:
-            if seq.finished:  # max_new_tokens == 0
-                events.append((seq, ""))
-                continue
-            if not self.fits(seq):
+            if not seq.finished and not self.fits(seq):
                 raise ConfigError(
                     f"prompt of {len(seq.prompt_ids)} tokens + max_new_tokens {seq.params.max_new_tokens} "
                     f"exceeds the context of {self.max_len}; shorten the prompt or ask for fewer tokens"
                 )
-            todo.append((free[len(todo)], seq))
+        if self.blocks is not None:
+            return self._admit_paged(seqs)
+        free = self.free()
+        events, todo, taken = [], [], 0
+        for seq in seqs:
+            if seq.finished:  # max_new_tokens == 0
+                events.append((seq, ""))
+            elif len(todo) < len(free):
+                todo.append((free[len(todo)], seq))
+            else:
+                break
+            taken += 1
         # rows next to each other prefill in one padded forward
         runs: list[list[tuple[int, Sequence]]] = []
         for row, seq in todo:
@@ -188,7 +245,53 @@ class DecodeBatch:
                 runs.append([(row, seq)])
         for run in runs:
             events += self._prefill_run(run)
-        return events
+        return taken, events
+
+    def _admit_paged(self, seqs: list[Sequence]) -> tuple[int, list[tuple[Sequence, str]]]:
+        free = self.free()
+        events, group, taken = [], [], 0
+        for seq in seqs:
+            if seq.finished:
+                events.append((seq, ""))
+                taken += 1
+                continue
+            if len(group) == len(free):
+                break
+            alloc = self.blocks.allocate(seq.prompt_ids, len(seq.prompt_ids) + seq.params.max_new_tokens)
+            if alloc is None:  # no blocks now, or its prefix is being computed in this group: next time
+                break
+            row = free[len(group)]
+            # from here a failure releases the blocks, naming only those known to be written
+            self.rows[row], self.allocs[row] = seq, alloc
+            self.next_pos[row] = alloc.cached_tokens
+            self.cache.set_table(row, alloc.table)
+            group.append((row, seq, alloc))
+            taken += 1
+        if group:
+            events += self._prefill_rows(group)
+        return taken, events
+
+    def _prefill_rows(self, group: list[tuple[int, Sequence, Allocation]]) -> list[tuple[Sequence, str]]:
+        """Prefill each row's prompt from its first uncached position (paged cache)."""
+        n = len(group)
+        width = max(len(s.prompt_ids) - a.cached_tokens for _, s, a in group)
+        tokens = torch.zeros(n, width, dtype=torch.long)
+        positions = torch.full((n, width), -1, dtype=torch.long)
+        seen = torch.zeros(n, self.seen.shape[1], dtype=torch.bool)
+        for j, (row, seq, alloc) in enumerate(group):
+            t, cached = len(seq.prompt_ids), alloc.cached_tokens
+            tokens[j, : t - cached] = torch.tensor(seq.prompt_ids[cached:])
+            positions[j, : t - cached] = torch.arange(cached, t)
+            seen[j, seq.prompt_ids] = True
+            self.next_pos[row] = t
+            self.sampler.set_row(row, seq.params, seq.pick_seed())
+            self.prefilled_tokens += t - cached
+        rows = [row for row, _, _ in group]
+        self.seen[torch.tensor(rows, device=self.device)] = seen.to(self.device)
+        logits = prefill(self.model, tokens, positions, self.cache.rows(rows))
+        for _, _, alloc in group:  # before sampling, which may finish and release a row at once
+            self.blocks.computed(alloc)
+        return self._sample(rows, logits)
 
     def _prefill_run(self, run: list[tuple[int, Sequence]]) -> list[tuple[Sequence, str]]:
         first, n = run[0][0], len(run)
@@ -206,6 +309,7 @@ class DecodeBatch:
         self.seen[first : first + n] = False
         self.seen[first : first + n].scatter_(1, tokens.to(self.device), True)
         view = self.cache.rows(first, first + n)
+        self.prefilled_tokens += int((positions >= 0).sum())
         logits = prefill(self.model, tokens, positions, view)
         return self._sample([row for row, _ in run], logits)
 
@@ -214,6 +318,13 @@ class DecodeBatch:
         active = self.active()
         if not active:
             return []
+        if self.blocks is not None:  # a paged batch is made of exactly the active rows
+            positions = self.next_pos[active][:, None]
+            view = self.cache.rows(active)
+            view.next_top = int(positions.max())
+            logits = decode_step(self.model, self.last_token[active, None], positions.to(self.device), view)
+            self.next_pos[active] += 1
+            return self._sample(active, logits)
         # decode only the span of rows in use; a compiled step keeps one shape and decodes every row
         lo, hi = (0, self.max_batch) if self.compiled else (active[0], active[-1] + 1)
         idle = torch.tensor([self.rows[i] is None for i in range(lo, hi)])

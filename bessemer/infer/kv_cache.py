@@ -79,3 +79,73 @@ class KVCache:
         view.key_positions = self.key_positions[start:stop]
         view._slots, view._read, view.next_top = None, self.max_len + 1, None
         return view
+
+
+class PagedKVCache:
+    """Keys and values in a pool of fixed-size blocks per layer, [num_blocks * block_size + 1, H_kv, D]; each
+    row of the batch reads its positions through a block table (bessemer.infer.blocks decides the tables).
+
+    The model sees the same interface as KVCache: `prepare` writes this step's slots and `update` returns a
+    contiguous [B, H_kv, S, D] view per layer, gathered from the row's blocks. Gathering copies the keys once
+    per layer and step (on a GPU that is one extra read and write of the sequence's cache: a paged attention
+    kernel would read the blocks in place); in exchange the results equal the static cache's exactly.
+    The last slot of the pool absorbs padding writes.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        max_batch: int,
+        max_len: int,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.block_size, self.max_len = block_size, max_len
+        self.spare = num_blocks * block_size
+        shape = (self.spare + 1, cfg.kv_heads, cfg.dim_per_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        # host copy of every row's block table; unused entries point at block 0 and are masked by position
+        self.tables = torch.zeros(max_batch, -(-max_len // block_size), dtype=torch.long)
+        self._rows: torch.Tensor | None = None
+        self._slots = self._read = None
+        self.next_top: int | None = None
+
+    def set_table(self, row: int, blocks: list[int]) -> None:
+        self.tables[row] = 0
+        self.tables[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+
+    def rows(self, rows: list[int]) -> PagedKVCache:
+        """The cache as seen by a batch made of `rows` (in that order); shares the pool."""
+        view = object.__new__(PagedKVCache)
+        view.__dict__.update(self.__dict__)
+        view._rows = self.tables[rows].to(self.k[0].device)
+        view.next_top = None
+        return view
+
+    def prepare(self, positions: torch.Tensor) -> torch.Tensor:
+        if self._rows is None:
+            raise ValueError("PagedKVCache: call rows([...]) to pick the batch's rows first")
+        top = self.next_top if self.next_top is not None else int(positions.max())
+        self.next_top = None
+        if top >= self.max_len:
+            raise ValueError(f"position {top} is beyond the cache length {self.max_len}")
+        bs = self.block_size
+        pos = positions.clamp(min=0)
+        slots = self._rows.gather(1, pos // bs) * bs + pos % bs
+        self._slots = torch.where(positions >= 0, slots, self.spare)
+        # read whole blocks up to the step's top: every row's history lies below its current position
+        span = torch.arange(-(-(top + 1) // bs) * bs, device=positions.device)
+        self._read = self._rows[:, span // bs] * bs + span % bs
+        # a row sees its positions up to the highest it writes now (an idle row, position -1, sees none)
+        seen = positions.max(1, keepdim=True).values
+        return torch.where(span[None] <= seen, span[None], -1)
+
+    def update(self, layer_id: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pool_k, pool_v = self.k[layer_id], self.v[layer_id]
+        flat = self._slots.reshape(-1)
+        pool_k[flat] = k.transpose(1, 2).reshape(flat.numel(), *pool_k.shape[1:]).to(pool_k.dtype)
+        pool_v[flat] = v.transpose(1, 2).reshape(flat.numel(), *pool_v.shape[1:]).to(pool_v.dtype)
+        return pool_k[self._read].transpose(1, 2), pool_v[self._read].transpose(1, 2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ from bessemer.infer.request import RequestError, build_request
 from bessemer.infer.sampling import SamplingParams
 
 PUBLIC_PATHS = ("/", "/health", "/openapi.json")  # the chat page asks for the key itself
+log = logging.getLogger(__name__)
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 429)}
 
 
@@ -60,6 +62,10 @@ def check_settings(s: ServeSection) -> ServeSection:
     for key in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "max_batch", "max_connections"):
         if getattr(s, key) < 1:
             raise ConfigError(f"serve.{key}={getattr(s, key)}: use 1 or more")
+    if s.kv_blocks < 0:
+        raise ConfigError(
+            f"serve.kv_blocks={s.kv_blocks}: use 0 (enough for max_batch full contexts) or more"
+        )
     if s.max_queue < 0:
         raise ConfigError(f"serve.max_queue={s.max_queue}: use 0 or more")
     if not s.header_timeout_s > 0:
@@ -80,12 +86,21 @@ def engine_context_len(loaded: InferenceModel, settings: ServeSection) -> int:
 
 
 def build_engine(loaded: InferenceModel, settings: ServeSection, compile: bool = False) -> Engine:
+    """The engine for `settings`; a compiled decode step runs on a static cache (no paging, no prefix cache)."""
+    if compile and settings.kv_blocks:
+        raise ConfigError(
+            f"serve.kv_blocks={settings.kv_blocks}: --compile uses a static cache without blocks; drop one"
+        )
+    if compile and settings.prefix_cache:
+        log.info("--compile: the compiled decode step uses a static cache, so prefix caching is off")
     return Engine(
         loaded.model,
         max_batch=settings.max_batch,
         max_len=engine_context_len(loaded, settings),
         max_queue=settings.max_queue,
         compile=compile,
+        kv_blocks=settings.kv_blocks,
+        prefix_cache=settings.prefix_cache,
     )
 
 

@@ -120,6 +120,14 @@ def test_serve_reads_its_section(tmp_path, tiny_ckpt):
     )
     s = settings_from_args(args)
     assert (s.port, s.max_batch, s.cors_origins, s.host) == (9002, 3, ["http://app.example"], "127.0.0.1")
+    assert (s.kv_blocks, s.prefix_cache) == (0, True)
+    cfg.write_text("[serve]\nkv_blocks = 64\n")
+    args = build_parser().parse_args(["serve", "--checkpoint", str(tiny_ckpt), "--config", str(cfg)])
+    assert (settings_from_args(args).kv_blocks, settings_from_args(args).prefix_cache) == (64, True)
+    args = build_parser().parse_args(
+        ["serve", "--checkpoint", str(tiny_ckpt), "--kv-blocks", "32", "--no-prefix-cache"]
+    )
+    assert (settings_from_args(args).kv_blocks, settings_from_args(args).prefix_cache) == (32, False)
 
 
 @pytest.mark.slow

@@ -79,3 +79,48 @@ def test_queue_bound_and_cancel(model):
         assert engine.stats()["free_rows"] == 1 and long.output_ids == []
     finally:
         engine.stop()
+
+
+def test_a_request_larger_than_the_block_pool_is_refused_at_once(model):
+    engine = Engine(model, max_batch=2, max_len=64, max_queue=4, kv_blocks=2)
+    with pytest.raises(ValueError, match="--kv-blocks"):
+        engine.submit(Sequence([1, 2, 3], SamplingParams(max_new_tokens=40)), lambda *_: None)
+    with pytest.raises(ValueError, match="context of 64"):
+        engine.submit(Sequence([1, 2, 3], SamplingParams(max_new_tokens=62)), lambda *_: None)
+
+
+def test_requests_wait_for_blocks_and_still_equal_their_solo_runs(model):
+    # two blocks: one request of up to 32 positions at a time, though there are rows for four
+    prompts = [[(5 * i + j) % 250 + 1 for j in range(4 + i)] for i in range(5)]
+    params = SamplingParams(max_new_tokens=20)
+    solo = [generate(model, [p], params)[0].output_ids for p in prompts]
+    engine = Engine(model, max_batch=4, max_len=64, max_queue=8, kv_blocks=2)
+    engine.start()
+    try:
+        seqs = [Sequence(p, params) for p in prompts]
+        run_all(engine, seqs)
+        assert [s.output_ids for s in seqs] == solo
+        assert engine.stats()["kv_blocks_available"] == 2
+    finally:
+        engine.stop()
+
+
+def test_int8_weights_through_the_paged_prefix_cache(model):
+    import copy
+
+    from bessemer.infer.quantize import quantize_int8
+
+    qmodel = quantize_int8(copy.deepcopy(model))
+    system = [(3 * j) % 250 + 1 for j in range(36)]
+    prompts = [system + [i + 1, i + 2] for i in range(3)]
+    params = SamplingParams(max_new_tokens=8)
+    solo = [generate(qmodel, [p], params)[0].output_ids for p in prompts]
+    engine = Engine(qmodel, max_batch=2, max_len=64, max_queue=4)
+    engine.start()
+    try:
+        seqs = [Sequence(p, params) for p in prompts]
+        run_all(engine, seqs)
+        assert [s.output_ids for s in seqs] == solo
+        assert engine.stats()["prefix_hit_tokens"] >= 32
+    finally:
+        engine.stop()

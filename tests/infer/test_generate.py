@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -149,3 +151,99 @@ def test_context_overflow_is_refused():
     model = build_model(tiny(max_seq_len=16), seed=0).eval()
     with pytest.raises(ConfigError, match="max_seq_len 16"):
         generate(model, PROMPTS[:1], SamplingParams(max_new_tokens=10))
+
+
+SYSTEM = [(11 * j) % 250 + 3 for j in range(40)]  # a shared system prompt: two full blocks of 16 and a part
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(max_new_tokens=12), SamplingParams(max_new_tokens=12, temperature=0.9, top_k=40, seed=3)],
+    ids=["greedy", "seeded-sampling"],
+)
+def test_prefix_cache_prefills_only_new_tokens_and_changes_no_token(params):
+    model = build_model(tiny(n_kv_heads=2), seed=0).eval()
+    a, b, c = SYSTEM + [1, 2, 3, 4, 5], SYSTEM + [6, 7, 8, 9, 10, 11, 12], SYSTEM + [13]
+    want = {tuple(p): generate(model, [p], params)[0].output_ids for p in (a, b, c)}  # static cache
+    shared = 32  # the prompt's full blocks before its last token
+
+    batch = DecodeBatch(model, max_batch=3, max_len=64, paged=True)
+    first = Sequence(a, params)
+    batch.add([first])
+    assert batch.prefilled_tokens == len(a)
+    for _ in range(4):
+        batch.step()
+    second = Sequence(b, params)
+    batch.add([second])  # joins while the first is decoding: shares its live blocks
+    assert batch.prefilled_tokens == len(a) + len(b) - shared
+    while batch.active():
+        batch.step()
+    third = Sequence(c, params)
+    batch.add([third])  # after both finished: the blocks are still cached
+    assert batch.prefilled_tokens == len(a) + len(b) + len(c) - 2 * shared
+    while batch.active():
+        batch.step()
+    one = Sequence(a, dataclasses.replace(params, max_new_tokens=1))  # finishes (and frees) as it joins
+    batch.add([one])
+    assert one.output_ids == want[tuple(a)][:1] and batch.blocks.available == batch.blocks.num_blocks
+    for seq in (first, second, third):
+        assert seq.output_ids == want[tuple(seq.prompt_ids)]
+
+    # two requests arriving together: the second waits for the first's prefill, then shares it
+    together = DecodeBatch(model, max_batch=2, max_len=64, paged=True)
+    seqs = [Sequence(a, params), Sequence(b, params)]
+    together.add(seqs)
+    assert together.prefilled_tokens == len(a) + len(b) - shared
+    while together.active():
+        together.step()
+    assert [s.output_ids for s in seqs] == [want[tuple(a)], want[tuple(b)]]
+
+    # switched off: every prompt is prefilled in full, with the same tokens
+    off = DecodeBatch(model, max_batch=2, max_len=64, paged=True, prefix_cache=False)
+    seqs = [Sequence(a, params), Sequence(b, params)]
+    off.add(seqs)
+    while off.active():
+        off.step()
+    assert off.prefilled_tokens == len(a) + len(b)
+    assert [s.output_ids for s in seqs] == [want[tuple(a)], want[tuple(b)]]
+
+
+def test_a_multi_turn_chat_reuses_the_previous_reply():
+    model = build_model(tiny(), seed=0).eval()
+    params = SamplingParams(max_new_tokens=20)
+    batch = DecodeBatch(model, max_batch=1, max_len=128, paged=True)
+    turn1 = Sequence(SYSTEM + [1, 2], params)
+    batch.add([turn1])
+    while batch.active():
+        batch.step()
+    history = turn1.prompt_ids + turn1.output_ids  # 62 tokens, of which 61 were run through the model
+    before = batch.prefilled_tokens
+    turn2 = Sequence(history + [4, 5, 6], params)
+    batch.add([turn2])
+    assert batch.prefilled_tokens - before == len(turn2.prompt_ids) - 48  # three full blocks reused
+    while batch.active():
+        batch.step()
+    assert turn2.output_ids == generate(model, [turn2.prompt_ids], params)[0].output_ids
+
+
+def test_a_failed_prefill_returns_its_blocks_and_names_none(monkeypatch):
+    import importlib
+
+    gen = importlib.import_module("bessemer.infer.generate")  # the module (the package exports a function)
+    model = build_model(tiny(), seed=0).eval()
+    batch = DecodeBatch(model, max_batch=2, max_len=64, paged=True)
+    batch.add([Sequence(list(range(1, 41)), SamplingParams(max_new_tokens=20))])  # row 0 reaches position 60
+    while batch.active():
+        batch.step()
+    cached = batch.blocks.cached
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(gen, "prefill", out_of_memory)
+    with pytest.raises(RuntimeError):
+        batch.add([Sequence(SYSTEM + [1], SamplingParams(max_new_tokens=4))])
+    for row in batch.active():  # what the engine does when a step fails
+        batch.release(row)
+    # nothing of the failed prompt is named (its keys were never written), all its blocks are back
+    assert batch.blocks.cached == cached and batch.blocks.available == batch.blocks.num_blocks

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bessemer.infer.kv_cache import KVCache
+from bessemer.infer.kv_cache import KVCache, PagedKVCache
 from bessemer.models import ModelConfig, build_model
 
 
@@ -24,6 +24,44 @@ def test_cached_steps_equal_full_recompute(kw):
         for t in range(12, 20):
             steps.append(model(tokens[:, t : t + 1], positions=torch.full((2, 1), t), cache=cache))
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"n_kv_heads": 2, "sliding_window": 5}, {"position": "alibi", "norm_head": True}],
+    ids=["llama", "mistral-window", "baichuan-alibi"],
+)
+def test_paged_cache_steps_equal_full_recompute(kw):
+    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64, **kw)
+    model = build_model(cfg, seed=0).eval()
+    tokens = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+    cache = PagedKVCache(cfg, num_blocks=12, block_size=4, max_batch=3, max_len=32)
+    # scattered, out-of-order blocks: row 0 of the batch is cache row 2, row 1 is cache row 0
+    cache.set_table(2, [7, 1, 4, 10, 3])
+    cache.set_table(0, [2, 9, 0, 5, 11])
+    with torch.no_grad():
+        full = model(tokens)
+        pos = torch.arange(12).expand(2, 12)
+        steps = [model(tokens[:, :12], positions=pos, cache=cache.rows([2, 0]))]
+        for t in range(12, 20):
+            view = cache.rows([2, 0])
+            steps.append(model(tokens[:, t : t + 1], positions=torch.full((2, 1), t), cache=view))
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_paged_rows_share_a_prefix_block_and_prefill_only_the_rest():
+    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64)
+    model = build_model(cfg, seed=0).eval()
+    prefix = torch.randint(0, 101, (1, 8), generator=torch.Generator().manual_seed(1))
+    a, b = torch.cat([prefix, torch.tensor([[5, 6, 7]])], 1), torch.cat([prefix, torch.tensor([[9]])], 1)
+    cache = PagedKVCache(cfg, num_blocks=8, block_size=4, max_batch=2, max_len=16)
+    cache.set_table(0, [3, 5, 0])
+    cache.set_table(1, [3, 5, 6])  # the two prefix blocks are row 0's
+    with torch.no_grad():
+        model(a, cache=cache.rows([0]))
+        # row 1 runs only its own token, at position 8, over the shared blocks
+        out = model(b[:, 8:], positions=torch.tensor([[8]]), cache=cache.rows([1]))
+        assert torch.allclose(out[0, -1], model(b)[0, -1], atol=1e-5)
 
 
 def test_rows_at_different_positions_with_padding():

@@ -233,3 +233,61 @@ def test_full_queue_answers_429(loaded):
             assert queued["r"].status_code == 200
             assert queued["r"].json()["usage"]["completion_tokens"] == 3
         wait_for(lambda: engine.stats()["active"] == 0, what="rows to empty")
+
+
+def test_a_request_without_kv_blocks_waits_and_a_full_queue_answers_429(loaded):
+    # rows to spare, but the long request holds every block: the next one waits for blocks, not for a row
+    blocks = -(-(len(loaded.tokenizer.encode(PROMPT)) + 900) // 16)  # the long request's: all of the pool
+    settings = dict(max_batch=4, max_queue=1, max_tokens=900, max_prompt_tokens=24, kv_blocks=blocks)
+    with running_server(loaded, **settings) as (url, engine):
+        long = {"prompt": PROMPT, "max_tokens": 900, "temperature": 0, "stream": True, "ignore_eos": True}
+        short = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0}
+        with httpx.Client(timeout=60) as http:
+            whole_pool = http.post(url + "/v1/completions", json={**long, "max_tokens": 20, "stream": False})
+            with http.stream("POST", url + "/v1/completions", json=long) as first:
+                lines = first.iter_lines()
+                first_event(lines)
+                queued = {}
+                waiter = threading.Thread(
+                    target=lambda: queued.update(
+                        r=httpx.post(url + "/v1/completions", json=short, timeout=60)
+                    )
+                )
+                waiter.start()
+                wait_for(lambda: engine.stats()["queued"] == 1, what="the second request to wait")
+                assert engine.stats()["free_rows"] == 3 and engine.stats()["kv_blocks_available"] == 0
+                third = http.post(url + "/v1/completions", json=short)
+                assert third.status_code == 429 and error_of(third)["type"] == "rate_limit_error"
+            waiter.join(timeout=60)  # the first stream closed: its blocks went to the waiting request
+            assert queued["r"].status_code == 200
+            assert queued["r"].json()["usage"]["completion_tokens"] == 3
+        assert whole_pool.status_code == 200
+        wait_for(lambda: engine.stats()["active"] == 0, what="rows to empty")
+        assert engine.stats()["kv_blocks_available"] == blocks
+
+
+def test_requests_sharing_a_system_prompt_reuse_its_blocks(loaded):
+    system = "You are a careful assistant who answers briefly. " * 4
+    with running_server(loaded, max_batch=2) as (url, engine):
+        http_client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        answers = []
+        for question in ("What is a lighthouse?", "Who keeps it?"):
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            reply = http_client.chat.completions.create(
+                model=loaded.name, messages=messages, max_tokens=8, temperature=0
+            )
+            answers.append((messages, reply.choices[0].message.content))
+        stats = engine.stats()
+        assert (
+            stats["prefix_hit_tokens"] >= 32
+            and stats["prefilled_tokens"] < 2 * len(loaded.tokenizer.encode(system)) + 60
+        )
+    # the same answers as a server that caches nothing
+    with running_server(loaded, max_batch=2, prefix_cache=False) as (url, engine):
+        http_client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        for messages, text in answers:
+            reply = http_client.chat.completions.create(
+                model=loaded.name, messages=messages, max_tokens=8, temperature=0
+            )
+            assert reply.choices[0].message.content == text
+        assert engine.stats()["prefix_hit_tokens"] == 0
