@@ -322,27 +322,35 @@ class DecodeBatch:
             positions = self.next_pos[active][:, None]
             view = self.cache.rows(active)
             view.next_top = int(positions.max())
+            self.next_pos[active] += 1  # where the tokens sampled now go (positions above is a copy)
+            prepared = self._prepare_sample(active)  # host-to-device copies before the forward is queued
             logits = decode_step(self.model, self.last_token[active, None], positions.to(self.device), view)
-            self.next_pos[active] += 1
-            return self._sample(active, logits)
+            return self._sample(active, logits, prepared)
         # decode only the span of rows in use; a compiled step keeps one shape and decodes every row
         lo, hi = (0, self.max_batch) if self.compiled else (active[0], active[-1] + 1)
         idle = torch.tensor([self.rows[i] is None for i in range(lo, hi)])
         positions = torch.where(idle, -1, self.next_pos[lo:hi])[:, None]
         view = self.cache.rows(lo, hi) if (lo, hi) != (0, self.max_batch) else self.cache
         view.next_top = int(positions.max())
+        self.next_pos[active] += 1  # where the tokens sampled now go (positions above is a copy)
+        prepared = self._prepare_sample(active)  # host-to-device copies before the forward is queued
+        keep = torch.tensor([i - lo for i in active]).to(self.device) if len(active) < hi - lo else None
         logits = decode_step(
             self._decode_model, self.last_token[lo:hi, None], positions.to(self.device), view
         )
-        self.next_pos[active] += 1
-        if len(active) < hi - lo:
-            logits = logits[torch.tensor([i - lo for i in active], device=self.device)]
-        return self._sample(active, logits)
+        if keep is not None:
+            logits = logits[keep]
+        return self._sample(active, logits, prepared)
 
-    def _sample(self, rows: list[int], logits: torch.Tensor) -> list[tuple[Sequence, str]]:
-        idx = torch.tensor(rows, device=self.device)
-        # the token sampled now goes to position next_pos; it keys the row's random draw
-        positions = self.next_pos[rows].to(self.device)
+    def _prepare_sample(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' index and the positions their next tokens go to (which key their random draws), on the
+        device. Made before a forward is queued: a copy from host memory would otherwise wait for it."""
+        return torch.tensor(rows).to(self.device), self.next_pos[rows].to(self.device)
+
+    def _sample(
+        self, rows: list[int], logits: torch.Tensor, prepared: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> list[tuple[Sequence, str]]:
+        idx, positions = prepared if prepared is not None else self._prepare_sample(rows)
         chosen = self.sampler.sample(rows, idx, logits, positions, self.seen)
         self.last_token[idx] = chosen
         self.seen[idx, chosen] = True
@@ -371,6 +379,18 @@ def context_len(model: Transformer, prompts: list[list[int]], max_new_tokens: in
     return need
 
 
+COMPILED_LEN_STEP = 256
+
+
+def cache_len(model: Transformer, prompts: list[list[int]], max_new_tokens: int, compile: bool) -> int:
+    """context_len, rounded up for a compiled step: the graph is specialised on the cache length, so one length
+    per 256 keeps chat turns and calls on one graph instead of recompiling (and falling back to eager)."""
+    need = context_len(model, prompts, max_new_tokens)
+    if not compile:
+        return need
+    return min(-(-need // COMPILED_LEN_STEP) * COMPILED_LEN_STEP, model.config.max_seq_len)
+
+
 def generate(
     model: Transformer,
     prompts: list[list[int]],
@@ -383,7 +403,7 @@ def generate(
     seqs = [Sequence(list(p), sp, tokenizer) for p, sp in zip(prompts, plist)]
     if not seqs:
         return []
-    max_len = context_len(model, prompts, max(p.max_new_tokens for p in plist))
+    max_len = cache_len(model, prompts, max(p.max_new_tokens for p in plist), compile)
     batch = DecodeBatch(model, len(seqs), max_len, bucket=0 if compile else READ_BUCKET, compile=compile)
     batch.add(seqs)
     while batch.active():
@@ -396,7 +416,7 @@ def stream(
 ) -> Iterator[str]:
     """Decode one prompt, yielding text as soon as it is complete; the Sequence is returned at the end."""
     seq = Sequence(list(prompt_ids), params, tokenizer)
-    max_len = context_len(model, [prompt_ids], params.max_new_tokens)
+    max_len = cache_len(model, [prompt_ids], params.max_new_tokens, compile)
     batch = DecodeBatch(model, 1, max_len, bucket=0 if compile else READ_BUCKET, compile=compile)
     events = batch.add([seq])
     while True:
