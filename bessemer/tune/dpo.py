@@ -24,6 +24,7 @@ from bessemer.errors import ConfigError, DataError
 from bessemer.tune.dpo_reference import (
     IGNORE,
     ModelReference,
+    forward,
     frozen_copy,
     precomputed_reference,
     sequence_logps,
@@ -84,6 +85,8 @@ class PreferenceBatches:
         self.micro, self.accum = tc.micro_batch_size, trainer.accum_steps
         self.global_pairs, self.dp_rank = trainer.global_batch_size, trainer.dp_rank
         self.vocab_size = trainer.model_cfg.vocab_size
+        # sequence parallelism splits the padded width over the tp ranks: make it divisible
+        self.width_multiple = trainer.dims.tp if trainer.cfg.parallel.sequence_parallel else 1
         self.taken = 0
 
     def __iter__(self):
@@ -104,7 +107,8 @@ class PreferenceBatches:
         """Documents `rows` as one right-padded batch cut to seq_len + 1 tokens."""
         seqs = [np.asarray(self.docs[r][: self.seq_len + 1], dtype=np.int64) for r in rows]
         masks = [np.asarray(self.masks[r][: self.seq_len + 1], dtype=np.int64) for r in rows]
-        width = max(len(s) for s in seqs)
+        multiple = self.width_multiple
+        width = -(-(max(len(s) for s in seqs) - 1) // multiple) * multiple + 1  # inputs, labels: one shorter
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         for i, (s, m) in enumerate(zip(seqs, masks)):
@@ -112,7 +116,13 @@ class PreferenceBatches:
             labels[i, : len(s)] = torch.from_numpy(np.where(m > 0, s, IGNORE))
         if int(ids.max()) >= self.vocab_size:
             raise DataError(f"token id {int(ids.max())} >= the model's vocabulary {self.vocab_size}")
-        return {"tokens": ids[:, :-1], "labels": labels[:, 1:], "rows": torch.tensor(rows)}
+        positions = torch.arange(width - 1).expand(len(rows), width - 1)
+        return {
+            "tokens": ids[:, :-1],
+            "labels": labels[:, 1:],
+            "positions": positions,
+            "rows": torch.tensor(rows),
+        }
 
     def state_dict(self) -> dict:
         return {"taken": self.taken}
@@ -165,12 +175,12 @@ class DPOStep:
 
     def forward_backward(self, batch: dict, global_targets: float) -> torch.Tensor:
         t = self.trainer
-        tokens, labels = batch["tokens"].to(t.device), batch["labels"].to(t.device)
+        batch = {k: v.to(t.device) for k, v in batch.items()}
         with t._loss_context():  # tensor parallel: log-probabilities of vocabulary-sharded logits
             with t._autocast():
-                logits = t.stages[0](tokens)
-            logps, lengths = sequence_logps(logits, labels)
-            ref_logps = self.reference.logps(tokens, labels, batch["rows"])
+                logits = forward(t.stages[0], batch)
+            logps, lengths = sequence_logps(logits, batch["labels"])
+            ref_logps = self.reference.logps(batch)
             losses, chosen, rejected = dpo_loss(self.cfg, logps, ref_logps, lengths)
             loss = losses.sum() / t.global_batch_size
             loss.backward()

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from bessemer import device as devices
@@ -54,6 +55,18 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return token.view(labels.shape).sum(-1), keep.sum(-1)
 
 
+def forward(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Logits of a preference batch (positions given: with sequence parallelism the model sees a shard)."""
+    return model(batch["tokens"], positions=batch["positions"])
+
+
+def reshard(model: nn.Module) -> None:
+    """Free what FSDP keeps gathered after a forward without backward (units that skip resharding after it)."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 class ModelReference:
     """Reference log-probabilities from a forward pass: of a frozen copy, or of the model with adapters off."""
 
@@ -61,11 +74,13 @@ class ModelReference:
         self.trainer, self.model, self.adapters_off = trainer, model, adapters_off
 
     @torch.no_grad()
-    def logps(self, tokens: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def logps(self, batch: dict) -> torch.Tensor:
         off = adapters_disabled(self.model) if self.adapters_off else contextlib.nullcontext()
         with off, self.trainer._autocast():
-            logits = self.model(tokens)
-        return sequence_logps(logits, labels)[0]
+            logits = forward(self.model, batch)
+        if not self.adapters_off:
+            reshard(self.model)
+        return sequence_logps(logits, batch["labels"])[0]
 
 
 class TableReference:
@@ -74,8 +89,8 @@ class TableReference:
     def __init__(self, values: torch.Tensor):
         self.values = values
 
-    def logps(self, tokens: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return self.values[rows].to(tokens.device)
+    def logps(self, batch: dict) -> torch.Tensor:
+        return self.values[batch["rows"].cpu()].to(batch["labels"].device)
 
 
 def frozen_copy(trainer) -> nn.Module:
@@ -214,14 +229,15 @@ def compute_table(trainer, batches, adapters_off: bool) -> torch.Tensor:
             for round_ in range(math.ceil(len(chunks) / t.dp_size)):
                 i = round_ * t.dp_size + t.dp_rank
                 rows = chunks[i] if i < len(chunks) else chunks[0]
-                batch = batches.collate(rows)
+                batch = {k: v.to(t.device) for k, v in batches.collate(rows).items()}
                 with t._autocast():
-                    logits = model(batch["tokens"].to(t.device))
-                logps = sequence_logps(logits, batch["labels"].to(t.device))[0]
+                    logits = forward(model, batch)
+                logps = sequence_logps(logits, batch["labels"])[0]
                 if i < len(chunks):
                     values[rows] = logps.double().cpu()
     finally:
         model.train(was_training)
+        reshard(model)  # the optimizer, built next, must see the sharded parameters
     if t.dp_size > 1:  # each row is filled by one rank; adding zeros is exact
         summed = values.to(devices.collective_device(t.device))
         dist.all_reduce(summed, group=t.mesh["dp"].get_group())
