@@ -182,7 +182,8 @@ def load_table(path: Path, key: dict, n_rows: int) -> torch.Tensor:
         with np.load(path, allow_pickle=False) as f:
             recorded, values = json.loads(str(f["key"])), np.asarray(f["logps"])
     except (OSError, ValueError, KeyError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable DPO reference table ({exc}); {fix}") from None
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path}: not a readable DPO reference table ({why}); {fix}") from None
     if recorded != key:
         differ = sorted(k for k in set(key) | set(recorded) if key.get(k) != recorded.get(k))
         raise DataError(

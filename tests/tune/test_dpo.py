@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from bessemer.cli.main import main
 from bessemer.config import load_config
+from bessemer.data.indexed import IndexedDatasetWriter, mask_prefix, meta_path
 from bessemer.errors import ConfigError, DataError
 from bessemer.train.trainer import Trainer
 from bessemer.tune.dpo_reference import TableReference
-from tests.train.conftest import losses, tiny_overrides
+from tests.train.conftest import losses, tiny_overrides, write_config
 from tests.tune.conftest import ALL_TARGETS, N_PAIRS, make_pairs, write_pairs
 
 STEPS, LR, BETA = 3, 5e-3, 0.1
@@ -171,16 +173,35 @@ def test_dpo_resume_is_exact(pairs_dataset, base_run, tmp_path):
 
 
 def test_dpo_refuses_data_without_pairs_and_bad_settings(
-    synthetic_dataset, pairs_dataset, base_run, tmp_path
+    synthetic_dataset, pairs_dataset, base_run, tmp_path, capsys
 ):
-    with pytest.raises(
-        DataError, match="not pairs; DPO needs a dataset from `bessemer prepare --handler preference`"
-    ):
-        Trainer(load_config(None, dpo_overrides(synthetic_dataset, base_run, tmp_path / "a")))
+    config = write_config(tmp_path / "a.toml", dpo_overrides(synthetic_dataset, base_run, tmp_path / "a"))
+    assert main(["train", "--config", str(config)]) != 0
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("not pairs; DPO needs a dataset from `bessemer prepare --handler preference`"), line
     with pytest.raises(ConfigError, match="dpo.loss='kto': use one of sigmoid, ipo, hinge"):
         Trainer(
             load_config(None, dpo_overrides(pairs_dataset, base_run, tmp_path / "b", **{"dpo.loss": '"kto"'}))
         )
+    with pytest.raises(ConfigError, match="dpo.reference='cached': use frozen, precomputed"):
+        Trainer(
+            load_config(
+                None, dpo_overrides(pairs_dataset, base_run, tmp_path / "b", **{"dpo.reference": '"cached"'})
+            )
+        )
+    half = tmp_path / "half"  # a pair's rejected answer lost
+    with (
+        IndexedDatasetWriter(half, np.uint16) as docs,
+        IndexedDatasetWriter(mask_prefix(half), np.uint8) as masks,
+    ):
+        for doc in ([5, 6, 7], [5, 6, 8], [9, 9, 9]):
+            docs.add_document(np.asarray(doc, dtype=np.uint16))
+            masks.add_document(np.asarray([0, 1, 1], dtype=np.uint8))
+    meta_path(half).write_text(json.dumps({"handler": "preference", "pairs": 2}))
+    with pytest.raises(
+        DataError, match="half: 3 documents with 3 loss masks are not whole pairs; prepare it again"
+    ):
+        Trainer(load_config(None, dpo_overrides(str(half), base_run, tmp_path / "b")))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -224,7 +245,7 @@ def test_precomputed_reference_equals_frozen_and_holds_no_reference_model(base_r
     assert len(list((tmp_path / "data").glob("pref.ref-*.npz"))) == 3
 
 
-def test_a_mismatched_reference_table_is_refused_in_one_line(base_run, tmp_path):
+def test_a_mismatched_reference_table_is_refused_in_one_line(base_run, tmp_path, capsys):
     data = write_pairs(tmp_path / "pref")
     pre = {"dpo.reference": '"precomputed"', "train.steps": 1}
     Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "a", **pre)))
