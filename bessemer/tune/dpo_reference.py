@@ -56,8 +56,8 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 def forward(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Logits of a preference batch (positions given: with sequence parallelism the model sees a shard)."""
-    return model(batch["tokens"], positions=batch["positions"])
+    """Logits of a preference batch (its positions given: with sequence parallelism the model sees a shard)."""
+    return model(batch["tokens"], positions=batch.get("positions"))
 
 
 def reshard(model: nn.Module) -> None:
