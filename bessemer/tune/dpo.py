@@ -170,11 +170,14 @@ class DPOStep:
             self.reference = ModelReference(trainer, frozen_copy(trainer), adapters_off=False)
         self._reset()
 
-    def _reset(self) -> None:
+    def _reset(self, step: int = -1) -> None:
         self.sums = torch.zeros(4, dtype=torch.float64)  # rewards/chosen, rewards/rejected, margin, accuracy
+        self.sums_step = step  # the optimizer step they belong to (metrics are logged every log.interval)
 
     def forward_backward(self, batch: dict, global_targets: float) -> torch.Tensor:
         t = self.trainer
+        if self.sums_step != t.step:
+            self._reset(t.step)
         batch = {k: v.to(t.device) for k, v in batch.items()}
         with t._loss_context():  # tensor parallel: log-probabilities of vocabulary-sharded logits
             with t._autocast():
@@ -200,7 +203,6 @@ class DPOStep:
             sums = sums.to(devices.collective_device(t.device))
             dist.all_reduce(sums, group=t.mesh["dp"].get_group())
         values = (sums.cpu() / t.global_batch_size).tolist()
-        self._reset()
         names = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy")
         return {k: v for k, v in zip(names, values) if math.isfinite(v)}
 

@@ -233,8 +233,12 @@ def test_precomputed_reference_equals_frozen_and_holds_no_reference_model(base_r
 
     # a second run reads the table, unchanged; another seq_len or re-prepared data gets a table of its own
     written = table.stat().st_mtime_ns
-    again = Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "again", **pre)))
+    again = Trainer(
+        load_config(None, dpo_overrides(data, base_run, tmp_path / "again", **pre, **{"log.interval": 2}))
+    )
     assert torch.equal(again.dpo.reference.values, reference.values) and table.stat().st_mtime_ns == written
+    again.train()  # logged every 2 steps: the rewards are still those of the logged step alone
+    assert_same_steps(records(tmp_path / "again"), records(tmp_path / "pre")[1:], rel=0)
     Trainer(
         load_config(None, dpo_overrides(data, base_run, tmp_path / "short", **pre, **{"train.seq_len": 8}))
     )
