@@ -255,6 +255,7 @@ def precomputed_reference(trainer, batches, adapters_off: bool) -> TableReferenc
         values = load_table(path, key, n_rows)
         log.info("dpo: reference log-probabilities read from %s", path)
         return TableReference(values)
+    log.info("dpo: a first pass scores %d documents with the reference model for %s", n_rows, path)
     values = compute_table(trainer, batches, adapters_off)
     if trainer.rank == 0:
         save_table(path, key, values)
