@@ -163,7 +163,7 @@ class DPOSection:
     beta: float = 0.1
     loss: str = "sigmoid"  # sigmoid, ipo, hinge
     label_smoothing: float = 0.0  # sigmoid only
-    reference: str = "frozen"  # the starting model (with LoRA: the base, adapters switched off)
+    reference: str = "frozen"  # the starting model (with LoRA: the base, adapters off); or "precomputed"
 
 
 @dataclass

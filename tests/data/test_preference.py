@@ -86,3 +86,7 @@ def test_missing_rejected_names_file_and_line_and_writes_nothing(tmp_path, demo_
     assert "missing 'rejected'" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "ok"), "--skip-bad"]) == 0
     assert json.loads((tmp_path / "ok.meta.json").read_text())["pairs"] == 1
+    no_chosen = write_rows(tmp_path / "c.jsonl", [{"prompt": "p", "rejected": "r"}])
+    with pytest.raises(DataError, match=r"c.jsonl:line 1: missing 'chosen'; preference rows need chosen and"):
+        prepare_preference([str(no_chosen)], str(tmp_path / "c"), str(demo_tokenizer_dir))
+    assert not list(tmp_path.glob("c.*bin"))

@@ -13,44 +13,16 @@ import numpy as np
 import pytest
 import torch
 
+from bessemer.cli.main import main
 from bessemer.config import load_config
 from bessemer.data.indexed import IndexedDatasetWriter, mask_prefix, meta_path
 from bessemer.errors import ConfigError, DataError
 from bessemer.train.trainer import Trainer
-from tests.train.conftest import losses, tiny_overrides
-from tests.tune.conftest import ALL_TARGETS
+from bessemer.tune.dpo_reference import TableReference
+from tests.train.conftest import losses, tiny_overrides, write_config
+from tests.tune.conftest import ALL_TARGETS, N_PAIRS, make_pairs, write_pairs
 
-N_PAIRS, STEPS, LR, BETA = 4, 3, 5e-3, 0.1
-
-
-def make_pairs(seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    ids = lambda n: rng.integers(3, 500, n).tolist()  # noqa: E731
-    return [
-        {
-            "prompt_ids": ids(rng.integers(4, 8)),
-            "chosen_ids": ids(rng.integers(2, 6)),
-            "rejected_ids": ids(rng.integers(2, 6)),
-        }
-        for _ in range(N_PAIRS)
-    ]
-
-
-@pytest.fixture(scope="module")
-def pairs_dataset(tmp_path_factory):
-    prefix = tmp_path_factory.mktemp("pairs") / "pref"
-    with (
-        IndexedDatasetWriter(prefix, np.uint16) as docs,
-        IndexedDatasetWriter(mask_prefix(prefix), np.uint8) as masks,
-    ):
-        for pair in make_pairs():
-            for answer in (pair["chosen_ids"], pair["rejected_ids"]):
-                docs.add_document(np.asarray(pair["prompt_ids"] + answer, dtype=np.uint16))
-                masks.add_document(
-                    np.asarray([0] * len(pair["prompt_ids"]) + [1] * len(answer), dtype=np.uint8)
-                )
-    meta_path(prefix).write_text(json.dumps({"handler": "preference", "pairs": N_PAIRS}))
-    return str(prefix)
+STEPS, LR, BETA = 3, 5e-3, 0.1
 
 
 def dpo_overrides(data, base, out, **extra) -> list[str]:
@@ -201,14 +173,103 @@ def test_dpo_resume_is_exact(pairs_dataset, base_run, tmp_path):
 
 
 def test_dpo_refuses_data_without_pairs_and_bad_settings(
-    synthetic_dataset, pairs_dataset, base_run, tmp_path
+    synthetic_dataset, pairs_dataset, base_run, tmp_path, capsys
 ):
-    with pytest.raises(
-        DataError, match="not pairs; DPO needs a dataset from `bessemer prepare --handler preference`"
-    ):
-        Trainer(load_config(None, dpo_overrides(synthetic_dataset, base_run, tmp_path / "a")))
+    config = write_config(tmp_path / "a.toml", dpo_overrides(synthetic_dataset, base_run, tmp_path / "a"))
+    assert main(["train", "--config", str(config)]) != 0
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("not pairs; DPO needs a dataset from `bessemer prepare --handler preference`"), line
     with pytest.raises(ConfigError, match="dpo.loss='kto': use one of sigmoid, ipo, hinge"):
         Trainer(
             load_config(None, dpo_overrides(pairs_dataset, base_run, tmp_path / "b", **{"dpo.loss": '"kto"'}))
         )
+    with pytest.raises(ConfigError, match="dpo.reference='cached': use frozen, precomputed"):
+        Trainer(
+            load_config(
+                None, dpo_overrides(pairs_dataset, base_run, tmp_path / "b", **{"dpo.reference": '"cached"'})
+            )
+        )
+    half = tmp_path / "half"  # a pair's rejected answer lost
+    with (
+        IndexedDatasetWriter(half, np.uint16) as docs,
+        IndexedDatasetWriter(mask_prefix(half), np.uint8) as masks,
+    ):
+        for doc in ([5, 6, 7], [5, 6, 8], [9, 9, 9]):
+            docs.add_document(np.asarray(doc, dtype=np.uint16))
+            masks.add_document(np.asarray([0, 1, 1], dtype=np.uint8))
+    meta_path(half).write_text(json.dumps({"handler": "preference", "pairs": 2}))
+    with pytest.raises(
+        DataError, match="half: 3 documents with 3 loss masks are not whole pairs; prepare it again"
+    ):
+        Trainer(load_config(None, dpo_overrides(str(half), base_run, tmp_path / "b")))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def records(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_steps(got: list[dict], want: list[dict], rel: float) -> None:
+    """Per-step loss and rewards agree (the precomputed table batches documents differently: a few ulps)."""
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for ours, theirs in zip(got, want):
+        for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy"):
+            assert ours[key] == pytest.approx(theirs[key], rel=rel, abs=1e-7), (key, ours, theirs)
+
+
+def test_precomputed_reference_equals_frozen_and_holds_no_reference_model(base_run, tmp_path):
+    data = write_pairs(tmp_path / "data" / "pref")  # the table is written beside this copy
+    frozen = Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "frozen")))
+    assert isinstance(frozen.dpo.reference.model, torch.nn.Module)  # the copy a precomputed run does without
+    frozen.train()
+    pre = {"dpo.reference": '"precomputed"'}
+    trainer = Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "pre", **pre)))
+    reference = trainer.dpo.reference
+    assert isinstance(reference, TableReference) and reference.values.shape == (2 * N_PAIRS,)
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(trainer.dpo).values())
+    trainer.train()
+    assert_same_steps(records(tmp_path / "pre"), records(tmp_path / "frozen"), rel=1e-5)
+    (table,) = (tmp_path / "data").glob("pref.ref-*.npz")
+
+    # a second run reads the table, unchanged; another seq_len or re-prepared data gets a table of its own
+    written = table.stat().st_mtime_ns
+    again = Trainer(
+        load_config(None, dpo_overrides(data, base_run, tmp_path / "again", **pre, **{"log.interval": 2}))
+    )
+    assert torch.equal(again.dpo.reference.values, reference.values) and table.stat().st_mtime_ns == written
+    again.train()  # logged every 2 steps: the rewards are still those of the logged step alone
+    assert_same_steps(records(tmp_path / "again"), records(tmp_path / "pre")[1:], rel=0)
+    Trainer(
+        load_config(None, dpo_overrides(data, base_run, tmp_path / "short", **pre, **{"train.seq_len": 8}))
+    )
+    assert len(list((tmp_path / "data").glob("pref.ref-*.npz"))) == 2
+    write_pairs(tmp_path / "data" / "pref", seed=1)
+    redone = Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "redone", **pre)))
+    assert not torch.equal(redone.dpo.reference.values, reference.values)
+    assert len(list((tmp_path / "data").glob("pref.ref-*.npz"))) == 3
+
+
+def test_a_mismatched_reference_table_is_refused_in_one_line(base_run, tmp_path, capsys):
+    data = write_pairs(tmp_path / "pref")
+    pre = {"dpo.reference": '"precomputed"', "train.steps": 1}
+    Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "a", **pre)))
+    (table,) = tmp_path.glob("pref.ref-*.npz")
+    with np.load(table) as f:
+        key, logps = json.loads(str(f["key"])), f["logps"]
+    np.savez(
+        table.with_suffix(".tmp.npz"), key=np.array(json.dumps({**key, "checkpoint": "other"})), logps=logps
+    )
+    table.with_suffix(".tmp.npz").replace(table)
+    with pytest.raises(
+        DataError, match=r"ref-\w+\.npz: reference log-probabilities computed for another checkpoint "
+    ):
+        Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "b", **pre)))
+    np.savez(table.with_suffix(".tmp.npz"), key=np.array(json.dumps(key)), logps=logps[:3])
+    table.with_suffix(".tmp.npz").replace(table)
+    with pytest.raises(DataError, match=r"expected 8 finite float32 log-probabilities, found float32 \(3,\)"):
+        Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "c", **pre)))
+    table.write_bytes(b"not a table")
+    with pytest.raises(
+        DataError, match="not a readable DPO reference table .*; delete it and the run computes it"
+    ):
+        Trainer(load_config(None, dpo_overrides(data, base_run, tmp_path / "d", **pre)))
