@@ -1,5 +1,6 @@
-"""Fine-tuning cost: peak memory and tokens/s of full fine-tuning, LoRA and DPO with LoRA, same model, batch
-(sequences per step; DPO's are pairs of half as many prompts) and start weights.
+"""Fine-tuning cost: peak memory and tokens/s of full fine-tuning, LoRA (fp32 base, and the frozen base in bf16:
+`lora.base_dtype`) and DPO with LoRA, same model, batch (sequences per step; DPO's are pairs of half as many
+prompts) and start weights.
 
 Each method runs in its own child process (peak RSS on CPU only ever grows within a process), on synthetic
 tokens through the trainer's own step; the parent prints both and LoRA's ratios against full fine-tuning.
@@ -25,7 +26,7 @@ from bessemer.config import load_config
 from bessemer.models import build_model, get_preset
 from bessemer.train.trainer import Trainer
 
-METHODS = ("full", "lora", "dpo-lora")
+METHODS = ("full", "lora", "lora-bf16", "dpo-lora")
 
 
 class SyntheticPairs:
@@ -69,6 +70,8 @@ def measure(args: argparse.Namespace) -> dict:
     ]
     if args.method != "full":
         over += [f"lora.rank={args.rank}", 'lora.targets=["q","k","v","o","gate","up","down"]']
+    if args.method == "lora-bf16":
+        over += ['lora.base_dtype="bfloat16"']
     if args.method == "dpo-lora":  # pairs: half the prompts, so the same sequences per step
         over += ["dpo.enabled=true", f"train.micro_batch_size={max(args.batch // 2, 1)}"]
         trainer = Trainer(load_config(None, over), data_factory=SyntheticPairs)
@@ -138,7 +141,7 @@ def main() -> None:
     )
     for name, r in results.items():
         print(
-            f"{name:8s} trainable {r['trainable']:>13,}  tokens/s {r['tokens_per_s']:>10,.0f}  "
+            f"{name:9s} trainable {r['trainable']:>13,}  tokens/s {r['tokens_per_s']:>10,.0f}  "
             f"peak {r['memory_kind']} {r['memory_gib']:.3f} GiB"
         )
     for name in METHODS[1:]:
