@@ -12,8 +12,9 @@ unsharded gradient and the reduce-scatter buffer, 3 copies) plus 256 MiB of acti
 allocator slack and gloo buffers. `--before TREE_OR_COMMIT` runs the same jobs against another checkout (a
 commit is exported with `git archive`), e.g. a14d1dc, the last commit that built a full replica on every rank.
 
-    python benchmarks/memory.py --preset llama-1b --layers 6        # ~300M parameters, ~2 min on 2 cores
-    python benchmarks/memory.py --preset llama-1b --before a14d1dc  # 1.1B: needs ~21 GiB free, ~4 min
+    python benchmarks/memory.py --preset llama-1b --layers 4 --before a14d1dc  # 0.31B: ~12 GiB, ~10 min loaded
+    python benchmarks/memory.py --preset llama-1b                  # 1.1B: 4 x ~5.6 GiB = ~23 GiB of host memory
+    python benchmarks/memory.py --preset llama-1b --before a14d1dc  # + the full-replica build: ~40 GiB in all
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def report(label: str, results: dict[str, list[dict]], overhead: int) -> bool:
             print(
                 f"{label:7s} {name:8s} rank {r['rank']}: base {r['base'] / MIB:7.0f}  built +"
                 f"{(r['built'] - r['base']) / MIB:7.0f}  peak +{used / MIB:7.0f} MiB | share {r['share'] / MIB:7.0f}"
-                f"  bound {bound / MIB:7.0f}  replica {r['replica'] / MIB:7.0f}  peak/bound {used / bound:.2f}"
+                f"  bound {bound / MIB:7.0f}  replica {r['replica'] / MIB:7.0f}  peak/share {used / r['share']:.2f}"
+                f"  peak/bound {used / bound:.2f}"
                 f"  {'ok' if used <= bound else 'OVER'}"
             )
     return ok
