@@ -79,7 +79,8 @@ def _lora_forward(module: nn.Module, args: tuple, output: torch.Tensor) -> torch
     x = args[0].to(module.lora_A.dtype)
     if module.lora_dropout and module.training:
         x = F.dropout(x, module.lora_dropout, training=True)
-    update = F.linear(F.linear(x, module.lora_A), module.lora_B) * module.lora_scale
+    # scaled in the rank-sized intermediate, not the output-sized update: one pass less over the output
+    update = F.linear(F.linear(x, module.lora_A) * module.lora_scale, module.lora_B)
     return output + update.to(output.dtype)
 
 
