@@ -1,10 +1,15 @@
-"""Fine-tuning cost: peak memory and tokens/s of full fine-tuning, LoRA and DPO with LoRA, same model, batch
-(sequences per step; DPO's are pairs of half as many prompts) and start weights.
+"""Fine-tuning cost: peak memory and tokens/s of full fine-tuning, LoRA (fp32 base, and the frozen base in bf16:
+`lora.base_dtype`) and DPO with LoRA, same model, batch (sequences per step; DPO's are pairs of half as many
+prompts) and start weights.
 
 Each method runs in its own child process (peak RSS on CPU only ever grows within a process), on synthetic
 tokens through the trainer's own step; the parent prints both and LoRA's ratios against full fine-tuning.
     python benchmarks/finetune.py --preset tiny --layers 4 --seq-len 256 --batch 2           # CPU smoke
+    python benchmarks/finetune.py --preset llama-1b --seq-len 128 --batch 1 --steps 3 --warmup 1 \
+        --methods full,lora,dpo-lora                                  # 1.1B on CPU: ~19 GiB, ~5 min
     python benchmarks/finetune.py --preset llama2-7b --seq-len 2048 --batch 1 --dtype bfloat16  # one GPU
+On a CPU without bf16 matrix kernels (no AVX512-BF16/AMX) lora-bf16 saves memory but runs several times slower;
+the CPU figure is the process's peak resident set, torch itself (~0.3 GiB) included.
 Goal (issue 14): LoRA peak memory <= 40% of full fine-tuning's at 1B and above, tokens/s >= 1.3x.
 """
 
@@ -25,7 +30,7 @@ from bessemer.config import load_config
 from bessemer.models import build_model, get_preset
 from bessemer.train.trainer import Trainer
 
-METHODS = ("full", "lora", "dpo-lora")
+METHODS = ("full", "lora", "lora-bf16", "dpo-lora")
 
 
 class SyntheticPairs:
@@ -69,6 +74,8 @@ def measure(args: argparse.Namespace) -> dict:
     ]
     if args.method != "full":
         over += [f"lora.rank={args.rank}", 'lora.targets=["q","k","v","o","gate","up","down"]']
+    if args.method == "lora-bf16":
+        over += ['lora.base_dtype="bfloat16"']
     if args.method == "dpo-lora":  # pairs: half the prompts, so the same sequences per step
         over += ["dpo.enabled=true", f"train.micro_batch_size={max(args.batch // 2, 1)}"]
         trainer = Trainer(load_config(None, over), data_factory=SyntheticPairs)
@@ -116,6 +123,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"some of {','.join(METHODS)}; full comes first"
+    )
     p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # set in the child processes
     p.add_argument("--base", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -126,7 +136,10 @@ def main() -> None:
         base = Path(tmp) / "base"
         write_base(args, base)
         results = {}
-        for method in METHODS:
+        methods = ["full", *(m for m in args.methods.split(",") if m != "full")]
+        for method in methods:
+            if method not in METHODS:
+                sys.exit(f"--methods: {method!r} is not one of {', '.join(METHODS)}")
             cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method, "--base", str(base)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[method] = json.loads(out.strip().splitlines()[-1])
@@ -138,10 +151,10 @@ def main() -> None:
     )
     for name, r in results.items():
         print(
-            f"{name:8s} trainable {r['trainable']:>13,}  tokens/s {r['tokens_per_s']:>10,.0f}  "
+            f"{name:9s} trainable {r['trainable']:>13,}  tokens/s {r['tokens_per_s']:>10,.0f}  "
             f"peak {r['memory_kind']} {r['memory_gib']:.3f} GiB"
         )
-    for name in METHODS[1:]:
+    for name in methods[1:]:
         r = results[name]
         print(
             f"{name} / full: memory {r['memory_gib'] / full['memory_gib']:.2f}x, "

@@ -153,6 +153,7 @@ class LoRASection:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])  # q k v o gate up down
     modules_to_save: list[str] = field(default_factory=list)  # trained in full and saved: embeddings, head
+    base_dtype: str = "float32"  # the frozen base's storage and compute dtype: float32 or bfloat16
 
 
 @dataclass

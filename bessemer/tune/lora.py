@@ -37,6 +37,7 @@ TARGETS = {
 # modules trained in full beside the adapters -> their name in the model
 SAVABLE = {"embeddings": "tok_embeddings", "head": "output"}
 ADAPTER_SUFFIXES = (".lora_A", ".lora_B")
+BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def lora_enabled(cfg: LoRASection) -> bool:
@@ -47,6 +48,8 @@ def check_lora_config(cfg: LoRASection) -> None:
     """Refuse, in one line, a [lora] section that names no module or has a value out of range."""
     if cfg.rank < 0:
         raise ConfigError(f"lora.rank={cfg.rank}: use a positive rank (e.g. 8), or 0 to train every weight")
+    if cfg.base_dtype not in BASE_DTYPES:
+        raise ConfigError(f"lora.base_dtype={cfg.base_dtype!r}: use {' or '.join(BASE_DTYPES)}")
     if not lora_enabled(cfg):
         return
     if not cfg.targets:
@@ -76,7 +79,8 @@ def _lora_forward(module: nn.Module, args: tuple, output: torch.Tensor) -> torch
     x = args[0].to(module.lora_A.dtype)
     if module.lora_dropout and module.training:
         x = F.dropout(x, module.lora_dropout, training=True)
-    update = F.linear(F.linear(x, module.lora_A), module.lora_B) * module.lora_scale
+    # scaled in the rank-sized intermediate, not the output-sized update: one pass less over the output
+    update = F.linear(F.linear(x, module.lora_A) * module.lora_scale, module.lora_B)
     return output + update.to(output.dtype)
 
 
@@ -145,6 +149,30 @@ def init_adapter(name: str, full: torch.Tensor, seed: int) -> None:
     full.copy_(a.to(full.dtype))
 
 
+def cast_frozen_base(model: nn.Module, dtype: torch.dtype) -> None:
+    """Store every frozen floating parameter in `dtype` (half the memory in bf16) and let it compute there.
+
+    Adapters and `modules_to_save` keep their fp32 (so do their gradients and optimizer state). A Linear whose
+    input arrives in another dtype than its weight (at a boundary between a trained fp32 module and the
+    bf16 base) casts the input first; the adapter update is computed in fp32 and added in the output's dtype.
+    """
+    if dtype == torch.float32:
+        return
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if not p.requires_grad and p.is_floating_point():
+                setattr(module, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
+        if isinstance(module, nn.Linear):
+            module.register_forward_pre_hook(_input_to_weight_dtype)
+
+
+def _input_to_weight_dtype(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    if x.is_floating_point() and x.dtype != module.weight.dtype:
+        return (x.to(module.weight.dtype), *args[1:])
+    return args
+
+
 def trainable_state_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
@@ -173,6 +201,7 @@ def adapt_for_training(model: nn.Module, job) -> nn.Module:
                 "run); set train.finetune"
             )
         apply_lora(model, cfg, job.train.seed)
+        cast_frozen_base(model, BASE_DTYPES[cfg.base_dtype])
     return model
 
 

@@ -58,6 +58,43 @@ def test_lora_resume_equals_uninterrupted_run(synthetic_dataset, base_run, tmp_p
     assert losses(run) == losses(tmp_path / "full")
 
 
+def test_bf16_base_trains_fp32_adapters_with_the_fp32_base_losses(synthetic_dataset, base_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from bessemer.tune.peft_io import export_peft
+
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        over = lora_overrides(
+            synthetic_dataset, base_run, tmp_path / dtype, **{"lora.base_dtype": f'"{dtype}"'}
+        )
+        runs[dtype] = trainer = Trainer(load_config(None, over))
+        trainer.train()
+    trainer = runs["bfloat16"]
+    frozen = [p for p in trainer.model.parameters() if not p.requires_grad]
+    trainable = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert frozen and {p.dtype for p in frozen} == {torch.bfloat16}
+    assert len(trainable) == 2 * 7 * 2 and all(p.dtype == torch.float32 for p in trainable.values())
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in trainable.values()}
+    for state in trainer.optimizer.state.values():
+        assert {v.dtype for v in state.values() if v.ndim} == {torch.float32}
+    ckpt = tmp_path / "bfloat16" / "checkpoints" / "step-000006"
+    stored = dcp.FileSystemReader(str(ckpt / "state")).read_metadata().state_dict_metadata
+    assert {k.removeprefix("model.") for k in stored if k.startswith("model.")} == set(trainable)
+    # Each bf16 weight and activation is rounded to 8 significant bits (relative error <= 2**-9), and the
+    # loss averages many such roundings: it stays within one bf16 rounding step (2**-8) of the fp32-base loss.
+    fp32, bf16 = losses(tmp_path / "float32"), losses(tmp_path / "bfloat16")
+    assert fp32.keys() == bf16.keys()
+    for step in fp32:
+        assert bf16[step] == pytest.approx(fp32[step], rel=2**-8), step
+    assert bf16 != fp32  # the base really computed in bf16
+    exported = load_file(export_peft(tmp_path / "bfloat16", tmp_path / "peft") / "adapter_model.safetensors")
+    assert len(exported) == len(trainable) and {t.dtype for t in exported.values()} == {torch.float32}
+    wq = trainer.model.layers["0"].attention.wq
+    assert torch.equal(exported["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"], wq.lora_B)
+
+
 def test_update_is_scaled_low_rank_product_and_can_be_switched_off():
     from bessemer.config.schema import LoRASection
     from bessemer.models import build_model, get_preset
@@ -87,6 +124,7 @@ def test_update_is_scaled_low_rank_product_and_can_be_switched_off():
         ({"lora.modules_to_save": '["lm_head"]'}, "valid names: embeddings, head"),
         ({"lora.rank": -1}, "lora.rank=-1"),
         ({"lora.dropout": 1.5}, "lora.dropout=1.5"),
+        ({"lora.base_dtype": '"float16"'}, "lora.base_dtype='float16': use float32 or bfloat16"),
     ],
 )
 def test_bad_lora_config_is_one_line(synthetic_dataset, base_run, tmp_path, extra, message):
