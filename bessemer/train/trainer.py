@@ -28,6 +28,7 @@ from bessemer.parallel.grad import clip_grad_norm
 from bessemer.train import build
 from bessemer.train.build import resolve_model_config
 from bessemer.train.loggers import MetricsWriter
+from bessemer.train.loss import summed_cross_entropy
 from bessemer.train.metrics import flops_per_token
 from bessemer.train.optim import build_optimizer, build_scheduler, skips_on_device
 from bessemer.train.prefetch import Prefetcher
@@ -310,13 +311,13 @@ class Trainer:
         return contextlib.nullcontext()
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, global_targets: float) -> torch.Tensor:
-        """Summed token cross-entropy over the step's global number of target tokens."""
-        return (
-            F.cross_entropy(
-                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
-            )
-            / global_targets
-        )
+        """Summed token cross-entropy over the step's global number of target tokens. Vocabulary-sharded logits
+        (loss_parallel) go through F.cross_entropy, which it redefines; plain ones through the leaner
+        summed_cross_entropy (bessemer.train.loss), which overwrites them in its backward."""
+        logits, labels = logits.float().flatten(0, 1), labels.flatten()
+        if isinstance(logits, DTensor):
+            return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / global_targets
+        return summed_cross_entropy(logits, labels) / global_targets
 
     def forward_backward(self, batch: dict, global_targets: float) -> torch.Tensor:
         """Loss of one micro-batch as its share of the step's mean over all target tokens; backward included."""
