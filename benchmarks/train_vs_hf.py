@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from bessemer import device as devices
-from bessemer.bench.throughput import SyntheticBatches, run_throughput
+from bessemer.bench.throughput import SyntheticBatches
 from bessemer.config import load_config
 from bessemer.models import get_preset
+from bessemer.train.trainer import Trainer
 
 LITGPT = ["litgpt==0.5.13", "lightning==2.6.6", "lightning-utilities==0.15.3", "torchmetrics==1.9.0"]
 LITGPT += ["jsonargparse==4.53.0"]
@@ -92,8 +93,8 @@ def litgpt_model(cfg, device: torch.device):
         return GPT(lit_cfg)
 
 
-def reference_throughput(kind: str, cfg, args, device: torch.device, amp) -> tuple[float, float]:
-    """Median tokens/s and first-step loss of a reference model trained as its project trains it."""
+def reference_step(kind: str, cfg, args, device: torch.device, amp):
+    """One training step of a reference model as its project trains it; returns (step, first-loss holder)."""
     if kind == "transformers":
         model = hf_model(cfg, device).train()
         blocks = model.model.layers
@@ -111,10 +112,9 @@ def reference_throughput(kind: str, cfg, args, device: torch.device, amp) -> tup
         model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused or None
     )
     data = SyntheticBatches(cfg.vocab_size, args.seq, args.batch, seed=1234)  # the trainer's default seed
-    times, first_loss = [], None
-    for _ in range(args.steps):
-        devices.synchronize(device)
-        started = time.perf_counter()
+    losses: list[float] = []
+
+    def step() -> None:
         batch = {k: v.to(device) for k, v in next(data).items()}
         with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
             if kind == "transformers":
@@ -126,11 +126,23 @@ def reference_throughput(kind: str, cfg, args, device: torch.device, amp) -> tup
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        devices.synchronize(device)
-        times.append(time.perf_counter() - started)
-        first_loss = first_loss if first_loss is not None else float(loss)
-    step = statistics.median(times[args.warmup :])
-    return args.batch * args.seq / step, first_loss
+        if not losses:
+            losses.append(float(loss.detach()))
+
+    return step, losses
+
+
+def bessemer_step(trainer):
+    """The trainer's own step, logged (read on the host) only at the first call, as the training loop does."""
+    losses: list[float] = []
+
+    def step() -> None:
+        metrics = trainer.train_step(log_metrics=not losses)
+        if not losses:
+            losses.append(metrics["loss"])
+        trainer.step += 1
+
+    return step, losses
 
 
 def main() -> None:
@@ -152,6 +164,8 @@ def main() -> None:
         "--litgpt", action="store_true", help="also train litgpt 0.5.13's GPT (fetched into build/)"
     )
     args = p.parse_args()
+    if args.steps <= args.warmup:
+        p.error(f"--steps={args.steps} must exceed --warmup={args.warmup}")
 
     over = [
         f"model.preset={args.preset!r}",
@@ -176,22 +190,37 @@ def main() -> None:
         overrides["max_seq_len"] = args.seq
     cfg = load_config(None, over)
     cfg.model.overrides.update(overrides)
-    ours, trainer = run_throughput(cfg, args.warmup)
+    cfg.train.steps = max(args.steps, 1)
+    trainer = Trainer(
+        cfg, data_factory=lambda t: SyntheticBatches(t.model_cfg.vocab_size, args.seq, args.batch, 1234)
+    )
     mc, device, amp = trainer.model_cfg, trainer.device, trainer.amp_dtype
-    refs = {"transformers": reference_throughput("transformers", mc, args, device, amp)}
+    runs = {"bessemer": bessemer_step(trainer)}
+    runs["transformers"] = reference_step("transformers", mc, args, device, amp)
     if args.litgpt:
-        refs["litgpt"] = reference_throughput("litgpt", mc, args, device, amp)
+        runs["litgpt"] = reference_step("litgpt", mc, args, device, amp)
+    # round robin: a step of each in turn, so a change in the machine's load touches every model alike
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.steps):
+        for name, (step, _) in runs.items():
+            devices.synchronize(device)
+            started = time.perf_counter()
+            step()
+            devices.synchronize(device)
+            times[name].append(time.perf_counter() - started)
+    tps = {name: args.batch * args.seq / statistics.median(t[args.warmup :]) for name, t in times.items()}
+    trainer.data.close()
     print(
         f"shape: hidden {mc.dim}, {mc.n_layers} layers, {mc.n_heads} heads ({mc.kv_heads} kv), ffn {mc.ffn_dim}, "
         f"vocab {mc.vocab_size}, batch {args.batch} x {args.seq}, {amp or torch.float32}, "
         f"{'compiled' if args.compile else 'eager'}, {device}, {torch.get_num_threads()} threads"
     )
-    firsts = "   ".join(f"{name} {first:.4f}" for name, (_, first) in refs.items())
-    print(f"first-step loss   bessemer {ours.losses[0]:.4f}   {firsts}")
-    speeds = "   ".join(f"{name} {tps:,.0f}" for name, (tps, _) in refs.items())
-    print(f"tokens/s          bessemer {ours.tokens_per_s_per_device:,.0f}   {speeds}")
-    for name, (tps, _) in refs.items():
-        print(f"ratio             {ours.tokens_per_s_per_device / tps:.2f}x (bessemer / {name})")
+    print("first-step loss   " + "   ".join(f"{name} {runs[name][1][0]:.4f}" for name in runs))
+    print("tokens/s          " + "   ".join(f"{name} {v:,.0f}" for name, v in tps.items()))
+    for name in runs:
+        if name != "bessemer":
+            print(f"ratio             {tps['bessemer'] / tps[name]:.2f}x (bessemer / {name})")
+    print(f"median of {args.steps - args.warmup} steps each after {args.warmup} warm-up, taken in turn")
 
 
 if __name__ == "__main__":
