@@ -31,8 +31,8 @@ PEAK_BF16_FLOPS = {
     "MI250X": 383e12,
 }
 
-# device types whose AdamW has a fused kernel (one launch for every parameter)
-FUSED_OPTIMIZER = ("cuda", "xpu", "mps")
+# device types whose AdamW has a fused kernel (one pass over every parameter)
+FUSED_OPTIMIZER = ("cuda", "xpu", "mps", "cpu")  # cpu: several times faster than foreach
 # FlexAttention has compiled forward and backward kernels (Triton) here; on CPUs torch 2.13 has no backward
 FLEX_ATTENTION = ("cuda", "xpu")
 # context parallelism shards the sequence inside SDPA's CUDA flash / efficient kernels

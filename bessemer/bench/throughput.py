@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -48,16 +50,22 @@ class BenchResult:
     losses: list[float]  # of the first and the last step
 
 
-def run_throughput(cfg: JobConfig, warmup: int) -> tuple[BenchResult, object]:
+def run_throughput(cfg: JobConfig, warmup: int, baseline: bool = False) -> tuple[BenchResult, object]:
     """Run `cfg.train.steps` training steps on synthetic tokens; average the ones after `warmup`.
 
-    Returns the result and the trainer (its rank, model config and layout describe what was measured).
+    baseline: the step as it was before issue 12's lean step, for a before/after in one run: every step logged
+    (loss, grad norm and the NaN flag read on the host), batches made in the loop, foreach AdamW and torch's
+    cross-entropy. Returns the result and the trainer (its rank, model config and layout describe what was
+    measured).
     """
     from bessemer.train.trainer import Trainer
 
     steps = cfg.train.steps
     if steps <= warmup:
         raise ConfigError(f"bench: --steps={steps} must exceed the {warmup} warm-up steps; raise --steps")
+    if baseline:
+        cfg = copy.deepcopy(cfg)
+        cfg.optim.implementation = "foreach"
 
     def synthetic(trainer: Trainer) -> SyntheticBatches:
         tc = trainer.cfg.train
@@ -65,18 +73,24 @@ def run_throughput(cfg: JobConfig, warmup: int) -> tuple[BenchResult, object]:
         return SyntheticBatches(trainer.model_cfg.vocab_size, tc.seq_len, tc.micro_batch_size, seed)
 
     trainer = Trainer(cfg, data_factory=synthetic)
+    if baseline:
+        trainer.data.close()
+        trainer.data = trainer.data.source
+        trainer.loss_fn = partial(_torch_cross_entropy, trainer)
     times, losses, last = [], [], {}
     for i in range(steps):
         # as the training loop runs: only logged steps (here the first, a warm-up, and the last) reduce and
         # copy their loss and figures to the host
         started = time.perf_counter()
-        logged = i in (0, steps - 1)
+        logged = baseline or i in (0, steps - 1)
         last = trainer.train_step(log_metrics=logged)
         if logged:
             losses.append(last["loss"])
         synchronize(trainer.device)
         times.append(time.perf_counter() - started)
         trainer.step += 1
+    if not baseline:
+        trainer.data.close()  # the prefetching thread
     step_time = statistics.median(times[warmup:])
     tokens = trainer.global_batch_size * cfg.train.seq_len
     world = trainer.dims.world_size
@@ -94,3 +108,13 @@ def run_throughput(cfg: JobConfig, warmup: int) -> tuple[BenchResult, object]:
         losses=losses,
     )
     return result, trainer
+
+
+def _torch_cross_entropy(trainer, logits: torch.Tensor, labels: torch.Tensor, global_targets: float):
+    """The trainer's loss as it was: torch's cross-entropy (the baseline's)."""
+    import torch.nn.functional as F
+
+    return (
+        F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        / global_targets
+    )

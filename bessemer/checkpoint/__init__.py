@@ -8,7 +8,6 @@ from bessemer.checkpoint.layout import (
     step_dir_name,
     tokenizer_dir,
 )
-from bessemer.checkpoint.model_io import load_model, load_model_state
 
 __all__ = [
     "load_model",
@@ -20,3 +19,12 @@ __all__ = [
     "step_dir_name",
     "tokenizer_dir",
 ]
+
+
+def __getattr__(name: str):
+    """load_model and load_model_state import torch.distributed.checkpoint: only for the verbs that use them."""
+    if name in ("load_model", "load_model_state"):
+        from bessemer.checkpoint import model_io
+
+        return getattr(model_io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="steps to run, warm-up included (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the averages (default 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first run the step as it was before issue 12 (every step synced, batches made in the loop, foreach "
+        "AdamW, torch's cross-entropy) and print both figures",
+    )
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="compute dtype (train.dtype)")
     p.set_defaults(overrides=[])
     p.epilog = "Any config key can be overridden as --section.key=value, e.g. --parallel.tp=2"
@@ -54,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if seq_len > max_len:
         cfg.model.overrides["max_seq_len"] = seq_len
     cfg.train.seq_len = seq_len
+    before = run_throughput(cfg, args.warmup, baseline=True)[0] if args.baseline else None
     result, trainer = run_throughput(cfg, args.warmup)
     if trainer.rank != 0:
         return 0
@@ -66,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         f"median of {result.measured_steps} steps after {args.warmup} warm-up"
     )
     print(f"tokens/s/device  {result.tokens_per_s_per_device:,.0f}")
+    if before is not None:
+        print(
+            f"baseline         {before.tokens_per_s_per_device:,.0f} tokens/s/device, {before.step_time_s:.4f} s "
+            f"a step (every step synced, no prefetch, foreach AdamW, torch cross-entropy): "
+            f"{result.tokens_per_s_per_device / before.tokens_per_s_per_device:.2f}x now"
+        )
     print(f"step time        {result.step_time_s:.4f} s")
     mfu = (
         f"{100 * result.mfu:.1f}%"

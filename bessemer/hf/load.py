@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from bessemer.checkpoint.model_io import check_fits_in_memory
 from bessemer.hf.adapter import ImportOptions, expected_shapes, read_hf_config
 from bessemer.hf.convert import _check_import, check_weights_hold
 from bessemer.hf.families import detect
@@ -29,6 +28,8 @@ def load_hf_model(
     cfg = adapter.config_from_hf(hf, where, ImportOptions(position=position, name_hint=hf_dir.resolve().name))
     with open_hf_weights(hf_dir) as reader:
         check_weights_hold(cfg, reader, where)  # before building: a config must not outgrow its weights
+        from bessemer.checkpoint.model_io import check_fits_in_memory  # imports DCP: not for convert
+
         check_fits_in_memory(cfg, device, dtype)
         model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
         if dtype is not None:

@@ -17,7 +17,6 @@ from bessemer.parallel.compile import apply_compile
 from bessemer.parallel.dims import ParallelDims
 from bessemer.parallel.fsdp import apply_fsdp
 from bessemer.parallel.mesh import ParallelMesh
-from bessemer.parallel.pp import StageParts, apply_pp, build_pp_schedule
 from bessemer.parallel.tp import apply_tp
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,6 +58,8 @@ def parallelize(
     param_dtype = resolve_dtype(cfg.param_dtype, "parallel.param_dtype", compute_dtype)
     reduce_dtype = resolve_dtype(cfg.reduce_dtype, "parallel.reduce_dtype", torch.float32)
     if dims.pp > 1:
+        from bessemer.parallel.pp import apply_pp  # torch's pipelining imports dynamo: only when used
+
         stages, stage_ids = apply_pp(model, mesh["pp"], cfg)
     else:
         stages, stage_ids = [model], [0]
@@ -74,6 +75,8 @@ def parallelize(
             )
     if dims.pp == 1:
         return ParallelModel(model, stages)
+    from bessemer.parallel.pp import StageParts, build_pp_schedule
+
     schedule = build_pp_schedule(stages, stage_ids, mesh["pp"], cfg, device, n_microbatches, loss_fn)
     return ParallelModel(StageParts(stages), stages, stage_ids, schedule)
 

@@ -56,3 +56,11 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     lr_factor(cfg.warmup_steps, cfg, total_steps)  # validate the decay name now, not mid-run
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.found_inf` (a 0/1 tensor) skips a step inside the kernel: the fused AdamW's contract
+    with torch's GradScaler, which leaves weights, moments and step counts untouched when it is 1."""
+    return getattr(optimizer, "_step_supports_amp_scaling", False) and all(
+        g.get("fused") for g in optimizer.param_groups
+    )

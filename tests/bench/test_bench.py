@@ -32,3 +32,14 @@ def test_bench_refuses_an_unknown_preset(capsys):
     rc = main(["bench", "--preset", "tinyy"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "did you mean 'tiny'" in err
+
+
+def test_bench_baseline_prints_both_figures(capsys):
+    argv = ["bench", "--preset", "tiny", "--layers", "1", "--seq-len", "32", "--batch", "2", "--steps", "3"]
+    rc = main([*argv, "--warmup", "1", "--baseline"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    now = float(re.search(r"step time\s+([\d.]+) s", out)[1])
+    before = float(re.search(r"baseline\s+[\d,]+ tokens/s/device, ([\d.]+) s a step", out)[1])
+    ratio = float(re.search(r"([\d.]+)x now", out)[1])
+    assert before > 0 and abs(ratio - before / now) < 0.01 + 0.01 * ratio

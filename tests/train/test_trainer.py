@@ -165,3 +165,38 @@ def test_dataset_prepared_with_another_tokenizer_is_refused(
     cfg = write_config(tmp_path / "c.toml", tiny_overrides(str(prefix), tmp_path / "r"))
     rc, err = run_cli(["train", "--config", str(cfg), f"--data.tokenizer={str(tok)!r}"], capsys)
     assert rc == 2 and "0123456789abcdef" in err and "bessemer prepare" in err and len(err.splitlines()) == 1
+
+
+def test_non_finite_step_is_checked_only_at_log_and_checkpoint_steps(
+    synthetic_dataset, tmp_path, monkeypatch
+):
+    """The NaN policy reads its device flag at logged and checkpointed steps only; a non-finite step between
+    them still changes no weight, and `stop` names it when it is read."""
+    over = {"train.steps": 6, "log.interval": 4, "checkpoint.interval": 0, "train.nan_policy": '"stop"'}
+    trainer = Trainer(load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "run", **over)))
+    assert trainer._skips_on_device  # fused AdamW: the step applies the flag itself
+    real_fb, real_check = trainer.forward_backward, trainer.check_finite
+    seen = {"checks": [], "weights": []}
+
+    def poisoned(batch, total):
+        out = real_fb(batch, total)
+        return out * float("nan") if trainer.step + 1 == 2 else out
+
+    def check():
+        seen["checks"].append(trainer.step + 1)
+        return real_check()
+
+    monkeypatch.setattr(trainer, "forward_backward", poisoned)
+    monkeypatch.setattr(trainer, "check_finite", check)
+    weights = {}
+    for step in (1, 2):
+        trainer.train_step(log_metrics=False)
+        trainer.step += 1
+        weights[step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert seen["checks"] == []  # no host read of the flag on steps that are not logged
+    assert all(torch.equal(weights[1][k], v) for k, v in weights[2].items())  # step 2 changed nothing
+    trainer.train_step(log_metrics=False)
+    trainer.step += 1
+    with pytest.raises(TrainingError, match="step 2: loss nan"):
+        trainer.train_step(log_metrics=True)  # step 4 is logged: the flag is read there
+    assert seen["checks"] == [4]
