@@ -163,7 +163,7 @@ class DPOStep:
             )
         # the reference is the model as it starts: copied or scored now, before a resume could load later weights
         if self.cfg.reference == "precomputed":
-            self.reference = precomputed_reference(trainer, trainer.data, adapters_off=lora)
+            self.reference = precomputed_reference(trainer, trainer.data.source, adapters_off=lora)
         elif lora:
             self.reference = ModelReference(trainer, trainer.model, adapters_off=True)
         else:
