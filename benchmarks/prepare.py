@@ -125,8 +125,11 @@ def one(args) -> None:
         result = megatron_style(args.corpus, args.tokenizer, args.out, int(args.one.split(":")[1]))
     else:
         result = run_prepare(args.corpus, args.tokenizer, args.out, int(args.one))
-    result["rss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["rss_self_mb"] = me.ru_maxrss / 1024
+    result["rss_children_mb"] = kids.ru_maxrss / 1024
+    # CPU seconds of every process of the run (workers included), start-up included
+    result["cpu"] = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
     print(json.dumps(result))
 
 
