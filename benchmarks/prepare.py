@@ -5,9 +5,11 @@ then, for each tokenizer (the demo sentencepiece model converted to `tokenizers`
 trained here on the corpus), times each in a fresh process:
   - plain loop: read a line, json.loads, tokenizer(text)["input_ids"], append (the loop everyone writes first);
   - Megatron-style, for each W: what Megatron-LM's tools/preprocess_data.py does: a multiprocessing.Pool of W
-    workers, each line sent to a worker (imap, 32 lines a task) that json.loads it and encodes its text alone,
-    the ids sent back and written by the main process, document by document, to .bin/.idx. Its workers use the
-    same Rust tokenizer as `prepare`, so the comparison is of the pipeline, not of the tokenizer;
+    workers, each line sent to a worker (imap, 32 lines a task) that json.loads it and encodes its text alone
+    with the tokenizer Megatron-LM builds for that folder (a sentencepiece tokenizer.model: the `sentencepiece`
+    library, as its Llama2Tokenizer / GPTSentencePieceTokenizer do, which is the reference `prepare` must equal;
+    a tokenizer.json: transformers' AutoTokenizer called on the text, as its HuggingFaceTokenizer does), the ids
+    sent back and written by the main process, document by document, to .bin/.idx;
   - `bessemer prepare --workers W --append-eod` for W in 1, 2 and the number of cores.
 The Megatron-style run and `prepare` write the same .bin/.idx bytes (checked). Prints tokens/s, the ratios to
 the plain loop and to the Megatron-style run of the same W, and peak RSS (of the largest single process).
@@ -67,20 +69,32 @@ def baseline(corpus: str, tokenizer_dir: str) -> dict:
     return {"tokens": tokens, "seconds": time.perf_counter() - start}
 
 
-_MEGATRON_TOKENIZER = None
+_MEGATRON_TOKENIZE = None
 
 
-def _megatron_init(tokenizer_json: str) -> None:
-    global _MEGATRON_TOKENIZER
-    from tokenizers import Tokenizer
-
+def _megatron_init(tokenizer_dir: str) -> None:
+    """Each worker builds its tokenizer as Megatron-LM's build_tokenizer does for such a folder."""
+    global _MEGATRON_TOKENIZE
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _MEGATRON_TOKENIZER = Tokenizer.from_str(tokenizer_json)
-    _MEGATRON_TOKENIZER.encode_special_tokens = True  # text is text, as `prepare` encodes it
+    model = Path(tokenizer_dir) / "tokenizer.model"
+    if model.exists():
+        # --tokenizer-type Llama2Tokenizer / GPTSentencePieceTokenizer: the sentencepiece library, BOS first
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        bos = sp.bos_id()
+        _MEGATRON_TOKENIZE = lambda text: [bos, *sp.encode_as_ids(text)]  # noqa: E731
+    else:
+        # --tokenizer-type HuggingFaceTokenizer: AutoTokenizer, tokenizer(text).input_ids; special-token text is
+        # encoded as text (split_special_tokens, set by load_tokenizer), as `prepare` encodes it
+        from bessemer.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_dir)
+        _MEGATRON_TOKENIZE = lambda text: tok(text).input_ids  # noqa: E731
 
 
 def _megatron_encode(line: str) -> list[int]:
-    return _MEGATRON_TOKENIZER.encode(json.loads(line)["text"]).ids
+    return _MEGATRON_TOKENIZE(json.loads(line)["text"])
 
 
 def megatron_style(corpus: str, tokenizer_dir: str, out: str, workers: int) -> dict:
@@ -94,9 +108,7 @@ def megatron_style(corpus: str, tokenizer_dir: str, out: str, workers: int) -> d
     start = time.perf_counter()
     tokens = 0
     with (
-        mp.get_context("spawn").Pool(
-            workers, initializer=_megatron_init, initargs=(tok.backend_tokenizer.to_str(),)
-        ) as pool,
+        mp.get_context("spawn").Pool(workers, initializer=_megatron_init, initargs=(tokenizer_dir,)) as pool,
         open(corpus, encoding="utf-8") as fin,
         IndexedDatasetWriter(out, best_dtype(len(tok))) as w,
     ):

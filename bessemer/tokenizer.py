@@ -185,11 +185,25 @@ class WordCache:
 
     MAX_WORDS = 1 << 18
 
-    def __init__(self, steps: list, word_re: re.Pattern, bare, prefix: list[int], suffix: list[int]):
-        self.steps, self.word_re, self.bare = steps, word_re, bare
-        self.prefix, self.suffix = prefix, suffix
+    def __init__(self, normalizer: dict | None, bare, prefix: list[int], suffix: list[int]):
+        """`normalizer`: the tokenizer's normaliser spec (JSON); `bare`: the tokenizer without normaliser,
+        pre-tokenizer and post-processor; `prefix`/`suffix`: the ids its post-processor puts around a text."""
+        self.normalizer, self.bare, self.prefix, self.suffix = normalizer, bare, prefix, suffix
+        self.steps = _python_normalizer(normalizer)
+        self.word_re = re.compile("\u2581*[^\u2581]+|\u2581+")
         self.ids: dict[str, list[int]] = {}
         self.lock = threading.Lock()
+
+    def __getstate__(self):  # sent to worker processes: the bare tokenizer as JSON, the cache left behind
+        return (self.normalizer, self.bare.to_str(), self.prefix, self.suffix)
+
+    def __setstate__(self, state):
+        from tokenizers import Tokenizer
+
+        normalizer, bare, prefix, suffix = state
+        bare = Tokenizer.from_str(bare)
+        bare.encode_special_tokens = True
+        self.__init__(normalizer, bare, prefix, suffix)
 
     @classmethod
     def for_backend(cls, backend) -> WordCache | None:
@@ -215,7 +229,7 @@ class WordCache:
             json.dumps({**spec, "normalizer": None, "pre_tokenizer": None, "post_processor": None})
         )
         bare.encode_special_tokens = True
-        return cls(steps, re.compile("\u2581*[^\u2581]+|\u2581+"), bare, *ends)
+        return cls(spec.get("normalizer"), bare, *ends)
 
     def words(self, text: str) -> list[str]:
         for step in self.steps:

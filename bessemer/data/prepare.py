@@ -28,6 +28,7 @@ and PREFIX.meta.json lists them; `merge` joins prepared datasets into one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import itertools
 import json
@@ -159,19 +160,41 @@ def text_backend(backend, allow_special_in_text: bool):
     return copy
 
 
+def _words(backend, options: PrepareOptions):
+    """A WordCache for pretrain text (same ids, faster) where the tokenizer's pipeline allows, else None."""
+    from bessemer.tokenizer import WordCache
+
+    if backend is None or options.allow_special_in_text or options.handler != "pretrain":
+        return None
+    return WordCache.for_backend(backend)
+
+
+def _text_encoder(words):
+    return None if words is None else functools.partial(words.encode, add_special_tokens=True)
+
+
 class Encoder:
     """Encodes batches of rows into Chunks; one per process."""
 
     def __init__(self, options: PrepareOptions, tokenizer=None, *, light: tuple | None = None):
-        """`light`: (tokenizer JSON, eos id, dtype name) to encode pretrain text with `tokenizers` alone."""
+        """`light`: what `light()` returns, to encode pretrain text without importing transformers."""
         self.options = options
         if light is not None:
-            from tokenizers import Tokenizer
+            text, self.words, self.eod, dtype = light
+            self.dtype = np.dtype(dtype)
+            backend = None
+            if self.words is None:
+                from tokenizers import Tokenizer
 
-            backend = Tokenizer.from_str(light[0])
-            backend.encode_special_tokens = not options.allow_special_in_text
-            self.handler = Handler("pretrain", None, fields=options.fields, backend=backend)
-            self.eod, self.dtype = light[1], np.dtype(light[2])
+                backend = Tokenizer.from_str(text)
+                backend.encode_special_tokens = not options.allow_special_in_text
+            self.handler = Handler(
+                "pretrain",
+                None,
+                fields=options.fields,
+                backend=backend,
+                text_encoder=_text_encoder(self.words),
+            )
             return
         from bessemer.tokenizer import load_tokenizer
 
@@ -179,12 +202,14 @@ class Encoder:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if options.handler == "pretrain" and backend is not None:
             backend = text_backend(backend, options.allow_special_in_text)
+        self.words = _words(backend, options)
         self.handler = Handler(
             options.handler,
             self.tokenizer,
             template=options.template,
             fields=options.fields,
             backend=backend,
+            text_encoder=_text_encoder(self.words),
         )
         self.dtype = best_dtype(len(self.tokenizer))
         self.eod = self.tokenizer.eos_token_id
@@ -194,10 +219,13 @@ class Encoder:
             )
 
     def light(self) -> tuple | None:
-        """What a pretrain worker needs to encode without importing transformers (None for SFT handlers)."""
+        """What a pretrain worker needs to encode without importing transformers (None for SFT handlers):
+        the WordCache, or else the tokenizer as JSON."""
         if self.handler.is_sft or self.handler.backend is None:
             return None
-        return (self.handler.backend.to_str(), self.eod, self.dtype.name)
+        if self.words is not None:
+            return (None, self.words, self.eod, self.dtype.name)
+        return (self.handler.backend.to_str(), None, self.eod, self.dtype.name)
 
     def __call__(self, rows: list[tuple[str, dict]]) -> Chunk:
         o = self.options
