@@ -6,14 +6,23 @@ batches through the fast tokenizer (handlers.py) and writes the tokens of a unit
 output; the main process appends the parts to the output in input order and merges their lengths into the index.
 Nothing crosses between processes per document: a unit's description goes out, its counts and document lengths
 come back. So the output is byte for byte the same for any number of workers, memory stays flat (a batch of
-rows per worker), and more workers are never slower: at most one process per core is started (fewer when there
-are fewer units), and the cores left over go to each worker's tokenizer threads.
+rows per worker, and a word cache of bounded size), and more workers are never slower: at most one process per
+core is started, fewer when there are fewer units or under WORKER_MIN_BYTES of input per worker (starting one
+costs more than it saves below that).
+
+Threads: with one worker, rows are encoded in this process, and the Rust tokenizer's own threads (rayon) use
+every core for the batch it encodes; N worker processes get cores // N tokenizer threads each
+(RAYON_NUM_THREADS), so workers x threads never exceeds the cores. Tokenizers converted from sentencepiece encode
+pretrain text through bessemer.tokenizer.WordCache (the same ids, several times faster, but Python-bound: one
+core per process), so for them more cores need more workers.
 
 Special-token text inside documents ("<s>", "</s>", "<|im_end|>") is encoded as ordinary text unless
 `allow_special_in_text` is set; control ids come only from templates and the BOS/--append-eod rules.
-Empty documents (no text, or text that encodes to no tokens) are skipped and counted as "empty text": Megatron's
-preprocess_data.py writes them as documents of zero sequences, which add no tokens. Whitespace-only text is a
-document, encoded like any other text, as Megatron does.
+Empty documents (no text, or text that encodes to no tokens) are skipped and counted as "empty text". Megatron-LM's
+preprocess_data.py differs here: it writes an empty text as a document of zero sequences (no tokens, but an entry
+in the document index), or, with a tokenizer that adds BOS, as a document of BOS (and eod) alone; the datasets
+are then equal except for those documents. Whitespace-only text is a document, encoded like any other text, as
+Megatron does (with a BOS tokenizer, whitespace that normalises to nothing gives BOS and eod there and here).
 
 Outputs for PREFIX:
 - PREFIX.bin / PREFIX.idx   token ids, Megatron layout (uint16 when the vocabulary fits, else int32);
@@ -60,7 +69,7 @@ MAX_UNIT_BYTES = 64 << 20
 UNITS_PER_WORKER = 4
 # starting a worker process (imports, tokenizer) costs about what encoding a few MB costs: smaller inputs are
 # encoded in this process, where the tokenizer's own threads still use every core
-WORKER_MIN_BYTES = 8 << 20
+WORKER_MIN_BYTES = 16 << 20
 
 
 @dataclass
