@@ -14,7 +14,7 @@ trained here on the corpus), times each in a fresh process:
 The Megatron-style run and `prepare` write the same .bin/.idx bytes (checked). Prints tokens/s, the ratios to
 the plain loop and to the Megatron-style run of the same W, and peak RSS (of the largest single process).
 
-    python benchmarks/prepare.py --size-mb 50 --workers 1,2
+    python benchmarks/prepare.py --size-mb 40            # about 4 minutes on 2 quiet cores
 """
 
 from __future__ import annotations
@@ -126,7 +126,12 @@ def run_prepare(corpus: str, tokenizer_dir: str, out: str, workers: int) -> dict
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     meta = json.loads(Path(f"{out}.meta.json").read_text())
-    return {"tokens": meta["tokens"], "seconds": meta["work_seconds"], "cli_seconds": wall}
+    return {
+        "tokens": meta["tokens"],
+        "seconds": meta["work_seconds"],
+        "cli_seconds": wall,
+        "used": meta["workers"],
+    }
 
 
 def one(args) -> None:
@@ -226,7 +231,8 @@ def main() -> int:
             ok &= compare(label, corpus, tokenizer, workers, tmp)
     print(
         "wall: end to end from process start (imports, tokenizer load); work: after the tokenizer is loaded; "
-        "x loop / x megatron: work-time ratios (same W for megatron)"
+        "CPU: seconds of all its processes, start-up included; x loop / x megatron: work-time ratios (same W "
+        "for megatron); prepare uses a worker per 16 MB of input at most"
     )
     return 0 if ok else 1
 
@@ -241,7 +247,11 @@ def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: P
         ours = measure(str(w), corpus, tokenizer, tmp / f"out{w}")
         rows += [
             (f"megatron-style pool, {w} workers", mega, None),
-            (f"bessemer prepare --workers {w}", ours, mega),
+            (
+                f"bessemer prepare --workers {w}" + (f" ({ours['used']} used)" if ours["used"] != w else ""),
+                ours,
+                mega,
+            ),
         ]
         for suffix in (".bin", ".idx"):
             same &= Path(f"{tmp}/m{w}{suffix}").read_bytes() == Path(f"{tmp}/out{w}{suffix}").read_bytes()
@@ -249,7 +259,7 @@ def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: P
             Path(f"{tmp}/out{w}{suffix}").unlink()
     print(f"\n{label}")
     print(
-        f"{'run':34} {'tokens':>12} {'wall s':>7} {'work s':>7} {'tokens/s':>10} {'x loop':>6} "
+        f"{'run':42} {'tokens':>12} {'wall s':>7} {'work s':>7} {'CPU s':>7} {'tokens/s':>10} {'x loop':>6} "
         f"{'x megatron':>10} {'peak RSS':>9}"
     )
     base_work = base["tokens"] / base["seconds"]
@@ -258,7 +268,7 @@ def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: P
         vs = f"{mega['seconds'] / r['seconds']:>10.2f}" if mega else f"{'':>10}"
         rss = r["rss_self_mb"] if r is base else max(r["rss_self_mb"], r["rss_children_mb"])
         print(
-            f"{name:34} {r['tokens']:>12,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {work:>10,.0f} "
+            f"{name:42} {r['tokens']:>12,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {r['cpu']:>7.1f} {work:>10,.0f} "
             f"{work / base_work:>6.2f} {vs} {rss:>8.0f}M"
         )
     if any(r["tokens"] != base["tokens"] for _, r, _ in rows):
