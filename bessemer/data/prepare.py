@@ -67,9 +67,10 @@ BATCH_ROWS = 512  # rows per encode_batch call inside a worker
 MIN_UNIT_BYTES = 1 << 20
 MAX_UNIT_BYTES = 64 << 20
 UNITS_PER_WORKER = 4
-# starting a worker process (imports, tokenizer) costs about what encoding a few MB costs: smaller inputs are
-# encoded in this process, where the tokenizer's own threads still use every core
-WORKER_MIN_BYTES = 16 << 20
+# starting a worker process (imports, tokenizer) and feeding it costs about what encoding 10-20 MB costs with the
+# WordCache, and a single process already runs the Rust batch encoder on every core: each worker must have at
+# least this much input to be worth starting (on 2 loaded cores, 20 MB per worker was slower than one process)
+WORKER_MIN_BYTES = 32 << 20
 
 
 @dataclass
