@@ -12,7 +12,8 @@ costs more than it saves below that).
 
 Threads: with one worker, rows are encoded in this process, and the Rust tokenizer's own threads (rayon) use
 every core for the batch it encodes; N worker processes get cores // N tokenizer threads each
-(RAYON_NUM_THREADS), so workers x threads never exceeds the cores. Tokenizers converted from sentencepiece encode
+(RAYON_NUM_THREADS), so workers x threads never exceeds the cores, and at least RUST_THREADS each (so at most
+cores / 2 workers) when they encode through that batch encoder. Tokenizers converted from sentencepiece encode
 pretrain text through bessemer.tokenizer.WordCache (the same ids, several times faster, but Python-bound: one
 core per process), so for them more cores need more workers.
 
@@ -67,6 +68,7 @@ BATCH_ROWS = 512  # rows per encode_batch call inside a worker
 MIN_UNIT_BYTES = 1 << 20
 MAX_UNIT_BYTES = 64 << 20
 UNITS_PER_WORKER = 4
+RUST_THREADS = 2  # tokenizer threads per worker at least, when encoding through the Rust batch encoder
 # starting a worker process (imports, tokenizer) and feeding it costs about what encoding 10-20 MB costs with the
 # WordCache, and a single process already runs the Rust batch encoder on every core: each worker must have at
 # least this much input to be worth starting (on 2 loaded cores, 20 MB per worker was slower than one process)
@@ -474,9 +476,11 @@ class _Router:
             self.current.abort()
 
 
-def plan_workers(requested: int, units: int, total_bytes: int) -> int:
-    """Worker processes to use: never more than the cores, the units, or what the input size pays for."""
-    return max(1, min(requested, available_cores(), units, total_bytes // max(1, WORKER_MIN_BYTES)))
+def plan_workers(requested: int, units: int, total_bytes: int, min_threads: int = 1) -> int:
+    """Worker processes to use: never more than the cores (each with at least `min_threads` of them), the units,
+    or what the input size pays for."""
+    cores = max(1, available_cores() // min_threads)
+    return max(1, min(requested, cores, units, total_bytes // max(1, WORKER_MIN_BYTES)))
 
 
 def prepare(
@@ -505,7 +509,9 @@ def prepare(
     total_bytes = sum(Path(f).stat().st_size for f in _input_files(inputs))
     target = int(np.clip(total_bytes // max(1, workers * UNITS_PER_WORKER), MIN_UNIT_BYTES, MAX_UNIT_BYTES))
     units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode)
-    used = plan_workers(workers, len(units), total_bytes)
+    # the Rust batch encoder (no WordCache) gets two threads per process: on 2 loaded cores, two one-thread
+    # workers took 25% more CPU and longer than one process running two threads
+    used = plan_workers(workers, len(units), total_bytes, min_threads=1 if encoder.words else RUST_THREADS)
     if used < workers:
         log.info(
             "prepare: using %d of %d workers (%.1f MB in %d units, %d cores, %d MB or more per worker)",

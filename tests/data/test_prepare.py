@@ -71,8 +71,9 @@ def test_workers_give_identical_bytes(stories, tokenizer_dir, tmp_path, monkeypa
     assert metas[1]["tokens"] == metas[2]["tokens"] and not pool_workers()
     # the Rust pipeline (no WordCache when special-token text is control) in workers too
     opts = PrepareOptions(tokenizer=str(tokenizer_dir), append_eod=True, allow_special_in_text=True)
+    monkeypatch.setattr(prepare_module, "RUST_THREADS", 1)  # workers on 2 cores, not one process of 2 threads
     for w in (1, 2):
-        prepare([str(stories)], str(tmp_path / f"c{w}"), opts, workers=w)
+        assert prepare([str(stories)], str(tmp_path / f"c{w}"), opts, workers=w)["workers"] == w
     assert files_of(tmp_path / "c1") == files_of(tmp_path / "c2") == files_of(tmp_path / "w1")
     # SFT masks and shards across many units (in this process: SFT workers would each import transformers)
     sft = CORPUS_DIR / "sharegpt_sample.jsonl"
@@ -176,6 +177,7 @@ def test_worker_count_is_bounded_by_cores_units_and_size(monkeypatch):
     assert plan_workers(16, units=3, total_bytes=1 << 40) == 3
     assert plan_workers(16, units=100, total_bytes=prepare_module.WORKER_MIN_BYTES * 2) == 2
     assert plan_workers(2, units=100, total_bytes=100) == 1
+    assert plan_workers(16, units=100, total_bytes=1 << 40, min_threads=2) == 2
 
 
 def test_interrupt_and_worker_errors_leave_nothing(stories, tokenizer_dir, tmp_path, monkeypatch):
