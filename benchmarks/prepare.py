@@ -5,14 +5,16 @@ then, for each tokenizer (the demo sentencepiece model converted to `tokenizers`
 trained here on the corpus), times each in a fresh process:
   - plain loop: read a line, json.loads, tokenizer(text)["input_ids"], append (the loop everyone writes first);
   - Megatron-style, for each W: what Megatron-LM's tools/preprocess_data.py does: a multiprocessing.Pool of W
-    workers, each line sent to a worker (imap, 32 lines a task) that json.loads it and encodes its text alone,
-    the ids sent back and written by the main process, document by document, to .bin/.idx. Its workers use the
-    same Rust tokenizer as `prepare`, so the comparison is of the pipeline, not of the tokenizer;
+    workers, each line sent to a worker (imap, 32 lines a task) that json.loads it and encodes its text alone
+    with the tokenizer Megatron-LM builds for that folder (a sentencepiece tokenizer.model: the `sentencepiece`
+    library, as its Llama2Tokenizer / GPTSentencePieceTokenizer do, which is the reference `prepare` must equal;
+    a tokenizer.json: transformers' AutoTokenizer called on the text, as its HuggingFaceTokenizer does), the ids
+    sent back and written by the main process, document by document, to .bin/.idx;
   - `bessemer prepare --workers W --append-eod` for W in 1, 2 and the number of cores.
 The Megatron-style run and `prepare` write the same .bin/.idx bytes (checked). Prints tokens/s, the ratios to
 the plain loop and to the Megatron-style run of the same W, and peak RSS (of the largest single process).
 
-    python benchmarks/prepare.py --size-mb 50 --workers 1,2
+    python benchmarks/prepare.py --size-mb 70 --skip-loop   # about 4 minutes on 2 quiet cores
 """
 
 from __future__ import annotations
@@ -67,20 +69,32 @@ def baseline(corpus: str, tokenizer_dir: str) -> dict:
     return {"tokens": tokens, "seconds": time.perf_counter() - start}
 
 
-_MEGATRON_TOKENIZER = None
+_MEGATRON_TOKENIZE = None
 
 
-def _megatron_init(tokenizer_json: str) -> None:
-    global _MEGATRON_TOKENIZER
-    from tokenizers import Tokenizer
-
+def _megatron_init(tokenizer_dir: str) -> None:
+    """Each worker builds its tokenizer as Megatron-LM's build_tokenizer does for such a folder."""
+    global _MEGATRON_TOKENIZE
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _MEGATRON_TOKENIZER = Tokenizer.from_str(tokenizer_json)
-    _MEGATRON_TOKENIZER.encode_special_tokens = True  # text is text, as `prepare` encodes it
+    model = Path(tokenizer_dir) / "tokenizer.model"
+    if model.exists():
+        # --tokenizer-type Llama2Tokenizer / GPTSentencePieceTokenizer: the sentencepiece library, BOS first
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        bos = sp.bos_id()
+        _MEGATRON_TOKENIZE = lambda text: [bos, *sp.encode_as_ids(text)]  # noqa: E731
+    else:
+        # --tokenizer-type HuggingFaceTokenizer: AutoTokenizer, tokenizer(text).input_ids; special-token text is
+        # encoded as text (split_special_tokens, set by load_tokenizer), as `prepare` encodes it
+        from bessemer.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_dir)
+        _MEGATRON_TOKENIZE = lambda text: tok(text).input_ids  # noqa: E731
 
 
 def _megatron_encode(line: str) -> list[int]:
-    return _MEGATRON_TOKENIZER.encode(json.loads(line)["text"]).ids
+    return _MEGATRON_TOKENIZE(json.loads(line)["text"])
 
 
 def megatron_style(corpus: str, tokenizer_dir: str, out: str, workers: int) -> dict:
@@ -94,9 +108,7 @@ def megatron_style(corpus: str, tokenizer_dir: str, out: str, workers: int) -> d
     start = time.perf_counter()
     tokens = 0
     with (
-        mp.get_context("spawn").Pool(
-            workers, initializer=_megatron_init, initargs=(tok.backend_tokenizer.to_str(),)
-        ) as pool,
+        mp.get_context("spawn").Pool(workers, initializer=_megatron_init, initargs=(tokenizer_dir,)) as pool,
         open(corpus, encoding="utf-8") as fin,
         IndexedDatasetWriter(out, best_dtype(len(tok))) as w,
     ):
@@ -114,7 +126,12 @@ def run_prepare(corpus: str, tokenizer_dir: str, out: str, workers: int) -> dict
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     meta = json.loads(Path(f"{out}.meta.json").read_text())
-    return {"tokens": meta["tokens"], "seconds": meta["work_seconds"], "cli_seconds": wall}
+    return {
+        "tokens": meta["tokens"],
+        "seconds": meta["work_seconds"],
+        "cli_seconds": wall,
+        "used": meta["workers"],
+    }
 
 
 def one(args) -> None:
@@ -125,8 +142,11 @@ def one(args) -> None:
         result = megatron_style(args.corpus, args.tokenizer, args.out, int(args.one.split(":")[1]))
     else:
         result = run_prepare(args.corpus, args.tokenizer, args.out, int(args.one))
-    result["rss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["rss_self_mb"] = me.ru_maxrss / 1024
+    result["rss_children_mb"] = kids.ru_maxrss / 1024
+    # CPU seconds of every process of the run (workers included), start-up included
+    result["cpu"] = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
     print(json.dumps(result))
 
 
@@ -177,6 +197,7 @@ def main() -> int:
     p.add_argument(
         "--tokenizer", default=None, help="one tokenizer folder (default: the demo sentencepiece and a BPE)"
     )
+    p.add_argument("--skip-loop", action="store_true", help="leave out the plain loop (the slowest run)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -208,25 +229,30 @@ def main() -> int:
                 "byte-level BPE (32k)": str(train_bpe(corpus, tmp / "bpe")),
             }
         for label, tokenizer in tokenizers.items():
-            ok &= compare(label, corpus, tokenizer, workers, tmp)
+            ok &= compare(label, corpus, tokenizer, workers, tmp, args.skip_loop)
     print(
         "wall: end to end from process start (imports, tokenizer load); work: after the tokenizer is loaded; "
-        "x loop / x megatron: work-time ratios (same W for megatron)"
+        "CPU: seconds of all its processes, start-up included; x loop / x megatron: work-time ratios (same W "
+        "for megatron); prepare uses a worker per 32 MB of input at most"
     )
     return 0 if ok else 1
 
 
-def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: Path) -> bool:
+def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: Path, skip_loop: bool) -> bool:
     """Time the plain loop, then Megatron-style and `prepare` at each worker count; print one table."""
-    base = measure("baseline", corpus, tokenizer, tmp / "unused")
-    rows = [("plain loop (encode per line)", base, None)]
+    base = None if skip_loop else measure("baseline", corpus, tokenizer, tmp / "unused")
+    rows = [] if skip_loop else [("plain loop (encode per line)", base, None)]
     same = True
     for w in workers:
         mega = measure(f"megatron:{w}", corpus, tokenizer, tmp / f"m{w}")
         ours = measure(str(w), corpus, tokenizer, tmp / f"out{w}")
         rows += [
             (f"megatron-style pool, {w} workers", mega, None),
-            (f"bessemer prepare --workers {w}", ours, mega),
+            (
+                f"bessemer prepare --workers {w}" + (f" ({ours['used']} used)" if ours["used"] != w else ""),
+                ours,
+                mega,
+            ),
         ]
         for suffix in (".bin", ".idx"):
             same &= Path(f"{tmp}/m{w}{suffix}").read_bytes() == Path(f"{tmp}/out{w}{suffix}").read_bytes()
@@ -234,19 +260,19 @@ def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: P
             Path(f"{tmp}/out{w}{suffix}").unlink()
     print(f"\n{label}")
     print(
-        f"{'run':34} {'tokens':>12} {'wall s':>7} {'work s':>7} {'tokens/s':>10} {'x loop':>6} "
+        f"{'run':42} {'tokens':>12} {'wall s':>7} {'work s':>7} {'CPU s':>7} {'tokens/s':>10} {'x loop':>6} "
         f"{'x megatron':>10} {'peak RSS':>9}"
     )
-    base_work = base["tokens"] / base["seconds"]
+    base_work = base["tokens"] / base["seconds"] if base else None
     for name, r, mega in rows:
         work = r["tokens"] / r["seconds"]
         vs = f"{mega['seconds'] / r['seconds']:>10.2f}" if mega else f"{'':>10}"
         rss = r["rss_self_mb"] if r is base else max(r["rss_self_mb"], r["rss_children_mb"])
         print(
-            f"{name:34} {r['tokens']:>12,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {work:>10,.0f} "
-            f"{work / base_work:>6.2f} {vs} {rss:>8.0f}M"
+            f"{name:42} {r['tokens']:>12,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {r['cpu']:>7.1f} {work:>10,.0f} "
+            f"{work / base_work if base_work else float('nan'):>6.2f} {vs} {rss:>8.0f}M"
         )
-    if any(r["tokens"] != base["tokens"] for _, r, _ in rows):
+    if len({r["tokens"] for _, r, _ in rows}) > 1:
         print("warning: token counts differ between runs")
         return False
     if not same:

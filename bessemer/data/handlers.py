@@ -49,8 +49,10 @@ class Handler:
         template: str | None = None,
         fields: tuple[str, ...] = ("text",),
         backend=None,
+        text_encoder=None,
     ):
-        """`backend`: a `tokenizers.Tokenizer` to encode pretrain text with when no transformers tokenizer is given."""
+        """`backend`: a `tokenizers.Tokenizer` to encode pretrain text with when no transformers tokenizer is given;
+        `text_encoder`: texts -> ids with special tokens added, used for pretrain text instead of either."""
         if name not in HANDLERS:
             raise DataError(f"handler {name!r} is unknown; use one of: {', '.join(HANDLERS)}")
         self.name = name
@@ -58,6 +60,7 @@ class Handler:
         self.fields = tuple(fields) or ("text",)
         self.is_sft = name != "pretrain"
         self.backend = backend if backend is not None else getattr(tokenizer, "backend_tokenizer", None)
+        self.text_encoder = text_encoder
         if template:
             check_template(template)
         if self.is_sft:
@@ -86,6 +89,8 @@ class Handler:
         # the Rust tokenizer directly: the same ids as the transformers wrapper, without its import in workers
         if not texts:
             return []
+        if self.text_encoder is not None:
+            return self.text_encoder(texts)
         if self.backend is not None:
             # encode_batch_fast skips character offsets, which we never use (tokenizers >= 0.21)
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)

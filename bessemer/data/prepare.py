@@ -6,14 +6,24 @@ batches through the fast tokenizer (handlers.py) and writes the tokens of a unit
 output; the main process appends the parts to the output in input order and merges their lengths into the index.
 Nothing crosses between processes per document: a unit's description goes out, its counts and document lengths
 come back. So the output is byte for byte the same for any number of workers, memory stays flat (a batch of
-rows per worker), and more workers are never slower: at most one process per core is started (fewer when there
-are fewer units), and the cores left over go to each worker's tokenizer threads.
+rows per worker, and a word cache of bounded size), and more workers are never slower: at most one process per
+core is started, fewer when there are fewer units or under WORKER_MIN_BYTES of input per worker (starting one
+costs more than it saves below that).
+
+Threads: with one worker, rows are encoded in this process, and the Rust tokenizer's own threads (rayon) use
+every core for the batch it encodes; N worker processes get cores // N tokenizer threads each
+(RAYON_NUM_THREADS), so workers x threads never exceeds the cores, and at least RUST_THREADS each (so at most
+cores / 2 workers) when they encode through that batch encoder. Tokenizers converted from sentencepiece encode
+pretrain text through bessemer.tokenizer.WordCache (the same ids, several times faster, but Python-bound: one
+core per process), so for them more cores need more workers.
 
 Special-token text inside documents ("<s>", "</s>", "<|im_end|>") is encoded as ordinary text unless
 `allow_special_in_text` is set; control ids come only from templates and the BOS/--append-eod rules.
-Empty documents (no text, or text that encodes to no tokens) are skipped and counted as "empty text": Megatron's
-preprocess_data.py writes them as documents of zero sequences, which add no tokens. Whitespace-only text is a
-document, encoded like any other text, as Megatron does.
+Empty documents (no text, or text that encodes to no tokens) are skipped and counted as "empty text". Megatron-LM's
+preprocess_data.py differs here: it writes an empty text as a document of zero sequences (no tokens, but an entry
+in the document index), or, with a tokenizer that adds BOS, as a document of BOS (and eod) alone; the datasets
+are then equal except for those documents. Whitespace-only text is a document, encoded like any other text, as
+Megatron does (with a BOS tokenizer, whitespace that normalises to nothing gives BOS and eod there and here).
 
 Outputs for PREFIX:
 - PREFIX.bin / PREFIX.idx   token ids, Megatron layout (uint16 when the vocabulary fits, else int32);
@@ -28,6 +38,7 @@ and PREFIX.meta.json lists them; `merge` joins prepared datasets into one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import itertools
 import json
@@ -57,9 +68,11 @@ BATCH_ROWS = 512  # rows per encode_batch call inside a worker
 MIN_UNIT_BYTES = 1 << 20
 MAX_UNIT_BYTES = 64 << 20
 UNITS_PER_WORKER = 4
-# starting a worker process (imports, tokenizer) costs about what encoding a few MB costs: smaller inputs are
-# encoded in this process, where the tokenizer's own threads still use every core
-WORKER_MIN_BYTES = 8 << 20
+RUST_THREADS = 2  # tokenizer threads per worker at least, when encoding through the Rust batch encoder
+# starting a worker process (imports, tokenizer) and feeding it costs about what encoding 10-20 MB costs with the
+# WordCache, and a single process already runs the Rust batch encoder on every core: each worker must have at
+# least this much input to be worth starting (on 2 loaded cores, 20 MB per worker was slower than one process)
+WORKER_MIN_BYTES = 32 << 20
 
 
 @dataclass
@@ -159,19 +172,41 @@ def text_backend(backend, allow_special_in_text: bool):
     return copy
 
 
+def _words(backend, options: PrepareOptions):
+    """A WordCache for pretrain text (same ids, faster) where the tokenizer's pipeline allows, else None."""
+    from bessemer.tokenizer import WordCache
+
+    if backend is None or options.allow_special_in_text or options.handler != "pretrain":
+        return None
+    return WordCache.for_backend(backend)
+
+
+def _text_encoder(words):
+    return None if words is None else functools.partial(words.encode, add_special_tokens=True)
+
+
 class Encoder:
     """Encodes batches of rows into Chunks; one per process."""
 
     def __init__(self, options: PrepareOptions, tokenizer=None, *, light: tuple | None = None):
-        """`light`: (tokenizer JSON, eos id, dtype name) to encode pretrain text with `tokenizers` alone."""
+        """`light`: what `light()` returns, to encode pretrain text without importing transformers."""
         self.options = options
         if light is not None:
-            from tokenizers import Tokenizer
+            text, self.words, self.eod, dtype = light
+            self.dtype = np.dtype(dtype)
+            backend = None
+            if self.words is None:
+                from tokenizers import Tokenizer
 
-            backend = Tokenizer.from_str(light[0])
-            backend.encode_special_tokens = not options.allow_special_in_text
-            self.handler = Handler("pretrain", None, fields=options.fields, backend=backend)
-            self.eod, self.dtype = light[1], np.dtype(light[2])
+                backend = Tokenizer.from_str(text)
+                backend.encode_special_tokens = not options.allow_special_in_text
+            self.handler = Handler(
+                "pretrain",
+                None,
+                fields=options.fields,
+                backend=backend,
+                text_encoder=_text_encoder(self.words),
+            )
             return
         from bessemer.tokenizer import load_tokenizer
 
@@ -179,12 +214,14 @@ class Encoder:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if options.handler == "pretrain" and backend is not None:
             backend = text_backend(backend, options.allow_special_in_text)
+        self.words = _words(backend, options)
         self.handler = Handler(
             options.handler,
             self.tokenizer,
             template=options.template,
             fields=options.fields,
             backend=backend,
+            text_encoder=_text_encoder(self.words),
         )
         self.dtype = best_dtype(len(self.tokenizer))
         self.eod = self.tokenizer.eos_token_id
@@ -194,10 +231,13 @@ class Encoder:
             )
 
     def light(self) -> tuple | None:
-        """What a pretrain worker needs to encode without importing transformers (None for SFT handlers)."""
+        """What a pretrain worker needs to encode without importing transformers (None for SFT handlers):
+        the WordCache, or else the tokenizer as JSON."""
         if self.handler.is_sft or self.handler.backend is None:
             return None
-        return (self.handler.backend.to_str(), self.eod, self.dtype.name)
+        if self.words is not None:
+            return (None, self.words, self.eod, self.dtype.name)
+        return (self.handler.backend.to_str(), None, self.eod, self.dtype.name)
 
     def __call__(self, rows: list[tuple[str, dict]]) -> Chunk:
         o = self.options
@@ -436,9 +476,11 @@ class _Router:
             self.current.abort()
 
 
-def plan_workers(requested: int, units: int, total_bytes: int) -> int:
-    """Worker processes to use: never more than the cores, the units, or what the input size pays for."""
-    return max(1, min(requested, available_cores(), units, total_bytes // max(1, WORKER_MIN_BYTES)))
+def plan_workers(requested: int, units: int, total_bytes: int, min_threads: int = 1) -> int:
+    """Worker processes to use: never more than the cores (each with at least `min_threads` of them), the units,
+    or what the input size pays for."""
+    cores = max(1, available_cores() // min_threads)
+    return max(1, min(requested, cores, units, total_bytes // max(1, WORKER_MIN_BYTES)))
 
 
 def prepare(
@@ -467,7 +509,9 @@ def prepare(
     total_bytes = sum(Path(f).stat().st_size for f in _input_files(inputs))
     target = int(np.clip(total_bytes // max(1, workers * UNITS_PER_WORKER), MIN_UNIT_BYTES, MAX_UNIT_BYTES))
     units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode)
-    used = plan_workers(workers, len(units), total_bytes)
+    # the Rust batch encoder (no WordCache) gets two threads per process: on 2 loaded cores, two one-thread
+    # workers took 25% more CPU and longer than one process running two threads
+    used = plan_workers(workers, len(units), total_bytes, min_threads=1 if encoder.words else RUST_THREADS)
     if used < workers:
         log.info(
             "prepare: using %d of %d workers (%.1f MB in %d units, %d cores, %d MB or more per worker)",

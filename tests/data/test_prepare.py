@@ -16,7 +16,7 @@ from bessemer.config.schema import DataSection
 from bessemer.data import prepare as prepare_module
 from bessemer.data.dataset import PackedBatches
 from bessemer.data.indexed import IndexedDataset, read_meta
-from bessemer.data.prepare import PrepareOptions, merge, plan_workers, prepare, text_backend
+from bessemer.data.prepare import PrepareOptions, merge, plan_workers, prepare
 from bessemer.errors import DataError
 from bessemer.tokenizer import tokenizer_fingerprint
 
@@ -69,6 +69,12 @@ def test_workers_give_identical_bytes(stories, tokenizer_dir, tmp_path, monkeypa
     assert metas[1]["workers"] == 1 and metas[2]["workers"] == 2
     assert files_of(tmp_path / "w1") == files_of(tmp_path / "w2")
     assert metas[1]["tokens"] == metas[2]["tokens"] and not pool_workers()
+    # the Rust pipeline (no WordCache when special-token text is control) in workers too
+    opts = PrepareOptions(tokenizer=str(tokenizer_dir), append_eod=True, allow_special_in_text=True)
+    monkeypatch.setattr(prepare_module, "RUST_THREADS", 1)  # workers on 2 cores, not one process of 2 threads
+    for w in (1, 2):
+        assert prepare([str(stories)], str(tmp_path / f"c{w}"), opts, workers=w)["workers"] == w
+    assert files_of(tmp_path / "c1") == files_of(tmp_path / "c2") == files_of(tmp_path / "w1")
     # SFT masks and shards across many units (in this process: SFT workers would each import transformers)
     sft = CORPUS_DIR / "sharegpt_sample.jsonl"
     opts = PrepareOptions(tokenizer=str(tokenizer_dir), handler="sharegpt")
@@ -84,25 +90,34 @@ def test_workers_give_identical_bytes(stories, tokenizer_dir, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_same_bytes_as_megatron_preprocess(tokenizer_dir, tokenizer, tmp_path, monkeypatch):
-    """Megatron-LM's preprocess_data.py: json.loads a line, tokenize its text, megatron-core's builder writes it."""
+    """Megatron-LM's preprocess_data.py with its Llama2Tokenizer: json.loads a line, BOS + sentencepiece's ids of
+    its text, eod appended, megatron-core's builder writes it. `prepare` encodes through its WordCache."""
     pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    import sentencepiece as spm
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 4096)
+    monkeypatch.setattr(prepare_module, "WORKER_MIN_BYTES", 1)
     lines = (CORPUS_DIR / "stories.jsonl").read_text(encoding="utf-8").splitlines()[:300]
     lines[5] = json.dumps({"text": "   "})  # whitespace-only: a document of its own, as in Megatron
     lines[9] = json.dumps({"text": "HTML: <s>old price</s> new price"})
+    lines[11] = json.dumps({"text": "tabs\tand  runs   of spaces \u2581 ▁▁ \n\n 中文 😀 end  "})
     src = tmp_path / "c.jsonl"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    backend = text_backend(tokenizer.backend_tokenizer, allow_special_in_text=False)
+    sp = spm.SentencePieceProcessor(model_file=str(Path(tokenizer_dir) / "tokenizer.model"))
     builder = IndexedDatasetBuilder(str(tmp_path / "m.bin"), dtype=np.uint16)
     for line in lines:
-        ids = backend.encode(json.loads(line)["text"]).ids + [tokenizer.eos_token_id]
+        ids = [sp.bos_id(), *sp.encode_as_ids(json.loads(line)["text"]), sp.eos_id()]
         builder.add_document(ids, [len(ids)])
     builder.finalize(str(tmp_path / "m.idx"))
-    # many units in one process: how units join is what matters here (workers are compared above)
-    prepare([str(src)], str(tmp_path / "ours"), PrepareOptions(str(tokenizer_dir), append_eod=True))
-    assert files_of(tmp_path / "ours") == files_of(tmp_path / "m")
+    # many units, in this process and in two workers
+    for workers in (1, 2):
+        opts = PrepareOptions(str(tokenizer_dir), append_eod=True)
+        meta = prepare([str(src)], str(tmp_path / f"ours{workers}"), opts, workers=workers)
+        assert meta["workers"] == workers and files_of(tmp_path / f"ours{workers}") == files_of(
+            tmp_path / "m"
+        )
+    assert not pool_workers()
 
 
 def test_special_token_text_is_text(tokenizer_dir, tokenizer, tmp_path):
@@ -162,6 +177,7 @@ def test_worker_count_is_bounded_by_cores_units_and_size(monkeypatch):
     assert plan_workers(16, units=3, total_bytes=1 << 40) == 3
     assert plan_workers(16, units=100, total_bytes=prepare_module.WORKER_MIN_BYTES * 2) == 2
     assert plan_workers(2, units=100, total_bytes=100) == 1
+    assert plan_workers(16, units=100, total_bytes=1 << 40, min_threads=2) == 2
 
 
 def test_interrupt_and_worker_errors_leave_nothing(stories, tokenizer_dir, tmp_path, monkeypatch):

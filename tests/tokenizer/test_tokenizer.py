@@ -203,3 +203,19 @@ def test_chat_template_files_are_read(mistral_dir, tmp_path):
     assert load_tokenizer(tmp_path).chat_template == "{{ messages[0].content }}"
     (tmp_path / "chat_template.jinja").write_text("{{ 'jinja' }}")
     assert load_tokenizer(tmp_path).chat_template == "{{ 'jinja' }}"
+
+
+def test_word_cache_is_the_path_taken_and_stays_exact(mistral_dir, real_text, monkeypatch):
+    # encode_texts goes word by word through WordCache for converted sentencepiece models (the comparisons above
+    # check that path); a cache started afresh mid-way, and the plain Rust pipeline, give the same ids
+    from bessemer.tokenizer import WordCache
+
+    tok = load_tokenizer(mistral_dir)
+    words = WordCache.for_backend(tok.backend_tokenizer)
+    assert words is not None
+    texts = real_text["python-files"][:300] + real_text["sharegpt-zh"][:100] + ["", " ", "a  ", "  b"]
+    plain = [e.ids for e in tok.backend_tokenizer.encode_batch(texts, add_special_tokens=True)]
+    monkeypatch.setattr(WordCache, "MAX_WORDS", 50)
+    for _ in range(2):  # the second call finds the cache over its bound and starts afresh
+        assert words.encode(texts, add_special_tokens=True) == plain
+    assert encode_texts(tok, texts, add_special_tokens=True) == plain
