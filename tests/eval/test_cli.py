@@ -162,3 +162,38 @@ def test_bad_data_is_refused_before_the_model_loads(capsys, mmlu_dir, tmp_path):
     assert main([*argv, "--subjects", "abstract_algebr"]) == 2
     assert "did you mean 'abstract_algebra'?" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(
+    capsys, monkeypatch, hf_dir, mmlu_dir, loaded_hf, tmp_path
+):
+    from bessemer.eval.results import PredictionCache
+
+    add, calls = PredictionCache.add, []
+
+    def add_then_stop(self, row):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the 4th question is being written
+        calls.append(row)
+        add(self, row)
+
+    monkeypatch.setattr(PredictionCache, "add", add_then_stop)
+    out = tmp_path / "k"
+    assert run_eval(hf_dir, mmlu_dir, out, "--batch-size", "1") == 130
+    assert not (out / "results.json").exists()
+    partial = out / "predictions.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 1 + 3
+    with open(partial, "a") as f:
+        f.write('{"subject": "high_school_geo')  # and a line torn by a hard kill
+    monkeypatch.setattr(PredictionCache, "add", add)
+    assert run_eval(hf_dir, mmlu_dir, out, "--resume") == 0
+    res = json.loads((out / "results.json").read_text())
+    task = load_choice_task("mmlu", mmlu_dir, shots=N_DEV)
+    expected = [
+        p for s in task.subjects for p in score_subject(loaded_hf.model, task, s, loaded_hf.tokenizer, 4)
+    ]
+    assert res["scored_now"] == len(expected) - 3 and not partial.exists()
+    got = [(p["subject"], p["index"], p["pred"], p["logprobs"]) for p in res["predictions"]]
+    assert [g[:3] for g in got] == [(p.subject, p.index, p.pred) for p in expected]
+    worst = max(abs(a - b) for g, p in zip(got, expected) for a, b in zip(g[3], p.logprobs))
+    assert worst < 1e-5  # batch 1 before the stop, batch 16 after: float rounding only
