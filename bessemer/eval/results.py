@@ -73,6 +73,11 @@ class PredictionCache:
         self.done: dict[tuple[str, int], dict] = {}
         if resume:
             self._read_finished(Path(out_dir) / "results.json", header)
+        if not resume and self.path.is_file():
+            raise DataError(
+                f"{self.path}: an earlier eval stopped here; add --resume to continue it, or remove the file "
+                "(or pick another --out) to start over"
+            )
         partial = resume and self.path.is_file()
         if partial:
             self._read(header)
@@ -106,7 +111,8 @@ class PredictionCache:
             found = None
         if found != header:
             raise DataError(
-                f"{self.path}: cached predictions belong to another run ({found}); drop --resume to start over"
+                f"{self.path}: cached predictions belong to another run ({found}); remove the file or pick "
+                "another --out to start over"
             )
         for line in lines[1:]:
             try:
