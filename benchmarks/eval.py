@@ -84,6 +84,7 @@ def main() -> None:
         "means about batch-size x suffix length = lm-eval-batch-size x prompt length",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the figures and every question's per-choice log-probs here")
     args = p.parse_args()
     import torch
 
@@ -118,6 +119,34 @@ def main() -> None:
     # CPU seconds still compare fairly on a shared, loaded machine; wall time is what a user waits
     print(f"speed ratio (bessemer / lm-eval): {l_s / b_s:.2f}x wall, {l_cpu / b_cpu:.2f}x CPU time")
     print(f"max |log-prob difference| over {4 * n} choices: {worst:.2e}")
+    if args.json:
+        import json
+
+        figures = {
+            "device": args.device,
+            "torch_threads": torch.get_num_threads(),
+            "lm_eval": version,
+            "subjects": len(subjects),
+            "n_questions": n,
+            "shots": args.shots,
+            "limit": args.limit,
+            "batch_size": [args.batch_size, lm_bs],
+            "bessemer": {"load_s": b_load, "wall_s": b_s, "cpu_s": b_cpu, "accuracy": b_correct / n},
+            "lm_eval_hf": {"load_s": l_load, "wall_s": l_s, "cpu_s": l_cpu, "accuracy": l_correct / n},
+            "max_abs_logprob_diff": worst,
+            "questions": [
+                {
+                    "subject": name,
+                    "index": p.index,
+                    "answer": p.answer,
+                    "bessemer": p.logprobs,
+                    "lm_eval": ref,
+                }
+                for name in subjects
+                for p, ref in zip(b_preds[name], l_lps[name])
+            ],
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

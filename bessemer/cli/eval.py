@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--harness runs lm-eval tasks; install it with pip install 'lm-eval>=0.4.13'"
             ) from exc
+    # the data is read (and bad rows refused) before the model loads, which takes far longer
+    task = _read_task(args) if args.task not in (None, "perplexity") else None
+    if args.task == "perplexity":
+        _check_perplexity_source(args.data)
     loaded = load_for_inference(args.checkpoint, args.device, args.dtype)
     loaded.model.eval()
     if args.harness:
@@ -70,8 +74,30 @@ def run(args: argparse.Namespace) -> int:
         return _run_perplexity(args, loaded)
     out = Path(args.out or f"eval/{loaded.name}-{args.task}")
     if args.task == "gsm8k":
-        return _run_gsm8k(args, loaded, out)
-    return _run_choice(args, loaded, out)
+        return _run_gsm8k(args, task, loaded, out)
+    return _run_choice(args, task, loaded, out)
+
+
+def _read_task(args):
+    if args.task == "gsm8k":
+        from bessemer.eval.gsm8k import load_gsm8k
+
+        return load_gsm8k(args.data, 8 if args.shots is None else args.shots, args.limit)
+    from bessemer.eval.tasks import load_choice_task
+
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
+    return load_choice_task(
+        args.task, args.data, 5 if args.shots is None else args.shots, subjects, args.limit
+    )
+
+
+def _check_perplexity_source(source: str) -> None:
+    from bessemer.data import indexed
+    from bessemer.errors import DataError
+
+    path = Path(source)
+    if not (path.is_file() or indexed.exists(path)):
+        raise DataError(f"{path}: neither a text file nor a prepared PREFIX (.bin/.idx); check the path")
 
 
 # options that only some tasks read; giving one elsewhere is refused rather than silently ignored
@@ -116,26 +142,25 @@ def _advance(progress, bar, start: float, done: int, total_done: list[int]) -> N
     progress.update(bar, advance=done, rate=f"{rate:.1f} q/s")
 
 
-def _run_choice(args, loaded, out: Path) -> int:
+def _run_choice(args, task, loaded, out: Path) -> int:
     from bessemer.eval.results import PredictionCache, summarize, write_results
     from bessemer.eval.runner import Prediction, TruncationCounts, score_subject
-    from bessemer.eval.tasks import load_choice_task
 
-    shots = 5 if args.shots is None else args.shots
-    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
-    task = load_choice_task(args.task, args.data, shots, subjects, args.limit)
+    shots = len(task.subjects[0].shots) if task.subjects else 0
+    # what a cached prediction depends on; --limit and --subjects only choose questions, so a resumed run may
+    # widen or narrow them and keep every cached prediction it still needs
     header = {
         "task": task.name,
         "model": str(loaded.path.resolve()),
         "data_fingerprint": task.fingerprint,
         "shots": shots,
-        "limit": args.limit,
     }
     cache = PredictionCache(out, header, args.resume)
     counts = TruncationCounts()
-    preds: list[Prediction] = [Prediction(**r) for r in cache.done.values()]
+    wanted = {(s.name, q.index) for s in task.subjects for q in s.questions}
+    preds: list[Prediction] = [Prediction(**r) for key, r in cache.done.items() if key in wanted]
     total = sum(len(s.questions) for s in task.subjects)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     scored = [0]
     try:
         with _progress() as progress:
@@ -161,18 +186,21 @@ def _run_choice(args, loaded, out: Path) -> int:
                 )
     finally:
         cache.close()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     categories = {s.name: s.category for s in task.subjects}
     order = {s.name: k for k, s in enumerate(task.subjects)}
     preds.sort(key=lambda p: (order[p.subject], p.index))
     summary = summarize([(p.subject, p.correct) for p in preds], categories)
     results = {
         **header,
+        "limit": args.limit,
         "model_name": loaded.name,
         "data": str(Path(args.data).resolve()),
         "split": task.split,
         "truncated": {"shots_dropped": counts.shots_dropped, "left_truncated": counts.left_truncated},
+        "scored_now": scored[0],  # the rest came from the --resume cache
         "elapsed_s": round(elapsed, 3),
+        "cpu_s": round(cpu, 3),
         "questions_per_s": round(scored[0] / elapsed, 3) if elapsed else None,
         **summary,
         "predictions": [p.__dict__ for p in preds],
@@ -183,25 +211,25 @@ def _run_choice(args, loaded, out: Path) -> int:
     return 0
 
 
-def _run_gsm8k(args, loaded, out: Path) -> int:
-    from bessemer.eval.gsm8k import load_gsm8k, run_gsm8k
-    from bessemer.eval.results import PredictionCache, summarize, write_results
-
-    shots = 8 if args.shots is None else args.shots
-    task = load_gsm8k(args.data, shots, args.limit)
+def _run_gsm8k(args, task, loaded, out: Path) -> int:
     import hashlib
 
+    from bessemer.eval.gsm8k import run_gsm8k
+    from bessemer.eval.results import PredictionCache, summarize, write_results
+
+    shots = len(task.shots)
     fingerprint = hashlib.sha256(b"".join(f.read_bytes() for f in task.files)).hexdigest()[:16]
     header = {
         "task": "gsm8k",
         "model": str(loaded.path.resolve()),
         "data_fingerprint": fingerprint,
         "shots": shots,
-        "limit": args.limit,
+        "max_new_tokens": args.max_new_tokens or 256,
     }
     cache = PredictionCache(out, header, args.resume)
-    rows = list(cache.done.values())
-    start = time.perf_counter()
+    wanted = {p.index for p in task.problems}
+    rows = [r for (_, i), r in cache.done.items() if i in wanted]
+    start, cpu_start = time.perf_counter(), time.process_time()
     scored = [0]
     try:
         with _progress() as progress:
@@ -223,7 +251,7 @@ def _run_gsm8k(args, loaded, out: Path) -> int:
             )
     finally:
         cache.close()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     rows.sort(key=lambda r: r["index"])
     summary = summarize([("gsm8k", r["pred"] == r["answer"]) for r in rows], {"gsm8k": "math"})
     results = {
@@ -231,8 +259,11 @@ def _run_gsm8k(args, loaded, out: Path) -> int:
         "model_name": loaded.name,
         "data": str(Path(args.data).resolve()),
         "split": "test",
+        "limit": args.limit,
         "truncated": {"shots_dropped": truncated},
+        "scored_now": scored[0],
         "elapsed_s": round(elapsed, 3),
+        "cpu_s": round(cpu, 3),
         "questions_per_s": round(scored[0] / elapsed, 3) if elapsed else None,
         **summary,
         "predictions": rows,
@@ -308,7 +339,8 @@ def _print_summary(results: dict, truncated_examples: list[str]) -> None:
     note = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in t.items())
     extra = f" (e.g. {', '.join(truncated_examples)})" if truncated_examples else ""
     print(f"prompts shortened     {note}{extra}")
-    if results.get("questions_per_s"):
+    if results.get("questions_per_s") is not None:
         print(
-            f"speed                 {results['questions_per_s']:.2f} questions/s, {results['elapsed_s']:.1f} s"
+            f"speed                 {results['questions_per_s']:.2f} questions/s over {results['scored_now']} "
+            f"scored now, {results['elapsed_s']:.1f} s wall, {results['cpu_s']:.1f} s CPU"
         )

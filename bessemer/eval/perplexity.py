@@ -34,14 +34,18 @@ class Perplexity:
 
 
 def read_tokens(source: str | Path, tokenizer) -> tuple[list[int], int]:
-    """Token ids and UTF-8 byte count of a .txt file (encoded whole) or a prepared PREFIX (.bin/.idx)."""
+    """Token ids and UTF-8 byte count of a .txt file (encoded whole) or a prepared PREFIX (.bin/.idx).
+
+    The ids start with the tokenizer's BOS (else EOS) token, added when the text's own ids do not, so every token
+    of the text is predicted and bits per byte covers every byte (lm-eval's rolling log-likelihood does the same).
+    """
     from bessemer.data import indexed
 
     path = Path(source)
     if indexed.exists(path):
         ids = indexed.IndexedDataset(path).tokens.tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        return ids, len(text.encode("utf-8"))
+        return _with_prefix_token(ids, tokenizer), len(text.encode("utf-8"))
     if not path.is_file():
         raise DataError(f"{path}: neither a text file nor a prepared PREFIX (.bin/.idx); check the path")
     try:
@@ -50,7 +54,12 @@ def read_tokens(source: str | Path, tokenizer) -> tuple[list[int], int]:
         raise DataError(
             f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); convert it to UTF-8"
         ) from exc
-    return tokenizer(text)["input_ids"], len(text.encode("utf-8"))
+    return _with_prefix_token(tokenizer(text)["input_ids"], tokenizer), len(text.encode("utf-8"))
+
+
+def _with_prefix_token(ids: list[int], tokenizer) -> list[int]:
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [prefix, *ids] if prefix is not None and ids[:1] != [prefix] else ids
 
 
 @torch.no_grad()

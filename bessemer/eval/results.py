@@ -2,7 +2,9 @@
 
 results.json is written once, atomically, when every question is scored. While the eval runs, each prediction
 is appended to OUT/predictions.partial.jsonl (first line: what the predictions belong to); a killed eval
-resumes from it, and it is removed once results.json is in place.
+resumes from it, and it is removed once results.json is in place. `--resume` also reuses the predictions of a
+finished OUT/results.json of the same run (task, model, data, shots), so a run can be widened (a larger
+--limit, more subjects) without scoring the same questions twice.
 """
 
 from __future__ import annotations
@@ -69,14 +71,37 @@ class PredictionCache:
     def __init__(self, out_dir: Path, header: dict, resume: bool):
         self.path = Path(out_dir) / PARTIAL
         self.done: dict[tuple[str, int], dict] = {}
-        if resume and self.path.is_file():
+        if resume:
+            self._read_finished(Path(out_dir) / "results.json", header)
+        if not resume and self.path.is_file():
+            raise DataError(
+                f"{self.path}: an earlier eval stopped here; add --resume to continue it, or remove the file "
+                "(or pick another --out) to start over"
+            )
+        partial = resume and self.path.is_file()
+        if partial:
             self._read(header)
-        elif resume:
-            log.info("no %s to resume from; starting from the first question", self.path)
+        if resume and not self.done:
+            log.info("nothing to resume from in %s; starting from the first question", out_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.done:
+        if not partial:
             self.path.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def _read_finished(self, path: Path, header: dict) -> None:
+        if not path.is_file():
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not valid JSON ({exc}); drop --resume to start over") from exc
+        found = {k: data.get(k) for k in header} if isinstance(data, dict) else None
+        if found != header:
+            raise DataError(
+                f"{path}: these results belong to another run ({found}); drop --resume or pick another --out"
+            )
+        for row in data.get("predictions", []):
+            self.done[(row["subject"], row["index"])] = row
 
     def _read(self, header: dict) -> None:
         lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -86,7 +111,8 @@ class PredictionCache:
             found = None
         if found != header:
             raise DataError(
-                f"{self.path}: cached predictions belong to another run ({found}); drop --resume to start over"
+                f"{self.path}: cached predictions belong to another run ({found}); remove the file or pick "
+                "another --out to start over"
             )
         for line in lines[1:]:
             try:

@@ -48,29 +48,34 @@ class TruncationCounts:
     examples: list[str] = field(default_factory=list)
 
 
-def encode_pair(tokenizer, contexts: list[str], continuation: str) -> tuple[list[list[int]], list[list[int]]]:
-    """lm-eval's causal rule: encode context+continuation whole, the continuation is what follows the context."""
+def encode_choices(
+    tokenizer, contexts: list[str], continuations: list[str]
+) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """lm-eval's causal rule: encode context+continuation whole, the continuation is what follows the context.
+
+    Returns each context's ids and, per context, the ids of every continuation.
+    """
     ctx = tokenizer(contexts)["input_ids"]
-    whole = tokenizer([c + continuation for c in contexts])["input_ids"]
-    return ctx, [w[len(c) :] for c, w in zip(ctx, whole)]
+    per_choice = []
+    for continuation in continuations:
+        whole = tokenizer([c + continuation for c in contexts])["input_ids"]
+        per_choice.append([w[len(c) :] for c, w in zip(ctx, whole)])
+    return ctx, [list(choices) for choices in zip(*per_choice)]
 
 
 def fit_questions(task: ChoiceTask, subject: Subject, tokenizer, max_len: int) -> list[Fitted]:
     """Token ids of every question's prompt; too long ones drop shots from the front, then lose tokens on the left."""
     n_shots = len(subject.shots)
     contexts = [task.context(subject, q, n_shots) for q in subject.questions]
-    conts = [encode_pair(tokenizer, contexts, c) for c in task.continuations()]
+    ctx_ids, choice_ids = encode_choices(tokenizer, contexts, task.continuations())
     out = []
     for i, q in enumerate(subject.questions):
-        ctx = conts[0][0][i]
-        choice_ids = [c[1][i] for c in conts]
-        fitted = Fitted(q, ctx, choice_ids)
+        fitted = Fitted(q, ctx_ids[i], choice_ids[i])
         shots = n_shots
         while len(fitted.context) + max(map(len, fitted.continuations)) - 1 > max_len and shots > 0:
             shots -= 1
-            text = task.context(subject, q, shots)
-            pairs = [encode_pair(tokenizer, [text], c) for c in task.continuations()]
-            fitted = Fitted(q, pairs[0][0][0], [p[1][0] for p in pairs], shots_dropped=n_shots - shots)
+            ctx, choices = encode_choices(tokenizer, [task.context(subject, q, shots)], task.continuations())
+            fitted = Fitted(q, ctx[0], choices[0], shots_dropped=n_shots - shots)
         over = len(fitted.context) + max(map(len, fitted.continuations)) - 1 - max_len
         if over > 0:
             fitted.context = fitted.context[over:]

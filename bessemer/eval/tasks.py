@@ -200,7 +200,10 @@ def _read_csv(task: str, path: Path, subject: str, answered: bool) -> list[Quest
                 question, *choices, letter = row
             else:
                 if len(row) != len(header):
-                    raise DataError(f"{path}:{line}: {len(row)} columns, the header has {len(header)}")
+                    raise DataError(
+                        f"{path}:{line}: {len(row)} columns, the header has {len(header)} (quote fields holding "
+                        "commas)"
+                    )
                 question = row[at["question"]]
                 choices = [row[at[c]] for c in "abcd"]
                 letter = row[at["answer"]] if answered else ""

@@ -59,3 +59,26 @@ def test_generate_until_equals_hf_backend(lms):
     assert ours.generate_until(requests("generate_until", args)) == hf.generate_until(
         requests("generate_until", args)
     )
+
+
+def test_lm_eval_python_api_by_name(hf_dir, mmlu_dir, loaded_hf, tmp_path):
+    """The README's route for lm-eval users: lm-eval 0.4.13 loads no models from entry points, so importing
+    bessemer.eval.harness registers "bessemer" and simple_evaluate finds it by name."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import bessemer.eval.harness  # noqa: F401
+    from bessemer.eval.runner import score_subject
+    from bessemer.eval.tasks import load_choice_task
+    from tests.eval.helpers import N_DEV, write_lm_eval_tasks
+
+    tasks = write_lm_eval_tasks(mmlu_dir, tmp_path)
+    res = lm_eval.simple_evaluate(
+        model="bessemer",
+        model_args=f"checkpoint={hf_dir},device=cpu,dtype=float32",
+        tasks=tasks[:1],
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+    )
+    task = load_choice_task("mmlu", mmlu_dir, shots=N_DEV, subjects=["abstract_algebra"])
+    preds = score_subject(loaded_hf.model, task, task.subjects[0], loaded_hf.tokenizer, 4)
+    assert res["results"][tasks[0]]["acc,none"] == sum(p.correct for p in preds) / len(preds)

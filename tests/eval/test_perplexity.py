@@ -1,4 +1,4 @@
-"""Perplexity equals transformers' loss over the same tokens; text files and prepared datasets agree."""
+"""Perplexity equals transformers' loss and lm-eval's rolling log-likelihood; text files and prepared datasets agree."""
 
 from __future__ import annotations
 
@@ -55,3 +55,37 @@ def test_prepared_dataset_and_errors(loaded_hf, tmp_path):
         read_tokens(tmp_path / "nope", loaded_hf.tokenizer)
     with pytest.raises(ConfigError, match="--stride 0"):
         perplexity(loaded_hf.model, ids, 1, 8, 0)
+
+
+def test_rolling_windows_equal_lm_eval(loaded_hf, hf_dir):
+    """stride == window is lm-eval's rolling log-likelihood (its hf backend, eleven windows), token for token.
+
+    lm-eval predicts its token list (which has the tokenizer's BOS) from a prefix token, so the same ids are fed.
+    """
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    text = TEXT * 4
+    hf = HFLM(pretrained=str(hf_dir), dtype="float32", device="cpu", batch_size=1, max_length=32)
+    request = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
+    ref = hf.loglikelihood_rolling([request])[0]
+    ids = [hf.prefix_token_id, *hf.tok_encode(text)]
+    n_bytes = len(text.encode("utf-8"))
+    r = perplexity(loaded_hf.model, ids, n_bytes, window=32, stride=32)
+    assert r.tokens == len(ids) - 1 > 10 * 32
+    assert r.nll * r.tokens == pytest.approx(-ref, abs=1e-3)
+    assert r.bits_per_byte == pytest.approx(-ref / math.log(2) / n_bytes, rel=1e-6)
+
+
+def test_a_tokenizer_without_bos_still_predicts_every_token(loaded_hf, tmp_path):
+    tok = loaded_hf.tokenizer
+
+    class NoBos:  # a GPT-2-style tokenizer: adds no special tokens of its own
+        bos_token_id, eos_token_id = tok.bos_token_id, tok.eos_token_id
+
+        def __call__(self, text):
+            return {"input_ids": tok(text, add_special_tokens=False)["input_ids"]}
+
+    path = tmp_path / "t.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    assert read_tokens(path, NoBos()) == read_tokens(path, tok)

@@ -30,6 +30,8 @@ def test_cache_resumes_and_refuses_another_run(tmp_path):
     again.close()
     with pytest.raises(DataError, match="belong to another run"):
         PredictionCache(tmp_path, {**header, "shots": 0}, resume=True)
+    with pytest.raises(DataError, match="an earlier eval stopped here; add --resume to continue it"):
+        PredictionCache(tmp_path, header, resume=False)  # never silently drops a killed run's predictions
     path = write_results(tmp_path, {"task": "mmlu", "overall": {}})
     assert json.loads(path.read_text())["task"] == "mmlu"
     assert not (tmp_path / "predictions.partial.jsonl").exists()
