@@ -47,12 +47,12 @@ def load_model_state(ckpt: str | Path, state_dict: dict[str, torch.Tensor]) -> N
 def _copy_tensor_by_tensor(weights_dir: Path, state_dict: dict[str, torch.Tensor]) -> None:
     """Unsharded targets: read each tensor with plain file reads and copy it in. DCP's safetensors reader maps a
     whole shard and keeps it mapped while it copies, so a one-process load held the file's size twice in RSS
-    (a 1.1B LoRA run peaked at twice its base); here the extra memory is one tensor."""
+    (a 1.1B LoRA run peaked at twice its base); here a tensor of the target's dtype is read straight into it."""
     from bessemer.hf.weights import SafetensorsReader
 
     with SafetensorsReader(weights_dir) as reader, torch.no_grad():
         for name, target in state_dict.items():
-            target.copy_(reader.get(name))
+            reader.read_into(name, target)
 
 
 def check_shapes(ckpt: Path, wanted: dict[str, torch.Tensor], stored: dict[str, tuple]) -> None:

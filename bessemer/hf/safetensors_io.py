@@ -157,9 +157,13 @@ def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_size: int)
         )
 
 
-def read_tensor(info: TensorInfo, fd: int | None = None) -> torch.Tensor:
-    """Read one tensor's bytes from a safetensors file into a fresh CPU tensor."""
-    out = torch.empty(info.nbytes, dtype=torch.uint8)
+def read_tensor(info: TensorInfo, fd: int | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor's bytes from a safetensors file into a fresh CPU tensor, or straight into `into` (a
+    contiguous CPU tensor of the stored dtype and shape: no second copy of the tensor is held)."""
+    if into is not None:
+        out = into.reshape(-1).view(torch.uint8)
+    else:
+        out = torch.empty(info.nbytes, dtype=torch.uint8)
     view = memoryview(out.numpy())
     own = fd is None
     if own:
@@ -176,6 +180,8 @@ def read_tensor(info: TensorInfo, fd: int | None = None) -> torch.Tensor:
     finally:
         if own:
             os.close(fd)
+    if into is not None:
+        return into
     return out.view(info.dtype).view(info.shape) if info.shape else out.view(info.dtype).reshape(())
 
 

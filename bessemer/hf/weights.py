@@ -97,6 +97,18 @@ class SafetensorsReader(WeightReader):
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
         return read_tensor(info, fd)
 
+    def read_into(self, name: str, target: torch.Tensor) -> None:
+        """Fill `target` (of the stored shape) with the stored tensor: a contiguous CPU target of the stored
+        dtype is read into directly, with no temporary; any other is copied into (converting the dtype)."""
+        info = self._infos[name]
+        if target.device.type != "cpu" or target.dtype != info.dtype or not target.is_contiguous():
+            target.copy_(self.get(name))
+            return
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        read_tensor(info, fd, into=target)
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)

@@ -53,6 +53,44 @@ def int8_per_row(
     return codes, scale
 
 
+class StoredRows:
+    """A stored 2-D weight read a slice of rows at a time, for `int8_per_row`: quantizing an embedding table or
+    output head (the largest tensors) then never holds the whole float table, only one chunk of it."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, ckpt: Path, name: str, want: torch.Size):
+        from bessemer.errors import CheckpointError
+        from bessemer.hf.safetensors_io import read_header
+
+        for file in sorted((ckpt / "model").glob("*.safetensors")):
+            info = read_header(file).get(name)
+            if info is not None:
+                break
+        else:
+            raise CheckpointError(
+                f"{ckpt}: tensor {name!r} missing; the checkpoint is of another architecture"
+            )
+        if tuple(info.shape) != tuple(want):
+            raise CheckpointError(
+                f"{ckpt}: tensor {name!r} has shape {tuple(info.shape)}, the model wants {tuple(want)}; "
+                "use the model config the checkpoint was made with"
+            )
+        self.info, self.shape, self.dtype = info, info.shape, info.dtype
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        import dataclasses
+
+        from bessemer.hf.safetensors_io import read_tensor
+
+        start, stop, _ = rows.indices(self.shape[0])
+        row_bytes = self.info.nbytes // self.shape[0]
+        part = dataclasses.replace(
+            self.info, shape=(stop - start, *self.shape[1:]), offset=self.info.offset + start * row_bytes
+        )
+        return read_tensor(part)
+
+
 class Int8Linear(nn.Module):
     """y = x @ (codes * scale)^T, codes int8 [out, in], scale [out] in the activations' dtype."""
 
@@ -128,6 +166,15 @@ def load_quantized(ckpt: Path, device: torch.device, dtype: torch.dtype):
     parts = ["tok_embeddings", *(f"layers.{i}" for i in model.layers), "norm", "output"]
     for name in parts:
         part = model.get_submodule(name)
+        if tensor_files is not None and name in ("tok_embeddings", "output") and _streams(part):
+            stored = "tok_embeddings.weight" if name == "output" and cfg.tie_embeddings else f"{name}.weight"
+            rows = StoredRows(ckpt, stored, part.weight.shape)
+            if name == "tok_embeddings":
+                twin = Int8Embedding(rows, dtype)
+            else:
+                twin = Int8Linear(rows, dtype, normalize_rows=getattr(part, "norm_head", False))
+            setattr(model, name, twin.to(device))
+            continue
         part.to_empty(device="cpu")
         state = {f"{name}.{k}": v for k, v in part.state_dict().items()}
         if name == "output" and cfg.tie_embeddings:  # a tied head is stored once, as the embedding table
@@ -143,6 +190,11 @@ def load_quantized(ckpt: Path, device: torch.device, dtype: torch.dtype):
         setattr(holder, attr, quantize_int8(part).to(device))
     model.inv_freq = rope_inv_freq(cfg, device=device)
     return model.eval()
+
+
+def _streams(part: nn.Module) -> bool:
+    """An embedding or bias-free linear layer: quantized straight from the file, a chunk of rows at a time."""
+    return isinstance(part, nn.Embedding) or (isinstance(part, nn.Linear) and part.bias is None)
 
 
 def _safetensors_index(ckpt: Path) -> dict[str, Path] | None:
