@@ -11,6 +11,7 @@ full-precision weights are never all in memory at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -59,23 +60,7 @@ class StoredRows:
 
     device = torch.device("cpu")
 
-    def __init__(self, ckpt: Path, name: str, want: torch.Size):
-        from bessemer.errors import CheckpointError
-        from bessemer.hf.safetensors_io import read_header
-
-        for file in sorted((ckpt / "model").glob("*.safetensors")):
-            info = read_header(file).get(name)
-            if info is not None:
-                break
-        else:
-            raise CheckpointError(
-                f"{ckpt}: tensor {name!r} missing; the checkpoint is of another architecture"
-            )
-        if tuple(info.shape) != tuple(want):
-            raise CheckpointError(
-                f"{ckpt}: tensor {name!r} has shape {tuple(info.shape)}, the model wants {tuple(want)}; "
-                "use the model config the checkpoint was made with"
-            )
+    def __init__(self, info):
         self.info, self.shape, self.dtype = info, info.shape, info.dtype
 
     def __getitem__(self, rows: slice) -> torch.Tensor:
@@ -164,30 +149,33 @@ def load_quantized(ckpt: Path, device: torch.device, dtype: torch.dtype):
     model = build_model(cfg, device="meta")
     tensor_files = _safetensors_index(ckpt)
     parts = ["tok_embeddings", *(f"layers.{i}" for i in model.layers), "norm", "output"]
-    for name in parts:
-        part = model.get_submodule(name)
-        if tensor_files is not None and name in ("tok_embeddings", "output") and _streams(part):
-            stored = "tok_embeddings.weight" if name == "output" and cfg.tie_embeddings else f"{name}.weight"
-            rows = StoredRows(ckpt, stored, part.weight.shape)
-            if name == "tok_embeddings":
-                twin = Int8Embedding(rows, dtype)
-            else:
-                twin = Int8Linear(rows, dtype, normalize_rows=getattr(part, "norm_head", False))
-            setattr(model, name, twin.to(device))
-            continue
-        part.to_empty(device="cpu")
-        state = {f"{name}.{k}": v for k, v in part.state_dict().items()}
-        if name == "output" and cfg.tie_embeddings:  # a tied head is stored once, as the embedding table
-            state = {"tok_embeddings.weight": part.weight}
-        with torch.no_grad():
-            if tensor_files is not None:
-                _fill_from_safetensors(ckpt, tensor_files, state)
-            else:
-                load_model_state(ckpt, state)
-        part.to(dtype)
-        parent, _, attr = name.rpartition(".")
-        holder = model.get_submodule(parent) if parent else model
-        setattr(holder, attr, quantize_int8(part).to(device))
+    with tensor_files or contextlib.nullcontext():  # its files close once the model is built
+        for name in parts:
+            part = model.get_submodule(name)
+            if tensor_files is not None and name in ("tok_embeddings", "output") and _streams(part):
+                stored = (
+                    "tok_embeddings.weight" if name == "output" and cfg.tie_embeddings else f"{name}.weight"
+                )
+                rows = StoredRows(_stored_info(ckpt, tensor_files, stored, part.weight.shape))
+                if name == "tok_embeddings":
+                    twin = Int8Embedding(rows, dtype)
+                else:
+                    twin = Int8Linear(rows, dtype, normalize_rows=getattr(part, "norm_head", False))
+                setattr(model, name, twin.to(device))
+                continue
+            part.to_empty(device="cpu")
+            state = {f"{name}.{k}": v for k, v in part.state_dict().items()}
+            if name == "output" and cfg.tie_embeddings:  # a tied head is stored once, as the embedding table
+                state = {"tok_embeddings.weight": part.weight}
+            with torch.no_grad():
+                if tensor_files is not None:
+                    _fill_from_safetensors(ckpt, tensor_files, state)
+                else:
+                    load_model_state(ckpt, state)
+            part.to(dtype)
+            parent, _, attr = name.rpartition(".")
+            holder = model.get_submodule(parent) if parent else model
+            setattr(holder, attr, quantize_int8(part).to(device))
     model.inv_freq = rope_inv_freq(cfg, device=device)
     return model.eval()
 
@@ -197,44 +185,37 @@ def _streams(part: nn.Module) -> bool:
     return isinstance(part, nn.Embedding) or (isinstance(part, nn.Linear) and part.bias is None)
 
 
-def _safetensors_index(ckpt: Path) -> dict[str, Path] | None:
-    """Tensor name -> file for a checkpoint stored as model/*.safetensors (None for DCP shards)."""
-    from safetensors import safe_open
-
+def _safetensors_index(ckpt: Path):
+    """A tensor-by-tensor reader of a checkpoint stored as model/*.safetensors (None for DCP shards); it
+    validates every header strictly and confines the files to the folder as it opens."""
     from bessemer.checkpoint.model_io import _safetensors_shapes
+    from bessemer.hf.weights import SafetensorsReader
 
     files = sorted((ckpt / "model").glob("*.safetensors"))
     if (ckpt / "state" / ".metadata").is_file() or not files:
         return None
-    _safetensors_shapes(ckpt / "model")  # headers validated strictly and files confined before safe_open
-    index = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            index.update(dict.fromkeys(f.keys(), file))  # noqa: SIM118 (safe_open is not a dict)
-    return index
+    _safetensors_shapes(ckpt / "model")  # the checkpoint's own one-line errors for bad headers and paths
+    return SafetensorsReader(ckpt / "model")
 
 
-def _fill_from_safetensors(ckpt: Path, index: dict[str, Path], state: dict[str, torch.Tensor]) -> None:
-    """Copy one block's tensors in, opening each file only for this block: a mapping kept open would keep
-    every page read so far resident, and the peak would be the whole checkpoint again."""
-    from safetensors import safe_open
-
+def _stored_info(ckpt: Path, reader, name: str, want: torch.Size):
+    """Where tensor `name` is stored, refusing a missing tensor or another shape in one line."""
     from bessemer.errors import CheckpointError
 
-    by_file: dict[Path, list[str]] = {}
-    for name in state:
-        if name not in index:
-            raise CheckpointError(
-                f"{ckpt}: tensor {name!r} missing; the checkpoint is of another architecture"
-            )
-        by_file.setdefault(index[name], []).append(name)
-    for file, names in by_file.items():
-        with safe_open(str(file), framework="pt") as f:
-            for name in names:
-                stored = f.get_tensor(name)
-                if stored.shape != state[name].shape:
-                    raise CheckpointError(
-                        f"{ckpt}: tensor {name!r} has shape {tuple(stored.shape)}, the model wants "
-                        f"{tuple(state[name].shape)}; use the model config the checkpoint was made with"
-                    )
-                state[name].copy_(stored)
+    info = reader.infos().get(name)
+    if info is None:
+        raise CheckpointError(f"{ckpt}: tensor {name!r} missing; the checkpoint is of another architecture")
+    if tuple(info.shape) != tuple(want):
+        raise CheckpointError(
+            f"{ckpt}: tensor {name!r} has shape {tuple(info.shape)}, the model wants {tuple(want)}; "
+            "use the model config the checkpoint was made with"
+        )
+    return info
+
+
+def _fill_from_safetensors(ckpt: Path, reader, state: dict[str, torch.Tensor]) -> None:
+    """Read one block's tensors into its parameters with plain file reads: no mapping keeps the pages read so
+    far resident, and a tensor of the stored dtype is read straight into its parameter."""
+    for name, target in state.items():
+        _stored_info(ckpt, reader, name, target.shape)
+        reader.read_into(name, target)
