@@ -11,20 +11,23 @@ import math
 from pathlib import Path
 
 from bessemer.errors import ConversionError
+from bessemer.models.config import INT_RANGES
 
-# field: (smallest, largest) for whole numbers; bounds match ModelConfig's
-WHOLE = {
-    "hidden_size": (1, 1 << 16),
-    "num_attention_heads": (1, 1024),
-    "num_key_value_heads": (1, 1024),
-    "num_hidden_layers": (1, 1024),
-    "intermediate_size": (1, 1 << 20),
-    "vocab_size": (1, 1 << 24),
-    "head_dim": (1, 1 << 13),
-    "max_position_embeddings": (1, 1 << 24),
-    "sliding_window": (1, 1 << 24),
-    "original_max_position_embeddings": (1, 1 << 24),
+# config.json key: the ModelConfig field it becomes, whose upper bound it shares. The lower bound is 1: in a
+# config.json a size of 0 means nothing, while ModelConfig reads 0 as "derive it" for some fields.
+SIZES = {
+    "hidden_size": "dim",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+    "num_hidden_layers": "n_layers",
+    "intermediate_size": "ffn_dim",
+    "vocab_size": "vocab_size",
+    "head_dim": "head_dim",
+    "max_position_embeddings": "max_seq_len",
+    "sliding_window": "sliding_window",
+    "original_max_position_embeddings": "rope_original_max_seq_len",
 }
+WHOLE = {key: (1, INT_RANGES[field][1]) for key, field in SIZES.items()}  # key: (smallest, largest)
 # fields that must be finite and positive
 POSITIVE = ("rms_norm_eps", "rope_theta", "factor", "low_freq_factor", "high_freq_factor")
 

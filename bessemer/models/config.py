@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from bessemer.errors import ConfigError
 
 # Ranges generous enough for any published model and small enough that a typo fails here, not while
-# allocating: 2**24 tokens of context or vocabulary, 65536 wide, 1024 layers or heads.
-_INT_RANGES = {
+# allocating: 2**24 tokens of context or vocabulary, 65536 wide, 1024 layers or heads. The one owner of these
+# bounds: hf/config_check.py bounds a config.json's sizes by the fields they become.
+INT_RANGES = {
     "vocab_size": (1, 1 << 24),
     "dim": (1, 1 << 16),
     "n_layers": (1, 1024),
@@ -94,7 +95,7 @@ class ModelConfig:
             if kind == "int":
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ConfigError(f"model.{f.name}={value!r}: must be a whole number")
-                low, high = _INT_RANGES[f.name]
+                low, high = INT_RANGES[f.name]
                 if not low <= value <= high:
                     raise ConfigError(f"model.{f.name}={value}: must be between {low} and {high:,}")
             elif kind == "float":
