@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bessemer.checkpoint.files import atomic_write_text
 from bessemer.errors import CheckpointError
+from bessemer.json_object import read_json_object
 from bessemer.models import ModelConfig
 
 FORMAT = "bessemer"
@@ -78,15 +79,7 @@ def read_meta(ckpt: str | Path) -> dict:
 
 def _read_json_object(path: Path) -> dict:
     """A checkpoint's JSON file as a dict; anything else is a damaged checkpoint, named in one line."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(
-            f"{path}: not valid JSON ({type(exc).__name__}); the checkpoint is damaged"
-        ) from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: not a JSON object; the checkpoint is damaged")
-    return value
+    return read_json_object(path, "the checkpoint is damaged", CheckpointError)
 
 
 def tokenizer_dir(ckpt: str | Path) -> Path | None:

@@ -10,7 +10,6 @@ checkpoints already store q/k in the rotate-half layout our RoPE uses.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from bessemer.errors import BessemerError, ConversionError
 from bessemer.hf.config_check import check_hf_numbers
+from bessemer.json_object import read_json_object
 from bessemer.models import ModelConfig, build_model
 
 KINDS = ("rename", "pack_rows", "norm_rows")
@@ -134,12 +134,7 @@ def read_hf_config(folder: Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ConversionError(f"{path}: not found; a Hugging Face model folder needs its config.json")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ConversionError(f"{path}: not valid JSON ({exc}); download it again") from exc
-    if not isinstance(raw, dict):
-        raise ConversionError(f"{path}: not a JSON object; download it again")
+    raw = read_json_object(path, "download it again", ConversionError)
     check_hf_numbers(raw, path)
     return raw
 

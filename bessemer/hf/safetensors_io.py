@@ -21,6 +21,7 @@ from typing import BinaryIO
 import torch
 
 from bessemer.errors import ConversionError
+from bessemer.json_object import parse_json_object
 
 DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -80,14 +81,9 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             text = f.read(n)
     except OSError as exc:
         raise ConversionError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from exc
-    try:
-        header = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ConversionError(
-            f"{path}: damaged safetensors header ({type(exc).__name__}); download the file again"
-        ) from exc
-    if not isinstance(header, dict):
-        raise ConversionError(f"{path}: damaged safetensors header (not an object); download the file again")
+    header = parse_json_object(
+        text, f"{path}: safetensors header", "the file is damaged, download it again", ConversionError
+    )
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not (
         isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())

@@ -24,6 +24,7 @@ from bessemer.checkpoint.layout import FORMAT, VERSION, read_meta, resolve_check
 from bessemer.checkpoint.model_io import check_shapes, load_model
 from bessemer.config.schema import LoRASection
 from bessemer.errors import CheckpointError, ConversionError
+from bessemer.json_object import read_json_object
 from bessemer.models import ModelConfig, Transformer, build_model
 from bessemer.tune.lora import (
     SAVABLE,
@@ -203,10 +204,7 @@ def _read_peft_config(folder: Path) -> LoRASection:
     where = folder / CONFIG_FILE
     if not where.is_file() or not (folder / ADAPTER_FILE).is_file():
         raise ConversionError(f"{folder}: not a PEFT adapter folder ({CONFIG_FILE} + {ADAPTER_FILE} needed)")
-    try:
-        raw = json.loads(where.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConversionError(f"{where}: not valid JSON ({exc})") from exc
+    raw = read_json_object(where, "save the adapter again with PEFT", ConversionError)
     if raw.get("peft_type") != "LORA":
         raise ConversionError(f"{where}: peft_type {raw.get('peft_type')!r}; only LORA adapters are read")
     for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern", "layers_to_transform"):
