@@ -62,15 +62,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# the options each mode takes beyond --out, --overwrite and --shard-size; any other of OPTIONS is refused
+TAKES = {
+    "from_hf": ("dtype", "position", "template"),
+    "from_gguf": ("dtype", "template"),
+    "to_hf": ("dtype", "as_layout"),
+    "apply_delta": ("base",),
+    "to_peft": (),
+    "from_peft": ("base",),
+    "merge_lora": ("merged_format",),
+}
+OPTIONS = ("base", "merged_format", "dtype", "position", "template", "as_layout")
+NEEDS_BASE = {
+    "apply_delta": "--apply-delta needs --base DIR, the base model the delta was made from",
+    "from_peft": "--from-peft needs --base CKPT, the checkpoint the adapter was trained on",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     from bessemer.hf import apply_delta, convert_from_hf, convert_to_hf
 
-    if args.to_peft or args.from_peft or args.merge_lora:
+    mode = next(m for m in TAKES if getattr(args, m))
+    check_options(args, mode)
+    if mode in ("to_peft", "from_peft", "merge_lora"):
         return _run_lora(args)
-    if args.merged_format:
-        raise ConversionError("--format applies to --merge-lora only; remove it")
     if args.from_hf:
-        _only(args, "from-hf", ("base", "as_layout"))
         result = convert_from_hf(
             args.from_hf,
             args.out,
@@ -83,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     elif args.from_gguf:
         from bessemer.hf.gguf import convert_from_gguf
 
-        _only(args, "from-gguf", ("base", "as_layout", "position"))
         result = convert_from_gguf(
             args.from_gguf,
             args.out,
@@ -93,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
         )
     elif args.to_hf:
-        _only(args, "to-hf", ("base", "position", "template"))
         result = convert_to_hf(
             args.to_hf,
             args.out,
@@ -103,11 +117,6 @@ def run(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
         )
     else:
-        if not args.base:
-            raise ConversionError("--apply-delta needs --base DIR, the base model the delta was made from")
-        _only(args, "apply-delta", ("as_layout", "position", "template"))
-        if args.dtype != "keep":
-            raise ConversionError("--dtype is not offered with --apply-delta; the delta's dtype is kept")
         result = apply_delta(
             args.apply_delta, args.base, args.out, overwrite=args.overwrite, shard_size=args.shard_size
         )
@@ -124,19 +133,11 @@ def run(args: argparse.Namespace) -> int:
 def _run_lora(args: argparse.Namespace) -> int:
     from bessemer.tune.peft_io import export_peft, import_peft, merge_lora
 
-    flags = ("as_layout", "position", "template")
-    if args.dtype != "keep":
-        raise ConversionError("--dtype does not apply to LoRA adapters; remove it")
     if args.to_peft:
-        _only(args, "to-peft", ("base", "merged_format", *flags))
         out = export_peft(args.to_peft, args.out, overwrite=args.overwrite)
     elif args.from_peft:
-        if not args.base:
-            raise ConversionError("--from-peft needs --base CKPT, the checkpoint the adapter was trained on")
-        _only(args, "from-peft", ("merged_format", *flags))
         out = import_peft(args.from_peft, args.base, args.out, overwrite=args.overwrite)
     else:
-        _only(args, "merge-lora", ("base", *flags))
         out = merge_lora(
             args.merge_lora, args.out, args.merged_format or "checkpoint", overwrite=args.overwrite
         )
@@ -144,8 +145,18 @@ def _run_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-def _only(args: argparse.Namespace, mode: str, not_allowed: tuple[str, ...]) -> None:
-    for name in not_allowed:
-        if getattr(args, name):
-            flag = {"as_layout": "--as", "merged_format": "--format"}.get(name, "--" + name.replace("_", "-"))
-            raise ConversionError(f"{flag} does not apply to --{mode}; remove it")
+def check_options(args: argparse.Namespace, mode: str) -> None:
+    """Refuse, in one line, an option `mode` does not take (saying which modes do) or a missing --base."""
+    for name in OPTIONS:
+        given = args.dtype != "keep" if name == "dtype" else getattr(args, name)
+        if given and name not in TAKES[mode]:
+            takers = ", ".join(_flag(m) for m, takes in TAKES.items() if name in takes)
+            raise ConversionError(
+                f"{_flag(name)} does not apply to {_flag(mode)} (only to {takers}); remove it"
+            )
+    if mode in NEEDS_BASE and not args.base:
+        raise ConversionError(NEEDS_BASE[mode])
+
+
+def _flag(name: str) -> str:
+    return {"as_layout": "--as", "merged_format": "--format"}.get(name, "--" + name.replace("_", "-"))
