@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -15,6 +16,9 @@ from bessemer.checkpoint.files import single_process_quiet
 from bessemer.checkpoint.layout import STATE_DIR, WEIGHTS_DIR, load_model_config, resolve_checkpoint
 from bessemer.errors import CheckpointError, ConfigError
 from bessemer.models import ModelConfig, Transformer, build_model
+
+if TYPE_CHECKING:
+    from bessemer.hf.weights import SafetensorsReader
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +31,11 @@ def load_model_state(ckpt: str | Path, state_dict: dict[str, torch.Tensor]) -> N
         check_shapes(ckpt, state_dict, safe_dcp.dcp_shapes(state_dir, prefix="model."))
         safe_dcp.load({"model": state_dict}, state_dir)
     elif weights_dir.is_dir() and any(weights_dir.glob("*.safetensors")):
-        check_shapes(ckpt, state_dict, _safetensors_shapes(weights_dir))
-        if not any(isinstance(t, DTensor) for t in state_dict.values()):
-            _copy_tensor_by_tensor(weights_dir, state_dict)
-            return
+        with open_weights(weights_dir) as reader:  # each header read and validated once, for both uses
+            check_shapes(ckpt, state_dict, {name: info.shape for name, info in reader.infos().items()})
+            if not any(isinstance(t, DTensor) for t in state_dict.values()):
+                _copy_tensor_by_tensor(reader, state_dict)
+                return
         try:
             with single_process_quiet():
                 dcp.load(state_dict, storage_reader=dcp.HuggingFaceStorageReader(str(weights_dir)))
@@ -44,13 +49,11 @@ def load_model_state(ckpt: str | Path, state_dict: dict[str, torch.Tensor]) -> N
         )
 
 
-def _copy_tensor_by_tensor(weights_dir: Path, state_dict: dict[str, torch.Tensor]) -> None:
+def _copy_tensor_by_tensor(reader: SafetensorsReader, state_dict: dict[str, torch.Tensor]) -> None:
     """Unsharded targets: read each tensor with plain file reads and copy it in. DCP's safetensors reader maps a
     whole shard and keeps it mapped while it copies, so a one-process load held the file's size twice in RSS
     (a 1.1B LoRA run peaked at twice its base); here a tensor of the target's dtype is read straight into it."""
-    from bessemer.hf.weights import SafetensorsReader
-
-    with SafetensorsReader(weights_dir) as reader, torch.no_grad():
+    with torch.no_grad():
         for name, target in state_dict.items():
             reader.read_into(name, target)
 
@@ -58,27 +61,30 @@ def _copy_tensor_by_tensor(weights_dir: Path, state_dict: dict[str, torch.Tensor
 def check_shapes(ckpt: Path, wanted: dict[str, torch.Tensor], stored: dict[str, tuple]) -> None:
     """Refuse a checkpoint of another model shape, naming the first tensor that differs."""
     for name, tensor in wanted.items():
-        if name not in stored:
-            raise CheckpointError(
-                f"{ckpt}: tensor {name!r} missing; the checkpoint is of another architecture"
-            )
-        if tuple(tensor.shape) != tuple(stored[name]):
-            raise CheckpointError(
-                f"{ckpt}: tensor {name!r} has shape {tuple(stored[name])}, the model wants {tuple(tensor.shape)}; "
-                "use the model config the checkpoint was made with (its model.json)"
-            )
+        check_shape(ckpt, name, tuple(tensor.shape), stored.get(name))
 
 
-def _safetensors_shapes(folder: Path) -> dict[str, tuple]:
-    """Shapes from each shard's header, validated strictly (and confined to the folder) before DCP opens it."""
+def check_shape(ckpt: Path, name: str, want: tuple, stored: tuple | None) -> None:
+    """Refuse a tensor the checkpoint lacks (`stored` None) or holds in another shape, in one line."""
+    if stored is None:
+        raise CheckpointError(f"{ckpt}: tensor {name!r} missing; the checkpoint is of another architecture")
+    if tuple(want) != tuple(stored):
+        raise CheckpointError(
+            f"{ckpt}: tensor {name!r} has shape {tuple(stored)}, the model wants {tuple(want)}; "
+            "use the model config the checkpoint was made with (its model.json)"
+        )
+
+
+def open_weights(folder: Path) -> SafetensorsReader:
+    """A tensor-by-tensor reader of a checkpoint's model/*.safetensors: every header validated strictly and every
+    file confined to the folder (DCP's reader would open each one), with the checkpoint's one-line errors."""
     from bessemer.errors import BessemerError
     from bessemer.hf.weights import SafetensorsReader, confined
 
     try:
-        for file in folder.glob("*.safetensors"):  # DCP's reader opens every one of them
+        for file in folder.glob("*.safetensors"):
             confined(folder, file.name, file)
-        with SafetensorsReader(folder) as reader:
-            return {name: info.shape for name, info in reader.infos().items()}
+        return SafetensorsReader(folder)
     except CheckpointError:
         raise
     except BessemerError as exc:

@@ -188,28 +188,20 @@ def _streams(part: nn.Module) -> bool:
 def _safetensors_index(ckpt: Path):
     """A tensor-by-tensor reader of a checkpoint stored as model/*.safetensors (None for DCP shards); it
     validates every header strictly and confines the files to the folder as it opens."""
-    from bessemer.checkpoint.model_io import _safetensors_shapes
-    from bessemer.hf.weights import SafetensorsReader
+    from bessemer.checkpoint.model_io import open_weights
 
     files = sorted((ckpt / "model").glob("*.safetensors"))
     if (ckpt / "state" / ".metadata").is_file() or not files:
         return None
-    _safetensors_shapes(ckpt / "model")  # the checkpoint's own one-line errors for bad headers and paths
-    return SafetensorsReader(ckpt / "model")
+    return open_weights(ckpt / "model")
 
 
 def _stored_info(ckpt: Path, reader, name: str, want: torch.Size):
     """Where tensor `name` is stored, refusing a missing tensor or another shape in one line."""
-    from bessemer.errors import CheckpointError
+    from bessemer.checkpoint.model_io import check_shape
 
     info = reader.infos().get(name)
-    if info is None:
-        raise CheckpointError(f"{ckpt}: tensor {name!r} missing; the checkpoint is of another architecture")
-    if tuple(info.shape) != tuple(want):
-        raise CheckpointError(
-            f"{ckpt}: tensor {name!r} has shape {tuple(info.shape)}, the model wants {tuple(want)}; "
-            "use the model config the checkpoint was made with"
-        )
+    check_shape(ckpt, name, tuple(want), None if info is None else info.shape)
     return info
 
 

@@ -1,5 +1,6 @@
 """Loading `model/` safetensors into unsharded tensors reads tensor by tensor; it must equal DCP's own reader."""
 
+import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
@@ -30,3 +31,30 @@ def test_tensor_by_tensor_load_equals_dcp_reader(tmp_path):
             assert torch.equal(ours[name], tensor), name
             if dtype == torch.float32:
                 assert torch.equal(tensor, source.state_dict()[name]), name
+
+
+def test_each_header_is_read_once_per_load(tmp_path, monkeypatch):
+    import bessemer.hf.weights as weights
+
+    write_model_checkpoint(build_model(get_preset("tiny", n_layers=2), seed=0), tmp_path, {"source": "test"})
+    files = sorted((tmp_path / "model").glob("*.safetensors"))
+    read = []
+    real = weights.read_header
+    monkeypatch.setattr(weights, "read_header", lambda path: read.append(path) or real(path))
+    load_model_state(tmp_path, _empty_state(torch.float32))
+    assert sorted(read) == files  # validated and shapes checked from one read, then the same reader loads
+
+
+def test_another_shape_is_refused_naming_the_tensor(tmp_path):
+    from bessemer.errors import CheckpointError
+
+    write_model_checkpoint(build_model(get_preset("tiny", n_layers=2), seed=0), tmp_path, {"source": "test"})
+    state = _empty_state(torch.float32)
+    state["norm.weight"] = torch.zeros(3)
+    with pytest.raises(
+        CheckpointError, match=r"tensor 'norm.weight' has shape \(\d+,\), the model wants \(3,\)"
+    ):
+        load_model_state(tmp_path, state)
+    state = _empty_state(torch.float32) | {"extra.weight": torch.zeros(3)}
+    with pytest.raises(CheckpointError, match="tensor 'extra.weight' missing"):
+        load_model_state(tmp_path, state)
