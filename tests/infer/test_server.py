@@ -207,40 +207,27 @@ def test_concurrent_load_shares_the_batch_without_leaks(client, server, loaded):
     assert stats["steps"] - steps_before < 32 * 12 // 2
 
 
-def test_full_queue_answers_429(loaded):
-    with running_server(loaded, max_batch=1, max_queue=1, max_tokens=1000, max_prompt_tokens=24) as (
+@pytest.mark.parametrize("scarce", ["rows", "kv_blocks"])
+def test_a_request_waits_for_what_is_scarce_and_a_full_queue_answers_429(loaded, scarce):
+    # rows: one row, held by the long request; kv_blocks: rows to spare, but the long request holds every block
+    if scarce == "rows":
+        long_tokens, blocks = 1000, None
+        settings = dict(max_batch=1)
+    else:
+        long_tokens = 900
+        blocks = -(-(len(loaded.tokenizer.encode(PROMPT)) + long_tokens) // 16)  # all of the pool
+        settings = dict(max_batch=4, kv_blocks=blocks)
+    with running_server(loaded, max_queue=1, max_tokens=long_tokens, max_prompt_tokens=24, **settings) as (
         url,
         engine,
     ):
-        long = {"prompt": PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True, "ignore_eos": True}
-        short = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0}
-        with httpx.Client(timeout=60) as http:
-            with http.stream("POST", url + "/v1/completions", json=long) as first:
-                lines = first.iter_lines()
-                first_event(lines)
-                queued = {}
-                waiter = threading.Thread(
-                    target=lambda: queued.update(
-                        r=httpx.post(url + "/v1/completions", json=short, timeout=60)
-                    )
-                )
-                waiter.start()
-                wait_for(lambda: engine.stats()["queued"] == 1, what="the second request to queue")
-                third = http.post(url + "/v1/completions", json=short)
-                assert third.status_code == 429
-                assert error_of(third)["type"] == "rate_limit_error"
-            waiter.join(timeout=60)  # the first stream closed: its row went to the queued request
-            assert queued["r"].status_code == 200
-            assert queued["r"].json()["usage"]["completion_tokens"] == 3
-        wait_for(lambda: engine.stats()["active"] == 0, what="rows to empty")
-
-
-def test_a_request_without_kv_blocks_waits_and_a_full_queue_answers_429(loaded):
-    # rows to spare, but the long request holds every block: the next one waits for blocks, not for a row
-    blocks = -(-(len(loaded.tokenizer.encode(PROMPT)) + 900) // 16)  # the long request's: all of the pool
-    settings = dict(max_batch=4, max_queue=1, max_tokens=900, max_prompt_tokens=24, kv_blocks=blocks)
-    with running_server(loaded, **settings) as (url, engine):
-        long = {"prompt": PROMPT, "max_tokens": 900, "temperature": 0, "stream": True, "ignore_eos": True}
+        long = {
+            "prompt": PROMPT,
+            "max_tokens": long_tokens,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+        }
         short = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0}
         with httpx.Client(timeout=60) as http:
             whole_pool = http.post(url + "/v1/completions", json={**long, "max_tokens": 20, "stream": False})
@@ -255,15 +242,17 @@ def test_a_request_without_kv_blocks_waits_and_a_full_queue_answers_429(loaded):
                 )
                 waiter.start()
                 wait_for(lambda: engine.stats()["queued"] == 1, what="the second request to wait")
-                assert engine.stats()["free_rows"] == 3 and engine.stats()["kv_blocks_available"] == 0
+                if scarce == "kv_blocks":
+                    assert engine.stats()["free_rows"] == 3 and engine.stats()["kv_blocks_available"] == 0
                 third = http.post(url + "/v1/completions", json=short)
                 assert third.status_code == 429 and error_of(third)["type"] == "rate_limit_error"
-            waiter.join(timeout=60)  # the first stream closed: its blocks went to the waiting request
+            waiter.join(timeout=60)  # the first stream closed: its row or blocks went to the waiting request
             assert queued["r"].status_code == 200
             assert queued["r"].json()["usage"]["completion_tokens"] == 3
         assert whole_pool.status_code == 200
         wait_for(lambda: engine.stats()["active"] == 0, what="rows to empty")
-        assert engine.stats()["kv_blocks_available"] == blocks
+        if blocks is not None:
+            assert engine.stats()["kv_blocks_available"] == blocks
 
 
 def test_requests_sharing_a_system_prompt_reuse_its_blocks(loaded):
