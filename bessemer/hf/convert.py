@@ -75,6 +75,16 @@ class ConvertResult:
     seconds: float
 
 
+def _finished(source: Path, out: Path, what: str, family: str, tensors: list, start: float) -> ConvertResult:
+    """Log what a conversion wrote (`what`: the family or architecture written) and return it as a result."""
+    nbytes = sum(t.nbytes for t in tensors)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s -> %s: %s, %d tensors, %.2f GB in %.1fs", source, out, what, len(tensors), nbytes / 1e9, seconds
+    )
+    return ConvertResult(out, family, len(tensors), nbytes, seconds)
+
+
 def _dtype(option: str) -> torch.dtype | None:
     if option not in DTYPE_CHOICES:
         raise ConversionError(f"--dtype {option!r} is unknown; use one of {', '.join(DTYPE_CHOICES)}")
@@ -251,18 +261,7 @@ def convert_from_hf(
                 hf_token_ids={k: hf[k] for k in TOKEN_ID_KEYS if hf.get(k) is not None},
             )
             write_manifest(tmp)
-    nbytes = sum(t.nbytes for t in tensors)
-    seconds = time.perf_counter() - start
-    log.info(
-        "%s -> %s: %s, %d tensors, %.2f GB in %.1fs",
-        hf_dir,
-        out,
-        cfg.family,
-        len(tensors),
-        nbytes / 1e9,
-        seconds,
-    )
-    return ConvertResult(out, cfg.family, len(tensors), nbytes, seconds)
+    return _finished(hf_dir, out, cfg.family, cfg.family, tensors, start)
 
 
 # -- Bessemer -> HF ---------------------------------------------------------------------------------------
@@ -336,18 +335,7 @@ def convert_to_hf(
             atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
             if tokenizer_dir(ckpt) is not None:
                 copy_tokenizer_files(ckpt / TOKENIZER_DIR, tmp)
-    nbytes = sum(t.nbytes for t in tensors)
-    seconds = time.perf_counter() - start
-    log.info(
-        "%s -> %s: %s, %d tensors, %.2f GB in %.1fs",
-        ckpt,
-        out,
-        config["architectures"][0],
-        len(tensors),
-        nbytes / 1e9,
-        seconds,
-    )
-    return ConvertResult(out, cfg.family, len(tensors), nbytes, seconds)
+    return _finished(ckpt, out, config["architectures"][0], cfg.family, tensors, start)
 
 
 __all__ = [

@@ -28,7 +28,13 @@ import torch
 from bessemer.checkpoint.files import atomic_write_text, temp_dir_for
 from bessemer.checkpoint.outputs import remove_stale_temps
 from bessemer.errors import ConversionError
-from bessemer.hf.convert import ConvertResult, check_output, convert_from_hf, staged_output
+from bessemer.hf.convert import (
+    DEFAULT_SHARD_SIZE,
+    ConvertResult,
+    check_output,
+    convert_from_hf,
+    staged_output,
+)
 from bessemer.hf.safetensors_io import OutTensor, parse_size, tensor_bytes, write_sharded
 
 log = logging.getLogger(__name__)
@@ -361,7 +367,7 @@ def convert_from_gguf(
     overwrite: bool = False,
     dtype: str = "keep",
     template: str | None = None,
-    shard_size: str | int = "5GB",
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
 ) -> ConvertResult:
     """Convert a GGUF file into a Bessemer checkpoint `out` (dequantised; `dtype` keep means float32).
 
