@@ -7,45 +7,36 @@ from bessemer.infer.kv_cache import KVCache, PagedKVCache
 from bessemer.models import ModelConfig, build_model
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [{}, {"n_kv_heads": 2, "sliding_window": 5}, {"position": "alibi", "norm_head": True}],
-    ids=["llama", "mistral-window", "baichuan-alibi"],
-)
-def test_cached_steps_equal_full_recompute(kw):
-    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64, **kw)
-    model = build_model(cfg, seed=0).eval()
-    tokens = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+def _contiguous(cfg: ModelConfig):
     cache = KVCache(cfg, batch_size=2, max_len=32)
-    with torch.no_grad():
-        full = model(tokens)
-        pos = torch.arange(12).expand(2, 12)
-        steps = [model(tokens[:, :12], positions=pos, cache=cache)]
-        for t in range(12, 20):
-            steps.append(model(tokens[:, t : t + 1], positions=torch.full((2, 1), t), cache=cache))
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    return lambda: cache
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [{}, {"n_kv_heads": 2, "sliding_window": 5}, {"position": "alibi", "norm_head": True}],
-    ids=["llama", "mistral-window", "baichuan-alibi"],
-)
-def test_paged_cache_steps_equal_full_recompute(kw):
-    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64, **kw)
-    model = build_model(cfg, seed=0).eval()
-    tokens = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+def _paged(cfg: ModelConfig):
     cache = PagedKVCache(cfg, num_blocks=12, block_size=4, max_batch=3, max_len=32)
     # scattered, out-of-order blocks: row 0 of the batch is cache row 2, row 1 is cache row 0
     cache.set_table(2, [7, 1, 4, 10, 3])
     cache.set_table(0, [2, 9, 0, 5, 11])
+    return lambda: cache.rows([2, 0])
+
+
+@pytest.mark.parametrize("cache_kind", [_contiguous, _paged], ids=["contiguous", "paged"])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"n_kv_heads": 2, "sliding_window": 5}, {"position": "alibi", "norm_head": True}],
+    ids=["llama", "mistral-window", "baichuan-alibi"],
+)
+def test_cached_steps_equal_full_recompute(kw, cache_kind):
+    cfg = ModelConfig(vocab_size=101, dim=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=64, **kw)
+    model = build_model(cfg, seed=0).eval()
+    tokens = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+    cache = cache_kind(cfg)  # the cache the two batch rows decode through, as each step sees it
     with torch.no_grad():
         full = model(tokens)
         pos = torch.arange(12).expand(2, 12)
-        steps = [model(tokens[:, :12], positions=pos, cache=cache.rows([2, 0]))]
+        steps = [model(tokens[:, :12], positions=pos, cache=cache())]
         for t in range(12, 20):
-            view = cache.rows([2, 0])
-            steps.append(model(tokens[:, t : t + 1], positions=torch.full((2, 1), t), cache=view))
+            steps.append(model(tokens[:, t : t + 1], positions=torch.full((2, 1), t), cache=cache()))
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
