@@ -37,6 +37,20 @@ def scale_weights(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
 
 
+def tiny_hf_fields(**overrides) -> dict:
+    """The tiny test model's shape in config.json's names, with `overrides` on top."""
+    fields = dict(
+        vocab_size=VOCAB,
+        hidden_size=DIM,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+    )
+    return {**fields, **overrides}
+
+
 def save_transformers_model(
     folder: Path,
     cls: str = "LlamaForCausalLM",
@@ -48,16 +62,7 @@ def save_transformers_model(
     """Build a tiny transformers model, save it with save_pretrained (safetensors) and return it (fp32, eval)."""
     import transformers
 
-    fields = dict(
-        vocab_size=VOCAB,
-        hidden_size=DIM,
-        intermediate_size=FFN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-    )
-    config = getattr(transformers, cls.replace("ForCausalLM", "Config"))(**{**fields, **overrides})
+    config = getattr(transformers, cls.replace("ForCausalLM", "Config"))(**tiny_hf_fields(**overrides))
     torch.manual_seed(0)
     model = getattr(transformers, cls)(config).eval()
     scale_weights(model)
@@ -236,16 +241,7 @@ def llama_reference(state: dict, vocab: int = VOCAB, eps: float = 1e-6, **overri
     """LlamaForCausalLM (fp32) holding `state` (LLaMA keys), for logits comparisons."""
     import transformers
 
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=DIM,
-        intermediate_size=FFN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        max_position_embeddings=128,
-        rms_norm_eps=eps,
-        **overrides,
-    )
+    config = transformers.LlamaConfig(**tiny_hf_fields(vocab_size=vocab, rms_norm_eps=eps, **overrides))
     model = transformers.LlamaForCausalLM(config).eval()
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     assert not unexpected and not [k for k in missing if "rotary" not in k], (missing, unexpected)
