@@ -77,6 +77,7 @@ def run_throughput(cfg: JobConfig, warmup: int, baseline: bool = False) -> tuple
         trainer.data.close()
         trainer.data = trainer.data.source
         trainer.loss_fn = partial(_torch_cross_entropy, trainer)
+        trainer.head_loss = False  # logits, then the loss on them
     times, losses, last = [], [], {}
     for i in range(steps):
         # as the training loop runs: only logged steps (here the first, a warm-up, and the last) reduce and

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bessemer.train.loss import head_cross_entropy
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -41,6 +43,13 @@ class OutputHead(nn.Linear):
         super().__init__(dim, vocab_size, bias=False)
         self.norm_head = norm_head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, loss_divisor: float | torch.Tensor = 1.0
+    ) -> torch.Tensor:
+        """Logits of `x` [..., dim]; with `labels` (same leading shape, -100: no target) the summed
+        cross-entropy over the targets / `loss_divisor` instead, made a chunk of rows at a time so that the
+        logits never exist whole (bessemer.train.loss.head_cross_entropy)."""
         weight = F.normalize(self.weight, dim=-1) if self.norm_head else self.weight
-        return F.linear(x, weight)
+        if labels is None:
+            return F.linear(x, weight)
+        return head_cross_entropy(x.flatten(0, -2), weight, labels.flatten(), loss_divisor)

@@ -64,6 +64,8 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         cache: KVCacheLike | None = None,
         logits_index: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        loss_divisor: float | torch.Tensor = 1.0,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for token ids [B, T] (or hidden states [B, T, dim] into a later pipeline stage).
 
@@ -72,6 +74,8 @@ class Transformer(nn.Module):
         cache: a KV cache; keys of earlier steps come from it.
         logits_index: [B] one position per row to project (logits [B, 1, vocab]); prefill needs only the last,
             and a [T, vocab] projection would cost as much as the rest of a small model's prefill.
+        labels: [B, T] target ids (-100: none); the result is then the summed cross-entropy over the targets
+            divided by `loss_divisor`, which the head computes without holding the logits whole (training).
         """
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         bsz, seq = h.shape[:2]
@@ -89,7 +93,9 @@ class Transformer(nn.Module):
             h = h[torch.arange(bsz, device=h.device), logits_index][:, None]
         if self.norm is not None:
             h = self.norm(h)
-        return self.output(h) if self.output is not None else h
+        if self.output is None:
+            return h
+        return self.output(h) if labels is None else self.output(h, labels=labels, loss_divisor=loss_divisor)
 
     def _mask(self, positions, doc_ids, cache, dtype) -> torch.Tensor | FlexMask | None:
         cfg = self.config

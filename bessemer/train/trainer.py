@@ -22,6 +22,7 @@ from bessemer.checkpoint.manager import CheckpointManager
 from bessemer.checkpoint.outputs import prepare_run_dir
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError
+from bessemer.models.layers import OutputHead
 from bessemer.parallel import ParallelDims, build_mesh, check_layout, collectives
 from bessemer.parallel.cp import apply_cp
 from bessemer.parallel.grad import clip_grad_norm
@@ -80,6 +81,12 @@ class Trainer:
         self._pp_targets = 1.0
         self.model = self._build_model()
         self.dpo = attach_dpo(self)  # with [dpo] enabled: the DPO loss replaces forward_backward
+        # the head's fused projection + cross-entropy, where the head is whole on this rank (no tp, no pipeline)
+        self.head_loss = (
+            self.schedule is None
+            and self.dims.tp == 1
+            and isinstance(getattr(self.model, "output", None), OutputHead)
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, tc.steps)
         meta = {
@@ -224,12 +231,7 @@ class Trainer:
         tc = self.cfg.train
         started = time.perf_counter()
         micro = [next(self.data) for _ in range(self.accum_steps)]
-        local_targets = sum(int((b["labels"] != IGNORE).sum()) for b in micro)  # host batches: no device sync
-        global_targets = self._sum_over_dp(float(local_targets))
-        if global_targets == 0:
-            raise TrainingError(
-                f"step {self.step + 1}: no target tokens in the batch (every label is masked)"
-            )
+        global_targets = self._count_targets(micro)
         self.model.train()
         if self.schedule is not None:
             loss_sum = self.pipeline_forward_backward(micro, global_targets)
@@ -310,7 +312,9 @@ class Trainer:
             return loss_parallel()
         return contextlib.nullcontext()
 
-    def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor, global_targets: float) -> torch.Tensor:
+    def loss_fn(
+        self, logits: torch.Tensor, labels: torch.Tensor, global_targets: float | torch.Tensor
+    ) -> torch.Tensor:
         """Summed token cross-entropy over the step's global number of target tokens. Vocabulary-sharded logits
         (loss_parallel) go through F.cross_entropy, which it redefines; plain ones through the leaner
         summed_cross_entropy (bessemer.train.loss), which overwrites them in its backward."""
@@ -319,20 +323,27 @@ class Trainer:
             return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / global_targets
         return summed_cross_entropy(logits, labels) / global_targets
 
-    def forward_backward(self, batch: dict, global_targets: float) -> torch.Tensor:
+    def forward_backward(self, batch: dict, global_targets: float | torch.Tensor) -> torch.Tensor:
         """Loss of one micro-batch as its share of the step's mean over all target tokens; backward included."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         cp = apply_cp(self.mesh["cp"], batch) if self.dims.cp > 1 else contextlib.nullcontext()
         with cp, self._loss_context():
-            with self._autocast():
-                logits = self.stages[0](
-                    batch["tokens"], positions=batch.get("positions"), doc_ids=batch.get("doc_ids")
-                )
-            loss = self.loss_fn(logits, batch["labels"], global_targets)
+            inputs = {"positions": batch.get("positions"), "doc_ids": batch.get("doc_ids")}
+            if self.head_loss:  # the head computes the loss itself: no [tokens, vocab] logits in memory
+                with self._autocast():
+                    loss = self.stages[0](
+                        batch["tokens"], **inputs, labels=batch["labels"], loss_divisor=global_targets
+                    )
+            else:
+                with self._autocast():
+                    logits = self.stages[0](batch["tokens"], **inputs)
+                loss = self.loss_fn(logits, batch["labels"], global_targets)
             loss.backward()
         return _local(loss.detach())
 
-    def pipeline_forward_backward(self, micro: list[dict], global_targets: float) -> torch.Tensor:
+    def pipeline_forward_backward(
+        self, micro: list[dict], global_targets: float | torch.Tensor
+    ) -> torch.Tensor:
         """The step's micro-batches through the pipeline schedule; the loss summed on the last stage (0 elsewhere)."""
         batch = {k: torch.cat([b[k] for b in micro]).to(self.device) for k in micro[0]}
         kwargs = {k: batch[k] for k in ("positions", "doc_ids") if k in batch}
@@ -358,9 +369,22 @@ class Trainer:
         return self.loss_fn(logits, labels, self._pp_targets)
 
     # ---- collectives -------------------------------------------------------------------------------------
-    def _sum_over_dp(self, value: float) -> float:
-        """Sum over the data-parallel ranks (each holds a distinct share of the step's samples)."""
-        return collectives.sum_to_host(value, collectives.groups_of(self.mesh, "dp"), self.device)
+    def _count_targets(self, micro: list[dict]) -> float | torch.Tensor:
+        """The step's target tokens over the data-parallel ranks (the loss is their mean), counted in the host
+        batches. With data parallelism the counts are summed on the device, where the loss divides by them, and
+        nothing waits for the sum: a step with no target on any rank then has a non-finite loss (0 / 0), which
+        the NaN policy handles; one process checks its count on the spot."""
+        local = sum(int((b["labels"] != IGNORE).sum()) for b in micro)  # host batches: no device sync
+        groups = collectives.groups_of(self.mesh, "dp")
+        if not groups:
+            if local == 0:
+                raise TrainingError(
+                    f"step {self.step + 1}: no target tokens in the batch (every label is masked)"
+                )
+            return float(local)
+        cdev = devices.collective_device(self.device)
+        count = torch.full((), float(local), dtype=torch.float64, device=cdev)  # exact beyond 2**24 tokens
+        return collectives.reduce_(count, groups).to(self.device, non_blocking=True)
 
     def _sum_loss(self, local: torch.Tensor) -> float:
         """The step's loss: partial sums live on every dp and cp rank, and on the last pipeline stage only."""
