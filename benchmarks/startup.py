@@ -38,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+TIMED = {"repo": REPO}  # the checkout whose bessemer the verbs run (--repo: e.g. main, for a before/after)
 
 GOAL_S = 1.0
 
@@ -96,7 +97,8 @@ TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "ffn_dim"
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"PYTHONPATH": str(TIMED["repo"]), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, **env}
 
 
 def bessemer(*args: str) -> None:
@@ -156,9 +158,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def time_torch() -> float:
+def time_import(code: str) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import torch"], env=_env(), check=True)
+    subprocess.run([sys.executable, "-c", code], env=_env(), check=True)
     return time.monotonic() - start
 
 
@@ -245,6 +247,9 @@ def main() -> int:
     ap.add_argument(
         "--workdir", help="keep the fixtures here and reuse them on the next run (default: a temp dir)"
     )
+    ap.add_argument(
+        "--repo", help="time the bessemer of this checkout instead (fixtures are made with this one)"
+    )
     args = ap.parse_args()
     verbs = (args.importtime or args.only or ",".join(MARKS)).split(",")
     unknown = [v for v in verbs if v not in MARKS]
@@ -260,13 +265,19 @@ def main() -> int:
             commands = build_fixtures(work)
             saved.write_text(json.dumps(commands))
         scratch = Path(tmp)  # the verbs' outputs
+        TIMED["repo"] = Path(args.repo).resolve() if args.repo else REPO
         if args.importtime:
             for verb in verbs:
                 importtime(verb, commands[verb], scratch)
             return 0
-        torch_s = min(time_torch() for _ in range(args.repeats))
+        torch_s = min(time_import("import torch") for _ in range(args.repeats))
+        dynamo_s = min(time_import("import torch, torch._dynamo") for _ in range(args.repeats)) - torch_s
+        print(f"bessemer of {TIMED['repo']}; load {os.getloadavg()[0]:.2f}")
         print(
-            f"load {os.getloadavg()[0]:.2f}; bare `import torch`: {torch_s:.2f} s (fastest of {args.repeats})"
+            f"bare `import torch`: {torch_s:.2f} s; torch._dynamo after it: {dynamo_s:.2f} s (fastest of {args.repeats})"
+        )
+        print(
+            "(torch.optim imports torch._dynamo when an optimizer is built: train, finetune and bench pay it regardless)"
         )
         print(f"{'verb':<16} {'to work s':>9} {'beyond torch s':>14}  goal <= {GOAL_S:.0f} s")
         worst = 0.0
