@@ -23,10 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 
-from bessemer.checkpoint import safe_dcp
 from bessemer.checkpoint.files import atomic_write_text, single_process_quiet
 from bessemer.checkpoint.layout import (
     LATEST,
@@ -107,6 +104,8 @@ class CheckpointManager:
             self._guard(tmp, step, lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir(parents=True)))
         _barrier()
         started = time.perf_counter()
+        import torch.distributed.checkpoint as dcp  # DCP and DTensor cost seconds: imported once a run saves
+
         writer = dcp.FileSystemWriter(str(tmp / STATE_DIR))
         if self.cfg.async_save:
             future = self._guard(tmp, step, lambda: self._start_async(tensors, writer))
@@ -117,10 +116,14 @@ class CheckpointManager:
         return final
 
     def _write_shards(self, tensors: dict, writer) -> None:
+        import torch.distributed.checkpoint as dcp
+
         with single_process_quiet():
             dcp.save(tensors, storage_writer=writer)
 
     def _start_async(self, tensors: dict, writer) -> Future:
+        import torch.distributed.checkpoint as dcp
+
         if dist.is_initialized() and self._async_group is None:
             # the background thread's collectives must not share a group with the training step's
             self._async_group = dist.new_group(backend="gloo")
@@ -176,6 +179,8 @@ class CheckpointManager:
 
     def _guard(self, tmp: Path, step: int, action):
         """Run `action`; on a file-system error remove the partial checkpoint and say why in one line."""
+        from torch.distributed.checkpoint.api import CheckpointException
+
         try:
             return action()
         except CheckpointError:
@@ -246,6 +251,8 @@ class CheckpointManager:
     @staticmethod
     def load(ckpt: Path, tensors: dict) -> dict:
         """Fill DCP `tensors` in place from `ckpt` (resharding to the current layout); return its train state."""
+        from bessemer.checkpoint import safe_dcp
+
         ckpt = Path(ckpt)
         state_dir = ckpt / STATE_DIR
         if not (state_dir / safe_dcp.METADATA).is_file() or not (ckpt / TRAIN_STATE_JSON).is_file():
@@ -277,6 +284,8 @@ def check_resumable(ckpt: Path) -> None:
         verify_manifest(ckpt, checksums=False)  # sizes: finds truncation without reading the shards
     else:
         log.warning("%s: no manifest (written by an older Bessemer); its files cannot be verified", ckpt)
+    from bessemer.checkpoint import safe_dcp
+
     read_train_state(ckpt)
     safe_dcp.read_metadata(ckpt / STATE_DIR)
 
@@ -316,6 +325,8 @@ def _full_shapes(state: dict) -> dict[str, torch.Tensor]:
 
 def _os_error(exc: BaseException) -> OSError | None:
     """The OSError behind `exc`: itself, its cause chain, or a rank's failure inside DCP's CheckpointException."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, OSError):

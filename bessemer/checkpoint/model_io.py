@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.tensor import DTensor
 
-from bessemer.checkpoint import safe_dcp
 from bessemer.checkpoint.files import single_process_quiet
 from bessemer.checkpoint.layout import STATE_DIR, WEIGHTS_DIR, load_model_config, resolve_checkpoint
 from bessemer.errors import CheckpointError, ConfigError
 from bessemer.models import ModelConfig, Transformer, build_model
+from bessemer.parallel.instances import is_dtensor
 
 if TYPE_CHECKING:
     from bessemer.hf.weights import SafetensorsReader
@@ -27,15 +25,19 @@ def load_model_state(ckpt: str | Path, state_dict: dict[str, torch.Tensor]) -> N
     """Fill `state_dict` (plain tensors or DTensors, any sharding) in place from checkpoint `ckpt`."""
     ckpt = Path(ckpt)
     state_dir, weights_dir = ckpt / STATE_DIR, ckpt / WEIGHTS_DIR
-    if (state_dir / safe_dcp.METADATA).is_file():
+    if (state_dir / ".metadata").is_file():  # DCP (and DTensor) cost seconds: imported for that form only
+        from bessemer.checkpoint import safe_dcp
+
         check_shapes(ckpt, state_dict, safe_dcp.dcp_shapes(state_dir, prefix="model."))
         safe_dcp.load({"model": state_dict}, state_dir)
     elif weights_dir.is_dir() and any(weights_dir.glob("*.safetensors")):
         with open_weights(weights_dir) as reader:  # each header read and validated once, for both uses
             check_shapes(ckpt, state_dict, {name: info.shape for name, info in reader.infos().items()})
-            if not any(isinstance(t, DTensor) for t in state_dict.values()):
+            if not any(is_dtensor(t) for t in state_dict.values()):
                 _copy_tensor_by_tensor(reader, state_dict)
                 return
+        import torch.distributed.checkpoint as dcp
+
         try:
             with single_process_quiet():
                 dcp.load(state_dict, storage_reader=dcp.HuggingFaceStorageReader(str(weights_dir)))

@@ -33,14 +33,19 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # an empty weight skips nn.Embedding's own normal_ init: on the meta device that op imports torch._dynamo
+        # (seconds of start-up), and init_weights draws every parameter anyway
+        self.tok_embeddings = nn.Embedding(
+            cfg.vocab_size, cfg.dim, _weight=torch.empty(cfg.vocab_size, cfg.dim)
+        )
         # a dict keyed by layer number keeps parameter names stable when pipeline stages drop layers
         self.layers = nn.ModuleDict({str(i): Block(cfg, i) for i in range(cfg.n_layers)})
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = OutputHead(cfg.dim, cfg.vocab_size, cfg.norm_head)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        # computed by init_buffers once the model has a device (on meta, the arithmetic imports torch._dynamo)
+        self.register_buffer("inv_freq", torch.empty((cfg.dim_per_head + 1) // 2), persistent=False)
         # masked attention through FlexAttention block masks; set from outside where the device supports them
         self.flex_attention = False
 
@@ -142,6 +147,19 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int 
         model = Transformer(cfg)
     if str(device) == "meta":
         return model
-    model.to_empty(device=device)
+    to_empty(model, device)
     model.init_weights(buffer_device=torch.device(device), seed=seed)
     return model
+
+
+def to_empty(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """module.to_empty(device=device), with torch.empty for plain tensors: torch.empty_like of a meta tensor runs
+    torch's Python reference, which imports sympy (most of a second of start-up). Other tensor kinds (DTensor)
+    keep empty_like."""
+
+    def empty(t: torch.Tensor) -> torch.Tensor:
+        if type(t) in (torch.Tensor, nn.Parameter):
+            return torch.empty(t.shape, dtype=t.dtype, device=device)
+        return torch.empty_like(t, device=device)
+
+    return module._apply(empty)

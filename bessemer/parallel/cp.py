@@ -6,7 +6,6 @@ import contextlib
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor.experimental import context_parallel
 
 
 def apply_cp(cp_mesh: DeviceMesh, batch: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:
@@ -15,6 +14,8 @@ def apply_cp(cp_mesh: DeviceMesh, batch: dict[str, torch.Tensor]) -> contextlib.
 
     Targets must be counted before entering: each rank then sees only its chunk of the labels.
     """
+    from torch.distributed.tensor.experimental import context_parallel  # seconds to import: cp > 1 only
+
     buffers = [batch[k] for k in ("tokens", "labels", "positions") if k in batch]
     return context_parallel(
         cp_mesh, buffers=buffers, buffer_seq_dims=[1] * len(buffers), no_restore_buffers=set(buffers)

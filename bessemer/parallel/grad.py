@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+
+from bessemer.parallel.instances import is_dtensor
 
 
 @torch.no_grad()
@@ -20,12 +21,12 @@ def clip_grad_norm(
     for p in params:  # get_total_norm needs tensors of one kind: group by mesh and layout
         if p.grad is not None:
             g = p.grad
-            key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else (g.device,)
+            key = (g.device_mesh, g.placements) if is_dtensor(g) else (g.device,)
             groups.setdefault(key, []).append(p)
     norms = []
     for group in groups.values():
         norm = torch.nn.utils.get_total_norm([p.grad for p in group], 2.0)
-        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        norms.append(norm.full_tensor() if is_dtensor(norm) else norm)
     device = norms[0].device if norms else torch.device("cpu")
     if len(norms) == 1:
         total = norms[0]

@@ -8,16 +8,15 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from bessemer.config import ParallelSection
 from bessemer.errors import ConfigError
+from bessemer.models.transformer import to_empty
 from bessemer.parallel.ac import apply_activation_checkpointing
 from bessemer.parallel.compile import apply_compile
 from bessemer.parallel.dims import ParallelDims
-from bessemer.parallel.fsdp import apply_fsdp
+from bessemer.parallel.instances import is_dtensor
 from bessemer.parallel.mesh import ParallelMesh
-from bessemer.parallel.tp import apply_tp
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # wrappers that insert a level into parameter names; checkpoints and the reference model use the plain names
@@ -65,11 +64,15 @@ def parallelize(
         stages, stage_ids = [model], [0]
     for stage in stages:
         if dims.tp > 1:
+            from bessemer.parallel.tp import apply_tp  # DTensor/FSDP/TP: seconds to import, so only when used
+
             apply_tp(stage, mesh["tp"], cfg.sequence_parallel, cfg.loss_parallel)
         apply_activation_checkpointing(stage, cfg.activation_checkpoint)
         if cfg.compile:
             apply_compile(stage)
         if dims.fsdp:
+            from bessemer.parallel.fsdp import apply_fsdp
+
             apply_fsdp(
                 stage, mesh.fsdp(dims), param_dtype, reduce_dtype, cfg.reshard_after_forward, cfg.cpu_offload
             )
@@ -103,16 +106,18 @@ def materialize(
     only(name): when given, just the parameters it accepts are drawn (a LoRA fine-tune's new adapters).
     """
     for stage in stages:
-        stage.to_empty(device=device)
+        to_empty(stage, device)
         stage.init_buffers(device)
         if init is None:
             continue
         for name, param in stage.named_parameters():
             if only is not None and not only(plain_name(name)):
                 continue
-            if not isinstance(param, DTensor):
+            if not is_dtensor(param):
                 init(plain_name(name), param)
                 continue
+            from torch.distributed.tensor import distribute_tensor
+
             full = torch.empty(param.shape, dtype=param.dtype, device=device)
             init(plain_name(name), full)
             local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)

@@ -11,11 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    set_model_state_dict,
-)
 
 from bessemer import device as devices
 from bessemer.checkpoint.layout import load_model_config, read_meta, resolve_checkpoint, tokenizer_dir
@@ -193,6 +188,12 @@ def build_model(
     model = laid_out.model
     freeze_base(model, cfg.lora)
     if cfg.train.finetune:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            set_model_state_dict,
+        )
+
         ckpt = resolve_checkpoint(cfg.train.finetune)
         state = {
             k: v

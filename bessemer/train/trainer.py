@@ -12,9 +12,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import loss_parallel
 
 from bessemer import device as devices
 from bessemer.checkpoint.files import atomic_write_text
@@ -26,6 +23,7 @@ from bessemer.models.layers import OutputHead
 from bessemer.parallel import ParallelDims, build_mesh, check_layout, collectives
 from bessemer.parallel.cp import apply_cp
 from bessemer.parallel.grad import clip_grad_norm
+from bessemer.parallel.instances import is_dtensor
 from bessemer.train import build
 from bessemer.train.build import resolve_model_config
 from bessemer.train.loggers import MetricsWriter
@@ -39,9 +37,6 @@ from bessemer.tune.lora import lora_meta
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-# optimizer state keyed by parameter name, so it reshards onto any layout (pipeline ranks hold different groups);
-# frozen parameters (a LoRA run's base) are not saved, so loading is not strict: they come from train.finetune
-STATE_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True, ignore_frozen_params=True, strict=False)
 
 
 class TrainingError(BessemerError):
@@ -142,7 +137,9 @@ class Trainer:
         self._skipped.fill_(int(value))
 
     def _tensor_state(self) -> dict:
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=STATE_OPTIONS)
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=_state_options())
         return {"model": model_sd, "optimizer": optim_sd}
 
     def _train_state(self) -> dict:
@@ -159,6 +156,8 @@ class Trainer:
         return self.checkpoints.save(self.step, self._tensor_state(), self._train_state())
 
     def resume(self, ckpt: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
         tensors = self._tensor_state()
         state = self.checkpoints.load(ckpt, tensors)
         set_state_dict(
@@ -166,7 +165,7 @@ class Trainer:
             self.optimizer,
             model_state_dict=tensors["model"],
             optim_state_dict=tensors["optimizer"],
-            options=STATE_OPTIONS,
+            options=_state_options(),
         )
         self.step = state["step"]
         self.scheduler.load_state_dict(state["scheduler"])
@@ -309,6 +308,8 @@ class Trainer:
     def _loss_context(self):
         """Cross-entropy over vocabulary-sharded logits when the head leaves them sharded (tp + loss_parallel)."""
         if self.dims.tp > 1 and self.cfg.parallel.loss_parallel:
+            from torch.distributed.tensor.parallel import loss_parallel
+
             return loss_parallel()
         return contextlib.nullcontext()
 
@@ -319,7 +320,7 @@ class Trainer:
         (loss_parallel) go through F.cross_entropy, which it redefines; plain ones through the leaner
         summed_cross_entropy (bessemer.train.loss), which overwrites them in its backward."""
         logits, labels = logits.float().flatten(0, 1), labels.flatten()
-        if isinstance(logits, DTensor):
+        if is_dtensor(logits):
             return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / global_targets
         return summed_cross_entropy(logits, labels) / global_targets
 
@@ -400,7 +401,16 @@ class Trainer:
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """A loss computed under loss_parallel is a DTensor (replicated, or a pending sum): make it a plain value."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def _state_options():
+    """Optimizer state keyed by parameter name, so it reshards onto any layout (pipeline ranks hold different
+    groups); frozen parameters (a LoRA run's base) are not saved, so loading is not strict: they come from
+    train.finetune. Imported when a run saves or resumes: DCP and DTensor take seconds to import."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True, ignore_frozen_params=True, strict=False)
 
 
 def _main_thread() -> bool:

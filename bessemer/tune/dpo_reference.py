@@ -27,11 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
 
 from bessemer import device as devices
 from bessemer.errors import DataError
+from bessemer.parallel.instances import is_dtensor, is_fsdp_module
 from bessemer.tune.lora import adapters_disabled
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     token = -F.cross_entropy(
         logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none"
     )
-    if isinstance(token, DTensor):
+    if is_dtensor(token):
         token = token.full_tensor()
     return token.view(labels.shape).sum(-1), keep.sum(-1)
 
@@ -63,7 +62,7 @@ def forward(model: nn.Module, batch: dict) -> torch.Tensor:
 def reshard(model: nn.Module) -> None:
     """Free what FSDP keeps gathered after a forward without backward (units that skip resharding after it)."""
     for module in model.modules():
-        if isinstance(module, FSDPModule):
+        if is_fsdp_module(module):
             module.reshard()
 
 

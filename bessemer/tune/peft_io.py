@@ -14,11 +14,10 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bessemer.checkpoint import load_model_config, safe_dcp, save_model_config
+from bessemer.checkpoint import load_model_config, save_model_config
 from bessemer.checkpoint.files import atomic_write_text, single_process_quiet
 from bessemer.checkpoint.layout import FORMAT, VERSION, read_meta, resolve_checkpoint, tokenizer_dir
 from bessemer.checkpoint.model_io import check_shapes, load_model
@@ -95,6 +94,8 @@ def load_model_or_adapted(
 
 
 def _load_dcp_model(ckpt: Path, state: dict[str, torch.Tensor]) -> None:
+    from bessemer.checkpoint import safe_dcp  # DCP costs seconds of start-up: only for LoRA runs' state/
+
     if not (ckpt / "state" / ".metadata").is_file():
         raise CheckpointError(f"{ckpt}: no state/.metadata; the LoRA checkpoint is incomplete")
     check_shapes(ckpt, state, safe_dcp.dcp_shapes(ckpt / "state", prefix="model."))
@@ -181,6 +182,8 @@ def export_peft(run: str | Path, out: str | Path, overwrite: bool = False) -> Pa
 
 def _read_saved(ckpt: Path, shaped: Transformer, cfg: LoRASection) -> dict[str, torch.Tensor]:
     """The LoRA checkpoint's tensors in the dtype they were stored in."""
+    from bessemer.checkpoint import safe_dcp
+
     stored = safe_dcp.dcp_dtypes(ckpt / "state", prefix="model.")  # metadata read without running code
     state = {}
     for name in saved_names(shaped, cfg):
@@ -273,6 +276,8 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
                 f"{where}: {name!r} has shape {tuple(tensors[name].shape)}, rank {cfg.rank} on {base} needs "
                 f"{tuple(tensor.shape)}; the adapter was made for another rank or base model"
             )
+    import torch.distributed.checkpoint as dcp
+
     meta = read_meta(base)
     with staged_output(out, overwrite, "convert --from-peft", (folder, base)) as tmp:
         save_model_config(model_cfg, tmp)

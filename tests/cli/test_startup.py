@@ -3,6 +3,8 @@
 Each case imports the CLI (every verb's parser) and the modules the verbs' `run` imports, in a fresh interpreter,
 then lists which heavy modules got loaded. transformers, fastapi/uvicorn, matplotlib, lm_eval and peft belong to
 the modes that need them only (serve, compare's plot, eval's harness, PEFT import/export, the benchmarks).
+The second half runs the verbs' work itself (conversion, inference loading, a training step) and checks what it
+imported on the way: import assertions, not timings (benchmarks/startup.py times the verbs).
 """
 
 from __future__ import annotations
@@ -65,3 +67,93 @@ def test_verbs_do_not_import_what_they_do_not_use(case):
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+# ---- what the verbs' work imports up to its start, run in a fresh interpreter ----------------------------------
+# A one-process run lays nothing out: DCP and pipelining stay unimported until a save, a resume or a layout asks
+# (torch.optim's first step imports torch._dynamo, and with it DTensor, FSDP and the tensor-parallel API, on its
+# own). Conversion and inference build the model on the meta device and materialise it: that must not import the
+# compiler (meta ops that run torch's Python references import torch._dynamo, empty_like imports sympy), and
+# neither imports DTensor or DCP.
+HEAVY_LAYOUT = ["torch.distributed.checkpoint", "torch.distributed.pipelining"]
+COMPILER = ["torch._dynamo", "sympy", "torch.distributed.tensor", "torch.distributed.fsdp"]
+
+RUN_PROBE = """
+import json, sys
+exec(sys.argv[1])
+print(json.dumps(sorted(m for m in sys.argv[2].split(",") if m in sys.modules)))
+"""
+
+TINY = {"n_layers": 2, "dim": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128, "vocab_size": 512}
+
+
+def _loaded_after(code: str, forbidden: list[str]) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_PROBE, code, ",".join(forbidden)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny model/ safetensors checkpoint (what convert --from-hf writes) and its HF export."""
+    from bessemer.hf import convert_to_hf
+    from bessemer.models import build_model, get_preset
+    from bessemer.tune.peft_io import write_model_checkpoint
+
+    root = tmp_path_factory.mktemp("startup")
+    model = build_model(get_preset("tiny", **TINY), seed=0)
+    write_model_checkpoint(model, root / "ckpt", {"source": "test", "family": "llama2"})
+    convert_to_hf(root / "ckpt", root / "hf")
+    return root
+
+
+def test_convert_from_hf_imports_no_layout_nor_compiler(tiny_checkpoint, tmp_path):
+    code = f"from bessemer.hf import convert_from_hf\nconvert_from_hf({str(tiny_checkpoint / 'hf')!r}, {str(tmp_path / 'out')!r})\n"
+    assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT, *COMPILER]) == []
+    assert (tmp_path / "out" / "model.json").is_file()
+
+
+def test_inference_load_and_forward_import_no_layout_nor_compiler(tiny_checkpoint):
+    """The generate/chat/serve/eval loader (a plain checkpoint or a LoRA run: meta build, materialise, load) and
+    a forward."""
+    code = (
+        "import torch\n"
+        "from bessemer.tune.peft_io import load_model_or_adapted\n"
+        f"model, _ = load_model_or_adapted({str(tiny_checkpoint / 'ckpt')!r})\n"
+        "model(torch.tensor([[1, 2, 3]]))\n"
+    )
+    assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT, *COMPILER]) == []
+
+
+def test_one_process_training_step_imports_no_layout(tmp_path):
+    """Pretraining from a prepared dataset, to the end of its first step: no DCP (it comes with the first save),
+    no pipelining, none of the optional heavy libraries."""
+    import numpy as np
+
+    from bessemer.data.indexed import IndexedDatasetWriter
+
+    prefix = tmp_path / "data"
+    with IndexedDatasetWriter(prefix, np.uint16) as writer:
+        for start in range(20):
+            writer.add_document((np.arange(start, start + 80) % 500).astype(np.uint16))
+    overrides = [f"model.{k}={v}" for k, v in TINY.items()] + [
+        f'data.paths=["{prefix}"]',
+        f'train.out_dir="{tmp_path / "run"}"',
+        "train.seq_len=32",
+        "train.micro_batch_size=2",
+        "log.tensorboard=false",
+    ]
+    code = (
+        "from bessemer.config import load_config\n"
+        "from bessemer.train.trainer import Trainer\n"
+        f"trainer = Trainer(load_config(None, {overrides!r}))\n"
+        "trainer.train_step()\n"
+        "trainer.data.close()\n"
+    )
+    assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT]) == []
