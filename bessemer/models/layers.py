@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bessemer.train.loss import head_cross_entropy
+from bessemer.models.loss import head_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -48,7 +48,7 @@ class OutputHead(nn.Linear):
     ) -> torch.Tensor:
         """Logits of `x` [..., dim]; with `labels` (same leading shape, -100: no target) the summed
         cross-entropy over the targets / `loss_divisor` instead, made a chunk of rows at a time so that the
-        logits never exist whole (bessemer.train.loss.head_cross_entropy)."""
+        logits never exist whole (bessemer.models.loss.head_cross_entropy)."""
         weight = F.normalize(self.weight, dim=-1) if self.norm_head else self.weight
         if labels is None:
             return F.linear(x, weight)

@@ -20,6 +20,7 @@ from bessemer.checkpoint.outputs import prepare_run_dir
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError
 from bessemer.models.layers import OutputHead
+from bessemer.models.loss import summed_cross_entropy
 from bessemer.parallel import ParallelDims, build_mesh, check_layout, collectives
 from bessemer.parallel.cp import apply_cp
 from bessemer.parallel.grad import clip_grad_norm
@@ -27,7 +28,6 @@ from bessemer.parallel.instances import is_dtensor
 from bessemer.train import build
 from bessemer.train.build import resolve_model_config
 from bessemer.train.loggers import MetricsWriter
-from bessemer.train.loss import summed_cross_entropy
 from bessemer.train.metrics import flops_per_token
 from bessemer.train.optim import build_optimizer, build_scheduler, skips_on_device
 from bessemer.train.prefetch import Prefetcher
@@ -318,7 +318,7 @@ class Trainer:
     ) -> torch.Tensor:
         """Summed token cross-entropy over the step's global number of target tokens. Vocabulary-sharded logits
         (loss_parallel) go through F.cross_entropy, which it redefines; plain ones through the leaner
-        summed_cross_entropy (bessemer.train.loss), which overwrites them in its backward."""
+        summed_cross_entropy (bessemer.models.loss), which overwrites them in its backward."""
         logits, labels = logits.float().flatten(0, 1), labels.flatten()
         if is_dtensor(logits):
             return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / global_targets

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from bessemer.models import build_model, get_preset
-from bessemer.train import loss as loss_module
-from bessemer.train.loss import head_cross_entropy, summed_cross_entropy
+from bessemer.models import loss as loss_module
+from bessemer.models.loss import head_cross_entropy, summed_cross_entropy
 
 
 def test_value_and_gradients_match_torch():
