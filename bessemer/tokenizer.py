@@ -9,7 +9,9 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bessemer.errors import TokenizerError
 
@@ -92,6 +94,118 @@ def load_tokenizer(path: str | Path):
     if backend is not None:
         backend.encode_special_tokens = True
     return tok
+
+
+# tokenizer_config.json keys that do not change the tokenizer AutoTokenizer builds from a tokenizer.json
+_PLAIN_CONFIG_KEYS = {
+    "tokenizer_class",
+    "backend",
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "added_tokens_decoder",
+    "model_max_length",
+    "clean_up_tokenization_spaces",
+    "chat_template",
+    "padding_side",
+    "truncation_side",
+    "model_input_names",
+    "split_special_tokens",
+}
+_GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
+_ADDED_TOKEN_FLAGS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+
+
+@dataclass
+class TextTokenizer:
+    """A tokenizer folder loaded through `tokenizers` alone, for encoding plain text (pretrain `prepare`).
+
+    Importing transformers takes seconds (it imports torch), longer than encoding tens of MB of text: where the
+    folder's tokenizer is one transformers would build without changing it, this is that tokenizer, with the
+    attributes `prepare` uses (`backend_tokenizer`, `bos_token_id`, `eos_token_id`, `len`, `get_vocab`).
+    """
+
+    backend_tokenizer: Any
+    bos_token_id: int | None
+    eos_token_id: int | None
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend_tokenizer.get_vocab(with_added_tokens=True)
+
+
+def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
+    """The tokenizer `load_tokenizer(path)` gives, without importing transformers; None where transformers could
+    change it (a model-specific tokenizer class, config keys it acts on, special tokens it would add, ...), and for
+    any folder `load_tokenizer` refuses: then call that. tests/tokenizer compares both on many folders."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_dir() or any(
+        (path / n).exists() for n in ("special_tokens_map.json", "added_tokens.json")
+    ):
+        return None
+    config = _read_json(path / "tokenizer_config.json")
+    specials = {k: config[k] for k in _NAMED_SPECIALS if config.get(k) is not None}
+    try:
+        if (path / "tokenizer.json").exists():
+            if "auto_map" not in config:  # AutoTokenizer.from_pretrained acts on the whole config
+                if config.get("tokenizer_class") not in _GENERIC_CLASSES or set(config) - _PLAIN_CONFIG_KEYS:
+                    return None
+            else:  # load_tokenizer builds it from the file and the named special tokens only
+                config = {}
+            backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+        elif (path / "tokenizer.model").exists():
+            specials.setdefault("bos_token", "<s>")
+            specials.setdefault("eos_token", "</s>")
+            specials.setdefault("unk_token", "<unk>")
+            bos = specials["bos_token"] if config.get("add_bos_token", True) else None
+            backend = sentencepiece_to_tokenizers(path / "tokenizer.model", _token_text(bos) if bos else None)
+            config = {}
+        else:
+            return None
+    except TokenizerError:
+        raise
+    except Exception:
+        return None  # load_tokenizer names the problem
+    if backend.truncation or backend.padding:
+        return None
+    # transformers rewrites the pre-tokenizer of vocabularies over 100k entries (a Mistral regex fix)
+    if backend.get_vocab_size() > 100_000 and backend.pre_tokenizer is not None:
+        return None
+    added = backend.get_added_tokens_decoder()
+    by_text = {t.content: (i, t) for i, t in added.items()}
+    for value in specials.values():
+        # transformers adds each named special token as special and not normalised: it must be so already
+        wanted = (
+            value if isinstance(value, dict) else {"content": value, "special": True, "normalized": False}
+        )
+        have = by_text.get(wanted["content"])
+        if have is None or any(
+            getattr(have[1], k) != v for k, v in wanted.items() if k in _ADDED_TOKEN_FLAGS
+        ):
+            return None
+    for key, value in (config.get("added_tokens_decoder") or {}).items():
+        have = added.get(int(key))
+        if have is None or any(getattr(have, k) != value.get(k) for k in _ADDED_TOKEN_FLAGS if k in value):
+            return None
+    if backend.post_processor is None:
+        # what transformers sets when the file has none and the config asks for neither BOS nor EOS
+        from tokenizers import processors
+
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A:0", pair="$A:0 $B:1", special_tokens=[]
+        )
+    backend.encode_special_tokens = True  # text is text, as load_tokenizer sets it
+
+    def token_id(key: str) -> int | None:
+        return backend.token_to_id(_token_text(specials[key])) if key in specials else None
+
+    return TextTokenizer(backend, token_id("bos_token"), token_id("eos_token"))
 
 
 def chat_template_in(path: str | Path) -> str | None:

@@ -495,13 +495,15 @@ def prepare(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Tokenize `inputs` into the indexed dataset `out` (or shards of it); returns the meta.json dict written."""
-    from bessemer.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from bessemer.tokenizer import load_text_tokenizer, load_tokenizer, tokenizer_fingerprint
 
     start = time.perf_counter()
     out = str(out)
     check_output(out)
     remove_stale_temps(out)
-    tokenizer = load_tokenizer(options.tokenizer)
+    # pretrain text needs only the Rust tokenizer: loaded without transformers (seconds of imports) where it can be
+    tokenizer = load_text_tokenizer(options.tokenizer) if options.handler == "pretrain" else None
+    tokenizer = tokenizer or load_tokenizer(options.tokenizer)
     encoder = Encoder(options, tokenizer)  # validates handler, template and eos before any worker starts
     work_start = time.perf_counter()
     dtype = encoder.dtype
