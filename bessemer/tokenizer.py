@@ -281,49 +281,58 @@ _WORD_SPLIT = {
 }
 # its normaliser steps, as Python: Replace regexes in the `onig` syntax tokenizers uses -> Python `re` patterns
 _REGEX_STEPS = {r"\A +": r"\A +", " {2,}": " {2,}", "\u2581+\\z": "\u2581+\\Z"}
+# the GPT-2 pattern of tokenizers' ByteLevel pre-tokenizer (use_regex=true), 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|
+# ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+, for Python's `re` (no \p{...}): letters [^\W\d_], numbers \d
+_BYTE_LEVEL_PATTERN = r"""'(?:[st]|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 
 
 class WordCache:
-    """Encodes text exactly as a sentencepiece-converted `tokenizers.Tokenizer` does, about 3x faster.
+    """Encodes text exactly as a `tokenizers.Tokenizer` of a known pipeline does, several times faster.
 
-    That tokenizer (see sentencepiece_to_tokenizers) normalises the text (dummy prefix, spaces to U+2581), cuts it
-    into words (a run of U+2581 and the characters up to the next one) and runs BPE on each word alone; the BPE
-    result depends on the word only. Here the normalisation and the cut are done with Python's `str` and `re`
-    (the same patterns), each distinct word is encoded once by a copy of the tokenizer that only runs the model,
-    and a document's ids are its words' ids joined, with the post-processor's BOS/EOS around them. Words repeat
-    (Zipf), so most never reach the tokenizer again. `for_backend` returns None for any other pipeline (another
-    normaliser, pre-tokenizer or post-processor, truncation, padding, BPE dropout, non-special added tokens), which
-    then encodes as usual. tests/tokenizer compares this path with sentencepiece on real text in many scripts.
-    Holds at most MAX_WORDS words (then starts afresh), so memory stays bounded; safe to share between threads.
+    Two pipelines qualify. A sentencepiece-converted one (see sentencepiece_to_tokenizers) normalises the text
+    (dummy prefix, spaces to U+2581) and cuts it into words (a run of U+2581 and the characters up to the next
+    one); a GPT-2 style byte-level BPE (no normaliser, a ByteLevel pre-tokenizer with its regex and no prefix
+    space) cuts it with that regex and maps each word's UTF-8 bytes to characters. Either way BPE runs on each
+    word alone, so a word's ids depend on the word only. Here the cut is done with Python's `re`/`regex` (the same
+    patterns), each distinct word is encoded once by a copy of the tokenizer that only runs the model, and a
+    document's ids are its words' ids joined, with the post-processor's BOS/EOS around them. Words repeat (Zipf),
+    so most never reach the tokenizer again. `for_backend` returns None for any other pipeline (another
+    normaliser, pre-tokenizer or post-processor, truncation, padding, BPE dropout, non-special added tokens),
+    which then encodes as usual. tests/tokenizer compares this path with sentencepiece and `tokenizers` on real
+    text in many scripts. Holds at most MAX_WORDS words (then starts afresh), so memory stays bounded; safe to
+    share between threads.
     """
 
     MAX_WORDS = 1 << 18
 
-    def __init__(self, normalizer: dict | None, bare, prefix: list[int], suffix: list[int]):
-        """`normalizer`: the tokenizer's normaliser spec (JSON); `bare`: the tokenizer without normaliser,
-        pre-tokenizer and post-processor; `prefix`/`suffix`: the ids its post-processor puts around a text."""
-        self.normalizer, self.bare, self.prefix, self.suffix = normalizer, bare, prefix, suffix
-        self.steps = _python_normalizer(normalizer)
-        self.word_re = re.compile("\u2581*[^\u2581]+|\u2581+")
+    def __init__(self, backend, spec: dict, prefix: list[int], suffix: list[int]):
+        """`backend`: the tokenizer (special-token text as text) and `spec` its JSON; `prefix`/`suffix`: the ids
+        its post-processor puts around a text."""
+        from tokenizers import Tokenizer
+
+        self.backend, self.prefix, self.suffix = backend, prefix, suffix
+        self.bare = Tokenizer.from_str(
+            json.dumps({**spec, "normalizer": None, "pre_tokenizer": None, "post_processor": None})
+        )
+        self.bare.encode_special_tokens = True
         self.ids: dict[str, list[int]] = {}
         self.lock = threading.Lock()
 
-    def __getstate__(self):  # sent to worker processes: the bare tokenizer as JSON, the cache left behind
-        return (self.normalizer, self.bare.to_str(), self.prefix, self.suffix)
+    def __getstate__(self):  # sent to worker processes as the tokenizer's JSON, the cache left behind
+        return self.backend.to_str()
 
     def __setstate__(self, state):
         from tokenizers import Tokenizer
 
-        normalizer, bare, prefix, suffix = state
-        bare = Tokenizer.from_str(bare)
-        bare.encode_special_tokens = True
-        self.__init__(normalizer, bare, prefix, suffix)
+        backend = Tokenizer.from_str(state)
+        backend.encode_special_tokens = True
+        built = WordCache.for_backend(backend)
+        self.__class__ = type(built)
+        self.__dict__.update(built.__dict__)
 
     @classmethod
     def for_backend(cls, backend) -> WordCache | None:
         """A WordCache encoding as `backend` (special-token text as text), or None when its pipeline differs."""
-        from tokenizers import Tokenizer
-
         spec = json.loads(backend.to_str())
         model = spec.get("model") or {}
         if (
@@ -331,41 +340,124 @@ class WordCache:
             or model.get("dropout")
             or spec.get("truncation")
             or spec.get("padding")
-            or spec.get("pre_tokenizer") != _WORD_SPLIT
             or any(not t.get("special") for t in spec.get("added_tokens") or [])
         ):
             return None
-        steps = _python_normalizer(spec.get("normalizer"))
-        ends = _template_ends(spec.get("post_processor"))
-        if steps is None or ends is None:
+        post = spec.get("post_processor")
+        ends = ([], []) if post and post.get("type") == "ByteLevel" else _template_ends(post)
+        if ends is None:
             return None
-        bare = Tokenizer.from_str(
-            json.dumps({**spec, "normalizer": None, "pre_tokenizer": None, "post_processor": None})
-        )
-        bare.encode_special_tokens = True
-        return cls(spec.get("normalizer"), bare, *ends)
+        pre = spec.get("pre_tokenizer")
+        if pre == _WORD_SPLIT:
+            steps = _python_normalizer(spec.get("normalizer"))
+            return None if steps is None else _SentencePieceWords(backend, spec, *ends, steps=steps)
+        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+        if spec.get("normalizer") is None and pre and {k: pre.get(k) for k in byte_level} == byte_level:
+            return _ByteLevelWords(backend, spec, *ends)
+        return None
+
+    def words(self, text: str) -> list[str] | None:
+        """The words of `text`, or None to encode it through the backend itself."""
+        raise NotImplementedError
+
+    def model_input(self, word: str) -> str:
+        """What the model is given for `word`."""
+        return word
+
+    def encode(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
+        docs = [self.words(t) for t in texts]
+        with self.lock:
+            ids = self.ids
+            seen = set(itertools.chain.from_iterable(d for d in docs if d is not None))
+            new = [w for w in seen if w not in ids]
+            if len(ids) + len(new) > self.MAX_WORDS:
+                ids.clear()
+                new = list(seen)
+            if new:
+                encoded = self.bare.encode_batch_fast(
+                    list(map(self.model_input, new)), add_special_tokens=False
+                )
+                for word, enc in zip(new, encoded):
+                    ids[word] = enc.ids
+            get = ids.__getitem__
+            joined = [None if d is None else list(itertools.chain.from_iterable(map(get, d))) for d in docs]
+        if add_special_tokens and (self.prefix or self.suffix):
+            joined = [d if d is None else [*self.prefix, *d, *self.suffix] for d in joined]
+        rest = [t for t, d in zip(texts, joined) if d is None]
+        if rest:
+            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+            done = iter(e.ids for e in encode(rest, add_special_tokens=add_special_tokens))
+            joined = [next(done) if d is None else d for d in joined]
+        return joined
+
+
+class _SentencePieceWords(WordCache):
+    """Words of a sentencepiece-converted pipeline: the normaliser as Python steps, then runs of U+2581 + text."""
+
+    def __init__(self, backend, spec, prefix, suffix, *, steps):
+        super().__init__(backend, spec, prefix, suffix)
+        self.steps = steps
+        self.word_re = re.compile("\u2581*[^\u2581]+|\u2581+")
 
     def words(self, text: str) -> list[str]:
         for step in self.steps:
             text = step(text)
         return self.word_re.findall(text)
 
-    def encode(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
-        docs = [self.words(t) for t in texts]
-        with self.lock:
-            ids = self.ids
-            new = [w for w in set(itertools.chain.from_iterable(docs)) if w not in ids]
-            if len(ids) + len(new) > self.MAX_WORDS:
-                ids.clear()
-                new = list(set(itertools.chain.from_iterable(docs)))
-            if new:
-                for word, enc in zip(new, self.bare.encode_batch_fast(new, add_special_tokens=False)):
-                    ids[word] = enc.ids
-            get = ids.__getitem__
-            joined = [list(itertools.chain.from_iterable(map(get, d))) for d in docs]
-        if add_special_tokens and (self.prefix or self.suffix):
-            return [[*self.prefix, *d, *self.suffix] for d in joined]
-        return joined
+
+class _ByteLevelWords(WordCache):
+    """Words of a GPT-2 style byte-level pipeline: its regex (in Python's `re`), bytes mapped to characters.
+
+    `re` classes some characters unlike tokenizers' Oniguruma (numbers other than decimal digits, letters of
+    another Unicode version): each character met is first checked against the backend's own pre-tokenizer, and
+    a text holding one that splits differently is encoded by the backend itself."""
+
+    def __init__(self, backend, spec, prefix, suffix):
+        super().__init__(backend, spec, prefix, suffix)
+        self.word_re = re.compile(_BYTE_LEVEL_PATTERN)
+        self.pre = backend.pre_tokenizer
+        self.byte_chars = _byte_level_alphabet()
+        self.checked: set[str] = set()
+        self.differs: set[str] = set()
+        self._check({chr(c) for c in range(128)})
+
+    def words(self, text: str) -> list[str] | None:
+        if not text.isascii():
+            chars = set(text)
+            if not chars <= self.checked:
+                with self.lock:
+                    self._check(chars - self.checked)
+            if not self.differs.isdisjoint(chars):
+                return None
+        return self.word_re.findall(text)
+
+    def model_input(self, word: str) -> str:
+        return word.encode("utf-8").decode("latin-1").translate(self.byte_chars)
+
+    def _check(self, chars: set[str]) -> None:
+        """Find which of `chars` the backend's pre-tokenizer splits differently, in the contexts its regex tells
+        apart (after a letter, a digit, a symbol, spaces and a newline)."""
+
+        def probe(c: str) -> str:
+            return f"a{c}{c}1{c}!{c} {c}  {c}\n{c}x"
+
+        def same(text: str) -> bool:
+            ours = [self.model_input(w) for w in self.word_re.findall(text)]
+            return ours == [w for w, _ in self.pre.pre_tokenize_str(text)]
+
+        todo = sorted(chars)
+        if todo and not same("\n".join(map(probe, todo))):
+            self.differs.update(c for c in todo if not same(probe(c)))
+        self.checked.update(todo)
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """The ByteLevel pre-tokenizer's byte -> character table (GPT-2's), keyed by code point 0-255 (as latin-1)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + k) for k, b in enumerate(others)})
+    return table
 
 
 def _python_normalizer(spec) -> list | None:

@@ -10,12 +10,14 @@ rows per worker, and a word cache of bounded size), and more workers are never s
 core is started, fewer when there are fewer units or under WORKER_MIN_BYTES of input per worker (starting one
 costs more than it saves below that).
 
-Threads: with one worker, rows are encoded in this process, and the Rust tokenizer's own threads (rayon) use
-every core for the batch it encodes; N worker processes get cores // N tokenizer threads each
-(RAYON_NUM_THREADS), so workers x threads never exceeds the cores, and at least RUST_THREADS each (so at most
-cores / 2 workers) when they encode through that batch encoder. Tokenizers converted from sentencepiece encode
-pretrain text through bessemer.tokenizer.WordCache (the same ids, several times faster, but Python-bound: one
-core per process), so for them more cores need more workers.
+Threads: pretrain text of the common pipelines (tokenizers converted from sentencepiece, GPT-2 style byte-level
+BPE) goes through bessemer.tokenizer.WordCache (the same ids, several times less CPU, but Python-bound: one core
+per process), so more cores need more workers, one per core. Other tokenizers encode through the Rust batch
+encoder: with one worker, rows are encoded in this process and its threads (rayon) use every core; N worker
+processes get cores // N tokenizer threads each (RAYON_NUM_THREADS), at least RUST_THREADS (so at most cores / 2
+workers). When fewer workers than asked are used, prepare says so once (and meta.json records both counts).
+The tokenizer is loaded without transformers where it can be (bessemer.tokenizer.load_text_tokenizer): its
+import costs seconds, as long as encoding tens of MB.
 
 Special-token text inside documents ("<s>", "</s>", "<|im_end|>") is encoded as ordinary text unless
 `allow_special_in_text` is set; control ids come only from templates and the BOS/--append-eod rules.
@@ -164,9 +166,12 @@ class Report:
 
 
 def text_backend(backend, allow_special_in_text: bool):
-    """A copy of a `tokenizers.Tokenizer` that encodes special-token text as text (unless allowed as control)."""
+    """A `tokenizers.Tokenizer` that encodes special-token text as text (unless allowed as control): `backend`
+    itself when it already does, else a copy (the caller's tokenizer keeps its mode)."""
     from tokenizers import Tokenizer
 
+    if backend.encode_special_tokens != allow_special_in_text:
+        return backend
     copy = Tokenizer.from_str(backend.to_str())
     copy.encode_special_tokens = not allow_special_in_text
     return copy
