@@ -267,9 +267,10 @@ class Encoder:
                 if mask is not None and not any(mask):
                     skipped.append(("no answer tokens after truncation", loc))
                     continue
-            ids = list(ids) + eod
             ids_parts.append(ids)
-            lengths.append(len(ids))
+            if eod:
+                ids_parts.append(eod)
+            lengths.append(len(ids) + len(eod))
             if self.handler.is_sft:
                 mask_parts.append(list(mask) + [0] * len(eod))
         flat = np.fromiter(itertools.chain.from_iterable(ids_parts), dtype=np.int64, count=sum(lengths))
