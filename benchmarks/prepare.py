@@ -290,7 +290,7 @@ def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: P
         vs = f"{mega['wall'] / r['wall']:>15.2f} {mega['seconds'] / r['seconds']:>5.2f}" if mega else " " * 21
         print(
             f"{name:42} {r['tokens']:>11,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {r['cpu']:>7.1f} {work:>10,.0f} "
-            f"{vs} {work / base_work if base_work else float('nan'):>6.2f} {r['peak_mb']:>8.0f}M"
+            f"{vs} {f'{work / base_work:.2f}' if base_work else '-':>6} {r['peak_mb']:>8.0f}M"
         )
     if len({r["tokens"] for _, r, _ in rows}) > 1:
         print("warning: token counts differ between runs")
