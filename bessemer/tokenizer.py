@@ -180,10 +180,10 @@ def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
     added = backend.get_added_tokens_decoder()
     by_text = {t.content: (i, t) for i, t in added.items()}
     for value in specials.values():
-        # transformers adds each named special token as special and not normalised: it must be so already
-        wanted = (
-            value if isinstance(value, dict) else {"content": value, "special": True, "normalized": False}
-        )
+        # transformers (re-)adds each named special token, a plain string as special, not normalised, not
+        # stripped: it must be so already
+        plain = {"content": value, "special": True, "normalized": False, "lstrip": False, "rstrip": False}
+        wanted = value if isinstance(value, dict) else {**plain, "single_word": False}
         have = by_text.get(wanted["content"])
         if have is None or any(
             getattr(have[1], k) != v for k, v in wanted.items() if k in _ADDED_TOKEN_FLAGS
