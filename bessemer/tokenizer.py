@@ -112,6 +112,8 @@ _PLAIN_CONFIG_KEYS = {
     "truncation_side",
     "model_input_names",
     "split_special_tokens",
+    "add_bos_token",  # when false: as if absent (transformers 5 keeps the file's post-processor, or adds none)
+    "add_eos_token",
 }
 _GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 _NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -193,6 +195,8 @@ def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
         have = added.get(int(key))
         if have is None or any(getattr(have, k) != value.get(k) for k in _ADDED_TOKEN_FLAGS if k in value):
             return None
+    if config.get("add_bos_token") or config.get("add_eos_token"):
+        return None  # transformers' BOS/EOS rule for tokenizer.json (left to it)
     if backend.post_processor is None:
         # what transformers sets when the file has none and the config asks for neither BOS nor EOS
         from tokenizers import processors

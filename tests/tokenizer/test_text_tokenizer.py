@@ -67,6 +67,10 @@ def test_equals_load_tokenizer_where_it_loads(demo_tokenizer_dir, tmp_path):
     eos = {"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}
     assert_same(trained_bpe(tmp_path / "bpe", {**eos, "bos_token": None}))  # no post-processor in the file
     assert_same(trained_bpe(tmp_path / "bpe-pp", eos, post_processor=True))
+    # a config that adds neither BOS nor EOS, as SmolLM2's says, with and without a post-processor in the file
+    rule = {"bos_token": "<s>", "add_bos_token": False, "add_eos_token": False}
+    assert_same(trained_bpe(tmp_path / "bpe-no-rule", {**eos, **rule}, post_processor=True))
+    assert_same(trained_bpe(tmp_path / "bpe-no-rule-pp", {**eos, **rule}))
     decoder = {"0": {"content": "<|endoftext|>", "special": True, "normalized": False, "lstrip": False}}
     assert_same(trained_bpe(tmp_path / "bpe-decoder", {**eos, "added_tokens_decoder": decoder}))
     # a custom class named by auto_map: load_tokenizer reads the file and the named special tokens only
@@ -78,6 +82,7 @@ def test_equals_load_tokenizer_where_it_loads(demo_tokenizer_dir, tmp_path):
     [
         {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"},  # a class that may rebuild it
         {"eos_token": "<|endoftext|>"},  # no class: AutoTokenizer would choose by the model's config
+        {"tokenizer_class": "PreTrainedTokenizerFast", "add_prefix_space": True},
         {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "bos_token": "<s>"},
         {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</eos>"},  # transformers would add it
         {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "hello"},  # in the vocabulary, not added
