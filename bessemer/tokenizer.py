@@ -286,8 +286,12 @@ _WORD_SPLIT = {
 # its normaliser steps, as Python: Replace regexes in the `onig` syntax tokenizers uses -> Python `re` patterns
 _REGEX_STEPS = {r"\A +": r"\A +", " {2,}": " {2,}", "\u2581+\\z": "\u2581+\\Z"}
 # the GPT-2 pattern of tokenizers' ByteLevel pre-tokenizer (use_regex=true), 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|
-# ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+, for Python's `re` (no \p{...}): letters [^\W\d_], numbers \d
-_BYTE_LEVEL_PATTERN = r"""'(?:[st]|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+# ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+, for Python's `re` (no \p{...}): letters [^\W\d_], numbers \d,
+# and \s without \x1c-\x1f (Python's \s holds them, Oniguruma's does not)
+_BYTE_LEVEL_PATTERN = (
+    r"""'(?:[st]|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|[_\x1c-\x1f])+"""
+    r"""|[^\S\x1c-\x1f]+(?![\S\x1c-\x1f])|[^\S\x1c-\x1f]+"""
+)
 
 
 class WordCache:
@@ -355,9 +359,15 @@ class WordCache:
         if pre == _WORD_SPLIT:
             steps = _python_normalizer(spec.get("normalizer"))
             return None if steps is None else _SentencePieceWords(backend, spec, *ends, steps=steps)
+        # GPT-2's, or with each digit cut off first (SmolLM2, StarCoder)
+        digits = (
+            pre is not None and pre.get("type") == "Sequence" and len(pre.get("pretokenizers") or []) == 2
+        )
+        digits = digits and pre["pretokenizers"][0] == {"type": "Digits", "individual_digits": True}
+        level = pre["pretokenizers"][1] if digits else pre
         byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-        if spec.get("normalizer") is None and pre and {k: pre.get(k) for k in byte_level} == byte_level:
-            return _ByteLevelWords(backend, spec, *ends)
+        if spec.get("normalizer") is None and level and {k: level.get(k) for k in byte_level} == byte_level:
+            return _ByteLevelWords(backend, spec, *ends, digits=digits)
         return None
 
     def words(self, text: str) -> list[str] | None:
@@ -414,29 +424,37 @@ class _ByteLevelWords(WordCache):
 
     `re` classes some characters unlike tokenizers' Oniguruma (numbers other than decimal digits, letters of
     another Unicode version): each character met is first checked against the backend's own pre-tokenizer, and
-    a text holding one that splits differently is encoded by the backend itself."""
+    a text holding one that splits differently is encoded by the backend itself. `digits`: a Digits
+    pre-tokenizer first cuts each digit off (the regex then runs on the pieces between them)."""
 
-    def __init__(self, backend, spec, prefix, suffix):
+    def __init__(self, backend, spec, prefix, suffix, *, digits: bool = False):
         super().__init__(backend, spec, prefix, suffix)
         self.word_re = re.compile(_BYTE_LEVEL_PATTERN)
+        self.digit_re = re.compile(r"(\d)") if digits else None
         self.pre = backend.pre_tokenizer
         self.byte_chars = _byte_level_alphabet()
         self.checked: set[str] = set()
         self.differs: set[str] = set()
         self._check({chr(c) for c in range(128)})
+        self.ascii_safe = self.differs.isdisjoint(map(chr, range(128)))
 
     def words(self, text: str) -> list[str] | None:
-        if not text.isascii():
+        if not (self.ascii_safe and text.isascii()):
             chars = set(text)
             if not chars <= self.checked:
                 with self.lock:
                     self._check(chars - self.checked)
             if not self.differs.isdisjoint(chars):
                 return None
-        return self.word_re.findall(text)
+        return self._split(text)
 
     def model_input(self, word: str) -> str:
         return word.encode("utf-8").decode("latin-1").translate(self.byte_chars)
+
+    def _split(self, text: str) -> list[str]:
+        if self.digit_re is None:
+            return self.word_re.findall(text)
+        return [w for piece in self.digit_re.split(text) if piece for w in self.word_re.findall(piece)]
 
     def _check(self, chars: set[str]) -> None:
         """Find which of `chars` the backend's pre-tokenizer splits differently, in the contexts its regex tells
@@ -446,7 +464,7 @@ class _ByteLevelWords(WordCache):
             return f"a{c}{c}1{c}!{c} {c}  {c}\n{c}x"
 
         def same(text: str) -> bool:
-            ours = [self.model_input(w) for w in self.word_re.findall(text)]
+            ours = [self.model_input(w) for w in self._split(text)]
             return ours == [w for w, _ in self.pre.pre_tokenize_str(text)]
 
         todo = sorted(chars)
