@@ -11,8 +11,8 @@ core is started, fewer when there are fewer units or under WORKER_MIN_BYTES of i
 costs more than it saves below that).
 
 Threads: pretrain text of the common pipelines (tokenizers converted from sentencepiece, GPT-2 style byte-level
-BPE) goes through bessemer.tokenizer.WordCache (the same ids, several times less CPU, but Python-bound: one core
-per process), so more cores need more workers, one per core. Other tokenizers encode through the Rust batch
+BPE, SmolLM2's too) goes through bessemer.tokenizer.WordCache (the same ids, several times less CPU, but
+Python-bound: one core per process), so more cores need more workers, one per core. Other tokenizers encode through the Rust batch
 encoder: with one worker, rows are encoded in this process and its threads (rayon) use every core; N worker
 processes get cores // N tokenizer threads each (RAYON_NUM_THREADS), at least RUST_THREADS (so at most cores / 2
 workers). When fewer workers than asked are used, prepare says so once (and meta.json records both counts).
