@@ -12,7 +12,9 @@ trained here on the corpus), times each in a fresh process:
     sent back and written by the main process, document by document, to .bin/.idx;
   - `bessemer prepare --workers W --append-eod` for W in 1, 2 and the number of cores.
 The Megatron-style run and `prepare` write the same .bin/.idx bytes (checked). Prints tokens/s, the ratios to
-the plain loop and to the Megatron-style run of the same W, and peak RSS (of the largest single process).
+the plain loop and to the Megatron-style run of the same W (end to end, from process start, and after the
+tokenizer is loaded), CPU seconds of all processes, and peak memory: the largest sum of the resident sizes of a
+run's processes (sampled every 20 ms), so workers count together.
 
     python benchmarks/prepare.py --size-mb 70 --skip-loop   # about 4 minutes on 2 quiet cores
 """
@@ -20,6 +22,7 @@ the plain loop and to the Megatron-style run of the same W, and peak RSS (of the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -119,46 +122,60 @@ def megatron_style(corpus: str, tokenizer_dir: str, out: str, workers: int) -> d
     return {"tokens": tokens, "seconds": time.perf_counter() - start}
 
 
-def run_prepare(corpus: str, tokenizer_dir: str, out: str, workers: int) -> dict:
-    cmd = [sys.executable, "-m", "bessemer", "prepare", "--quiet", "--input", corpus, "--tokenizer", tokenizer_dir,
-           "--out", out, "--workers", str(workers), "--append-eod"]  # fmt: skip
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    meta = json.loads(Path(f"{out}.meta.json").read_text())
-    return {
-        "tokens": meta["tokens"],
-        "seconds": meta["work_seconds"],
-        "cli_seconds": wall,
-        "used": meta["workers"],
-    }
-
-
 def one(args) -> None:
-    """Run one measurement in this process and print it as JSON with the peak RSS figures."""
+    """Run one Python-level measurement in this process and print it as JSON."""
     if args.one == "baseline":
         result = baseline(args.corpus, args.tokenizer)
-    elif args.one.startswith("megatron:"):
-        result = megatron_style(args.corpus, args.tokenizer, args.out, int(args.one.split(":")[1]))
     else:
-        result = run_prepare(args.corpus, args.tokenizer, args.out, int(args.one))
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result["rss_self_mb"] = me.ru_maxrss / 1024
-    result["rss_children_mb"] = kids.ru_maxrss / 1024
-    # CPU seconds of every process of the run (workers included), start-up included
-    result["cpu"] = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        result = megatron_style(args.corpus, args.tokenizer, args.out, int(args.one.split(":")[1]))
     print(json.dumps(result))
 
 
 def measure(what: str, corpus: Path, tokenizer: str, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--one", what, "--corpus", str(corpus), "--tokenizer", tokenizer,
-           "--out", str(out)]  # fmt: skip
+    """Run one measurement in a fresh process (`bessemer prepare` itself, or this file with --one) and time it
+    end to end: process start, imports, tokenizer load, work."""
+    if what.isdigit():
+        cmd = [sys.executable, "-m", "bessemer", "prepare", "--quiet", "--input", str(corpus), "--tokenizer",
+               tokenizer, "--out", str(out), "--workers", what, "--append-eod"]  # fmt: skip
+    else:
+        cmd = [sys.executable, __file__, "--one", what, "--corpus", str(corpus), "--tokenizer", tokenizer,
+               "--out", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
-    result = json.loads(res.stdout.strip().splitlines()[-1])
-    result["wall"] = time.perf_counter() - start  # end to end: process start, imports, tokenizer load, work
-    return result
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = peak_memory(proc)
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every process of the run, once waited for
+    if what.isdigit():
+        meta = json.loads(Path(f"{out}.meta.json").read_text())
+        result = {"tokens": meta["tokens"], "seconds": meta["work_seconds"], "used": meta["workers"]}
+    else:
+        result = json.loads(stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {**result, "wall": wall, "cpu": cpu, "peak_mb": peak / 2**20}
+
+
+def peak_memory(proc: subprocess.Popen, every: float = 0.02) -> int:
+    """The largest sum of resident set sizes of `proc` and its descendants, sampled until it ends."""
+    import psutil
+
+    peak = 0
+    try:
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            total = 0
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            peak = max(peak, total)
+            time.sleep(every)
+    except psutil.NoSuchProcess:
+        pass
+    return peak
 
 
 def train_bpe(corpus: Path, out_dir: Path, vocab_size: int = 32000, sample_mb: float = 20) -> Path:
@@ -224,16 +241,20 @@ def main() -> int:
             sys.path.insert(0, str(ROOT))
             from bessemer.assets import build_demo_tokenizer
 
+            bpe = train_bpe(corpus, tmp / "bpe")
+            size = json.loads((bpe / "tokenizer.json").read_text())["model"]["vocab"]
             tokenizers = {
-                "sentencepiece (demo, 32k)": str(build_demo_tokenizer(tmp / "tokenizer")),
-                "byte-level BPE (32k)": str(train_bpe(corpus, tmp / "bpe")),
+                "sentencepiece (demo, 32,000 pieces)": str(build_demo_tokenizer(tmp / "tokenizer")),
+                # the generated corpus has a small vocabulary: the trainer stops short of 32k
+                f"byte-level BPE (trained here, {len(size):,} entries)": str(bpe),
             }
         for label, tokenizer in tokenizers.items():
             ok &= compare(label, corpus, tokenizer, workers, tmp, args.skip_loop)
     print(
         "wall: end to end from process start (imports, tokenizer load); work: after the tokenizer is loaded; "
-        "CPU: seconds of all its processes, start-up included; x loop / x megatron: work-time ratios (same W "
-        "for megatron); prepare uses a worker per 32 MB of input at most"
+        "CPU: seconds of all its processes, start-up included; x megatron: the Megatron-style run's time over "
+        "prepare's at the same W, end to end (wall) and after loading (work); x loop: work-time ratio; peak "
+        "memory: all processes of a run together; prepare uses a worker per 32 MB of input at most"
     )
     return 0 if ok else 1
 
@@ -260,17 +281,16 @@ def compare(label: str, corpus: Path, tokenizer: str, workers: list[int], tmp: P
             Path(f"{tmp}/out{w}{suffix}").unlink()
     print(f"\n{label}")
     print(
-        f"{'run':42} {'tokens':>12} {'wall s':>7} {'work s':>7} {'CPU s':>7} {'tokens/s':>10} {'x loop':>6} "
-        f"{'x megatron':>10} {'peak RSS':>9}"
+        f"{'run':42} {'tokens':>11} {'wall s':>7} {'work s':>7} {'CPU s':>7} {'tokens/s':>10} "
+        f"{'x megatron wall':>15} {'work':>5} {'x loop':>6} {'peak mem':>9}"
     )
     base_work = base["tokens"] / base["seconds"] if base else None
     for name, r, mega in rows:
         work = r["tokens"] / r["seconds"]
-        vs = f"{mega['seconds'] / r['seconds']:>10.2f}" if mega else f"{'':>10}"
-        rss = r["rss_self_mb"] if r is base else max(r["rss_self_mb"], r["rss_children_mb"])
+        vs = f"{mega['wall'] / r['wall']:>15.2f} {mega['seconds'] / r['seconds']:>5.2f}" if mega else " " * 21
         print(
-            f"{name:42} {r['tokens']:>12,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {r['cpu']:>7.1f} {work:>10,.0f} "
-            f"{work / base_work if base_work else float('nan'):>6.2f} {vs} {rss:>8.0f}M"
+            f"{name:42} {r['tokens']:>11,} {r['wall']:>7.1f} {r['seconds']:>7.1f} {r['cpu']:>7.1f} {work:>10,.0f} "
+            f"{vs} {f'{work / base_work:.2f}' if base_work else '-':>6} {r['peak_mb']:>8.0f}M"
         )
     if len({r["tokens"] for _, r, _ in rows}) > 1:
         print("warning: token counts differ between runs")

@@ -9,7 +9,9 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bessemer.errors import TokenizerError
 
@@ -94,6 +96,122 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+# tokenizer_config.json keys that do not change the tokenizer AutoTokenizer builds from a tokenizer.json
+_PLAIN_CONFIG_KEYS = {
+    "tokenizer_class",
+    "backend",
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "added_tokens_decoder",
+    "model_max_length",
+    "clean_up_tokenization_spaces",
+    "chat_template",
+    "padding_side",
+    "truncation_side",
+    "model_input_names",
+    "split_special_tokens",
+    "add_bos_token",  # when false: as if absent (transformers 5 keeps the file's post-processor, or adds none)
+    "add_eos_token",
+}
+_GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
+_ADDED_TOKEN_FLAGS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+
+
+@dataclass
+class TextTokenizer:
+    """A tokenizer folder loaded through `tokenizers` alone, for encoding plain text (pretrain `prepare`).
+
+    Importing transformers takes seconds (it imports torch), longer than encoding tens of MB of text: where the
+    folder's tokenizer is one transformers would build without changing it, this is that tokenizer, with the
+    attributes `prepare` uses (`backend_tokenizer`, `bos_token_id`, `eos_token_id`, `len`, `get_vocab`).
+    """
+
+    backend_tokenizer: Any
+    bos_token_id: int | None
+    eos_token_id: int | None
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend_tokenizer.get_vocab(with_added_tokens=True)
+
+
+def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
+    """The tokenizer `load_tokenizer(path)` gives, without importing transformers; None where transformers could
+    change it (a model-specific tokenizer class, config keys it acts on, special tokens it would add, ...), and for
+    any folder `load_tokenizer` refuses: then call that. tests/tokenizer compares both on many folders."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_dir() or any(
+        (path / n).exists() for n in ("special_tokens_map.json", "added_tokens.json")
+    ):
+        return None
+    config = _read_json(path / "tokenizer_config.json")
+    specials = {k: config[k] for k in _NAMED_SPECIALS if config.get(k) is not None}
+    try:
+        if (path / "tokenizer.json").exists():
+            if "auto_map" not in config:  # AutoTokenizer.from_pretrained acts on the whole config
+                if config.get("tokenizer_class") not in _GENERIC_CLASSES or set(config) - _PLAIN_CONFIG_KEYS:
+                    return None
+            else:  # load_tokenizer builds it from the file and the named special tokens only
+                config = {}
+            backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+        elif (path / "tokenizer.model").exists():
+            specials.setdefault("bos_token", "<s>")
+            specials.setdefault("eos_token", "</s>")
+            specials.setdefault("unk_token", "<unk>")
+            bos = specials["bos_token"] if config.get("add_bos_token", True) else None
+            backend = sentencepiece_to_tokenizers(path / "tokenizer.model", _token_text(bos) if bos else None)
+            config = {}
+        else:
+            return None
+    except TokenizerError:
+        raise
+    except Exception:
+        return None  # load_tokenizer names the problem
+    if backend.truncation or backend.padding:
+        return None
+    # transformers rewrites the pre-tokenizer of vocabularies over 100k entries (a Mistral regex fix)
+    if backend.get_vocab_size() > 100_000 and backend.pre_tokenizer is not None:
+        return None
+    added = backend.get_added_tokens_decoder()
+    by_text = {t.content: (i, t) for i, t in added.items()}
+    for value in specials.values():
+        # transformers (re-)adds each named special token, a plain string as special, not normalised, not
+        # stripped: it must be so already
+        plain = {"content": value, "special": True, "normalized": False, "lstrip": False, "rstrip": False}
+        wanted = value if isinstance(value, dict) else {**plain, "single_word": False}
+        have = by_text.get(wanted["content"])
+        if have is None or any(
+            getattr(have[1], k) != v for k, v in wanted.items() if k in _ADDED_TOKEN_FLAGS
+        ):
+            return None
+    for key, value in (config.get("added_tokens_decoder") or {}).items():
+        have = added.get(int(key))
+        if have is None or any(getattr(have, k) != value.get(k) for k in _ADDED_TOKEN_FLAGS if k in value):
+            return None
+    if config.get("add_bos_token") or config.get("add_eos_token"):
+        return None  # transformers' BOS/EOS rule for tokenizer.json (left to it)
+    if backend.post_processor is None:
+        # what transformers sets when the file has none and the config asks for neither BOS nor EOS
+        from tokenizers import processors
+
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A:0", pair="$A:0 $B:1", special_tokens=[]
+        )
+    backend.encode_special_tokens = True  # text is text, as load_tokenizer sets it
+
+    def token_id(key: str) -> int | None:
+        return backend.token_to_id(_token_text(specials[key])) if key in specials else None
+
+    return TextTokenizer(backend, token_id("bos_token"), token_id("eos_token"))
+
+
 def chat_template_in(path: str | Path) -> str | None:
     """The Jinja chat template a tokenizer folder carries (chat_template.jinja, chat_template.json or the config)."""
     path = Path(path)
@@ -167,49 +285,62 @@ _WORD_SPLIT = {
 }
 # its normaliser steps, as Python: Replace regexes in the `onig` syntax tokenizers uses -> Python `re` patterns
 _REGEX_STEPS = {r"\A +": r"\A +", " {2,}": " {2,}", "\u2581+\\z": "\u2581+\\Z"}
+# the GPT-2 pattern of tokenizers' ByteLevel pre-tokenizer (use_regex=true), 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|
+# ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+, for Python's `re` (no \p{...}): letters [^\W\d_], numbers \d,
+# and \s without \x1c-\x1f (Python's \s holds them, Oniguruma's does not)
+_BYTE_LEVEL_PATTERN = (
+    r"""'(?:[st]|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|[_\x1c-\x1f])+"""
+    r"""|[^\S\x1c-\x1f]+(?![\S\x1c-\x1f])|[^\S\x1c-\x1f]+"""
+)
 
 
 class WordCache:
-    """Encodes text exactly as a sentencepiece-converted `tokenizers.Tokenizer` does, about 3x faster.
+    """Encodes text exactly as a `tokenizers.Tokenizer` of a known pipeline does, several times faster.
 
-    That tokenizer (see sentencepiece_to_tokenizers) normalises the text (dummy prefix, spaces to U+2581), cuts it
-    into words (a run of U+2581 and the characters up to the next one) and runs BPE on each word alone; the BPE
-    result depends on the word only. Here the normalisation and the cut are done with Python's `str` and `re`
-    (the same patterns), each distinct word is encoded once by a copy of the tokenizer that only runs the model,
-    and a document's ids are its words' ids joined, with the post-processor's BOS/EOS around them. Words repeat
-    (Zipf), so most never reach the tokenizer again. `for_backend` returns None for any other pipeline (another
-    normaliser, pre-tokenizer or post-processor, truncation, padding, BPE dropout, non-special added tokens), which
-    then encodes as usual. tests/tokenizer compares this path with sentencepiece on real text in many scripts.
-    Holds at most MAX_WORDS words (then starts afresh), so memory stays bounded; safe to share between threads.
+    Two pipelines qualify. A sentencepiece-converted one (see sentencepiece_to_tokenizers) normalises the text
+    (dummy prefix, spaces to U+2581) and cuts it into words (a run of U+2581 and the characters up to the next
+    one); a GPT-2 style byte-level BPE (no normaliser, a ByteLevel pre-tokenizer with its regex and no prefix
+    space) cuts it with that regex and maps each word's UTF-8 bytes to characters. Either way BPE runs on each
+    word alone, so a word's ids depend on the word only. Here the cut is done with Python's `re`/`regex` (the same
+    patterns), each distinct word is encoded once by a copy of the tokenizer that only runs the model, and a
+    document's ids are its words' ids joined, with the post-processor's BOS/EOS around them. Words repeat (Zipf),
+    so most never reach the tokenizer again. `for_backend` returns None for any other pipeline (another
+    normaliser, pre-tokenizer or post-processor, truncation, padding, BPE dropout, non-special added tokens),
+    which then encodes as usual. tests/tokenizer compares this path with sentencepiece and `tokenizers` on real
+    text in many scripts. Holds at most MAX_WORDS words (then starts afresh), so memory stays bounded; safe to
+    share between threads.
     """
 
     MAX_WORDS = 1 << 18
 
-    def __init__(self, normalizer: dict | None, bare, prefix: list[int], suffix: list[int]):
-        """`normalizer`: the tokenizer's normaliser spec (JSON); `bare`: the tokenizer without normaliser,
-        pre-tokenizer and post-processor; `prefix`/`suffix`: the ids its post-processor puts around a text."""
-        self.normalizer, self.bare, self.prefix, self.suffix = normalizer, bare, prefix, suffix
-        self.steps = _python_normalizer(normalizer)
-        self.word_re = re.compile("\u2581*[^\u2581]+|\u2581+")
+    def __init__(self, backend, spec: dict, prefix: list[int], suffix: list[int]):
+        """`backend`: the tokenizer (special-token text as text) and `spec` its JSON; `prefix`/`suffix`: the ids
+        its post-processor puts around a text."""
+        from tokenizers import Tokenizer
+
+        self.backend, self.prefix, self.suffix = backend, prefix, suffix
+        self.bare = Tokenizer.from_str(
+            json.dumps({**spec, "normalizer": None, "pre_tokenizer": None, "post_processor": None})
+        )
+        self.bare.encode_special_tokens = True
         self.ids: dict[str, list[int]] = {}
         self.lock = threading.Lock()
 
-    def __getstate__(self):  # sent to worker processes: the bare tokenizer as JSON, the cache left behind
-        return (self.normalizer, self.bare.to_str(), self.prefix, self.suffix)
+    def __getstate__(self):  # sent to worker processes as the tokenizer's JSON, the cache left behind
+        return self.backend.to_str()
 
     def __setstate__(self, state):
         from tokenizers import Tokenizer
 
-        normalizer, bare, prefix, suffix = state
-        bare = Tokenizer.from_str(bare)
-        bare.encode_special_tokens = True
-        self.__init__(normalizer, bare, prefix, suffix)
+        backend = Tokenizer.from_str(state)
+        backend.encode_special_tokens = True
+        built = WordCache.for_backend(backend)
+        self.__class__ = type(built)
+        self.__dict__.update(built.__dict__)
 
     @classmethod
     def for_backend(cls, backend) -> WordCache | None:
         """A WordCache encoding as `backend` (special-token text as text), or None when its pipeline differs."""
-        from tokenizers import Tokenizer
-
         spec = json.loads(backend.to_str())
         model = spec.get("model") or {}
         if (
@@ -217,41 +348,138 @@ class WordCache:
             or model.get("dropout")
             or spec.get("truncation")
             or spec.get("padding")
-            or spec.get("pre_tokenizer") != _WORD_SPLIT
             or any(not t.get("special") for t in spec.get("added_tokens") or [])
         ):
             return None
-        steps = _python_normalizer(spec.get("normalizer"))
-        ends = _template_ends(spec.get("post_processor"))
-        if steps is None or ends is None:
+        post = spec.get("post_processor")
+        ends = ([], []) if post and post.get("type") == "ByteLevel" else _template_ends(post)
+        if ends is None:
             return None
-        bare = Tokenizer.from_str(
-            json.dumps({**spec, "normalizer": None, "pre_tokenizer": None, "post_processor": None})
+        pre = spec.get("pre_tokenizer")
+        if pre == _WORD_SPLIT:
+            steps = _python_normalizer(spec.get("normalizer"))
+            return None if steps is None else _SentencePieceWords(backend, spec, *ends, steps=steps)
+        # GPT-2's, or with each digit cut off first (SmolLM2, StarCoder)
+        digits = (
+            pre is not None and pre.get("type") == "Sequence" and len(pre.get("pretokenizers") or []) == 2
         )
-        bare.encode_special_tokens = True
-        return cls(spec.get("normalizer"), bare, *ends)
+        digits = digits and pre["pretokenizers"][0] == {"type": "Digits", "individual_digits": True}
+        level = pre["pretokenizers"][1] if digits else pre
+        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+        if spec.get("normalizer") is None and level and {k: level.get(k) for k in byte_level} == byte_level:
+            return _ByteLevelWords(backend, spec, *ends, digits=digits)
+        return None
+
+    def words(self, text: str) -> list[str] | None:
+        """The words of `text`, or None to encode it through the backend itself."""
+        raise NotImplementedError
+
+    def model_input(self, word: str) -> str:
+        """What the model is given for `word`."""
+        return word
+
+    def encode(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
+        docs = [self.words(t) for t in texts]
+        with self.lock:
+            ids = self.ids
+            seen = set(itertools.chain.from_iterable(d for d in docs if d is not None))
+            new = [w for w in seen if w not in ids]
+            if len(ids) + len(new) > self.MAX_WORDS:
+                ids.clear()
+                new = list(seen)
+            if new:
+                encoded = self.bare.encode_batch_fast(
+                    list(map(self.model_input, new)), add_special_tokens=False
+                )
+                for word, enc in zip(new, encoded):
+                    ids[word] = enc.ids
+            get = ids.__getitem__
+            joined = [None if d is None else list(itertools.chain.from_iterable(map(get, d))) for d in docs]
+        if add_special_tokens and (self.prefix or self.suffix):
+            joined = [d if d is None else [*self.prefix, *d, *self.suffix] for d in joined]
+        rest = [t for t, d in zip(texts, joined) if d is None]
+        if rest:
+            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+            done = iter(e.ids for e in encode(rest, add_special_tokens=add_special_tokens))
+            joined = [next(done) if d is None else d for d in joined]
+        return joined
+
+
+class _SentencePieceWords(WordCache):
+    """Words of a sentencepiece-converted pipeline: the normaliser as Python steps, then runs of U+2581 + text."""
+
+    def __init__(self, backend, spec, prefix, suffix, *, steps):
+        super().__init__(backend, spec, prefix, suffix)
+        self.steps = steps
+        self.word_re = re.compile("\u2581*[^\u2581]+|\u2581+")
 
     def words(self, text: str) -> list[str]:
         for step in self.steps:
             text = step(text)
         return self.word_re.findall(text)
 
-    def encode(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
-        docs = [self.words(t) for t in texts]
-        with self.lock:
-            ids = self.ids
-            new = [w for w in set(itertools.chain.from_iterable(docs)) if w not in ids]
-            if len(ids) + len(new) > self.MAX_WORDS:
-                ids.clear()
-                new = list(set(itertools.chain.from_iterable(docs)))
-            if new:
-                for word, enc in zip(new, self.bare.encode_batch_fast(new, add_special_tokens=False)):
-                    ids[word] = enc.ids
-            get = ids.__getitem__
-            joined = [list(itertools.chain.from_iterable(map(get, d))) for d in docs]
-        if add_special_tokens and (self.prefix or self.suffix):
-            return [[*self.prefix, *d, *self.suffix] for d in joined]
-        return joined
+
+class _ByteLevelWords(WordCache):
+    """Words of a GPT-2 style byte-level pipeline: its regex (in Python's `re`), bytes mapped to characters.
+
+    `re` classes some characters unlike tokenizers' Oniguruma (numbers other than decimal digits, letters of
+    another Unicode version): each character met is first checked against the backend's own pre-tokenizer, and
+    a text holding one that splits differently is encoded by the backend itself. `digits`: a Digits
+    pre-tokenizer first cuts each digit off (the regex then runs on the pieces between them)."""
+
+    def __init__(self, backend, spec, prefix, suffix, *, digits: bool = False):
+        super().__init__(backend, spec, prefix, suffix)
+        self.word_re = re.compile(_BYTE_LEVEL_PATTERN)
+        self.digit_re = re.compile(r"(\d)") if digits else None
+        self.pre = backend.pre_tokenizer
+        self.byte_chars = _byte_level_alphabet()
+        self.checked: set[str] = set()
+        self.differs: set[str] = set()
+        self._check({chr(c) for c in range(128)})
+        self.ascii_safe = self.differs.isdisjoint(map(chr, range(128)))
+
+    def words(self, text: str) -> list[str] | None:
+        if not (self.ascii_safe and text.isascii()):
+            chars = set(text)
+            if not chars <= self.checked:
+                with self.lock:
+                    self._check(chars - self.checked)
+            if not self.differs.isdisjoint(chars):
+                return None
+        return self._split(text)
+
+    def model_input(self, word: str) -> str:
+        return word.encode("utf-8").decode("latin-1").translate(self.byte_chars)
+
+    def _split(self, text: str) -> list[str]:
+        if self.digit_re is None:
+            return self.word_re.findall(text)
+        return [w for piece in self.digit_re.split(text) if piece for w in self.word_re.findall(piece)]
+
+    def _check(self, chars: set[str]) -> None:
+        """Find which of `chars` the backend's pre-tokenizer splits differently, in the contexts its regex tells
+        apart (after a letter, a digit, a symbol, spaces and a newline)."""
+
+        def probe(c: str) -> str:
+            return f"a{c}{c}1{c}!{c} {c}  {c}\n{c}x"
+
+        def same(text: str) -> bool:
+            ours = [self.model_input(w) for w in self._split(text)]
+            return ours == [w for w, _ in self.pre.pre_tokenize_str(text)]
+
+        todo = sorted(chars)
+        if todo and not same("\n".join(map(probe, todo))):
+            self.differs.update(c for c in todo if not same(probe(c)))
+        self.checked.update(todo)
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """The ByteLevel pre-tokenizer's byte -> character table (GPT-2's), keyed by code point 0-255 (as latin-1)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + k) for k, b in enumerate(others)})
+    return table
 
 
 def _python_normalizer(spec) -> list | None:

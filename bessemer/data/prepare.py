@@ -10,12 +10,14 @@ rows per worker, and a word cache of bounded size), and more workers are never s
 core is started, fewer when there are fewer units or under WORKER_MIN_BYTES of input per worker (starting one
 costs more than it saves below that).
 
-Threads: with one worker, rows are encoded in this process, and the Rust tokenizer's own threads (rayon) use
-every core for the batch it encodes; N worker processes get cores // N tokenizer threads each
-(RAYON_NUM_THREADS), so workers x threads never exceeds the cores, and at least RUST_THREADS each (so at most
-cores / 2 workers) when they encode through that batch encoder. Tokenizers converted from sentencepiece encode
-pretrain text through bessemer.tokenizer.WordCache (the same ids, several times faster, but Python-bound: one
-core per process), so for them more cores need more workers.
+Threads: pretrain text of the common pipelines (tokenizers converted from sentencepiece, GPT-2 style byte-level
+BPE, SmolLM2's too) goes through bessemer.tokenizer.WordCache (the same ids, several times less CPU, but
+Python-bound: one core per process), so more cores need more workers, one per core. Other tokenizers encode through the Rust batch
+encoder: with one worker, rows are encoded in this process and its threads (rayon) use every core; N worker
+processes get cores // N tokenizer threads each (RAYON_NUM_THREADS), at least RUST_THREADS (so at most cores / 2
+workers). When fewer workers than asked are used, prepare says so once (and meta.json records both counts).
+The tokenizer is loaded without transformers where it can be (bessemer.tokenizer.load_text_tokenizer): its
+import costs seconds, as long as encoding tens of MB.
 
 Special-token text inside documents ("<s>", "</s>", "<|im_end|>") is encoded as ordinary text unless
 `allow_special_in_text` is set; control ids come only from templates and the BOS/--append-eod rules.
@@ -164,9 +166,12 @@ class Report:
 
 
 def text_backend(backend, allow_special_in_text: bool):
-    """A copy of a `tokenizers.Tokenizer` that encodes special-token text as text (unless allowed as control)."""
+    """A `tokenizers.Tokenizer` that encodes special-token text as text (unless allowed as control): `backend`
+    itself when it already does, else a copy (the caller's tokenizer keeps its mode)."""
     from tokenizers import Tokenizer
 
+    if backend.encode_special_tokens != allow_special_in_text:
+        return backend
     copy = Tokenizer.from_str(backend.to_str())
     copy.encode_special_tokens = not allow_special_in_text
     return copy
@@ -262,9 +267,10 @@ class Encoder:
                 if mask is not None and not any(mask):
                     skipped.append(("no answer tokens after truncation", loc))
                     continue
-            ids = list(ids) + eod
             ids_parts.append(ids)
-            lengths.append(len(ids))
+            if eod:
+                ids_parts.append(eod)
+            lengths.append(len(ids) + len(eod))
             if self.handler.is_sft:
                 mask_parts.append(list(mask) + [0] * len(eod))
         flat = np.fromiter(itertools.chain.from_iterable(ids_parts), dtype=np.int64, count=sum(lengths))
@@ -495,13 +501,15 @@ def prepare(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Tokenize `inputs` into the indexed dataset `out` (or shards of it); returns the meta.json dict written."""
-    from bessemer.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from bessemer.tokenizer import load_text_tokenizer, load_tokenizer, tokenizer_fingerprint
 
     start = time.perf_counter()
     out = str(out)
     check_output(out)
     remove_stale_temps(out)
-    tokenizer = load_tokenizer(options.tokenizer)
+    # pretrain text needs only the Rust tokenizer: loaded without transformers (seconds of imports) where it can be
+    tokenizer = load_text_tokenizer(options.tokenizer) if options.handler == "pretrain" else None
+    tokenizer = tokenizer or load_tokenizer(options.tokenizer)
     encoder = Encoder(options, tokenizer)  # validates handler, template and eos before any worker starts
     work_start = time.perf_counter()
     dtype = encoder.dtype

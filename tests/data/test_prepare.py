@@ -120,6 +120,53 @@ def test_same_bytes_as_megatron_preprocess(tokenizer_dir, tokenizer, tmp_path, m
     assert not pool_workers()
 
 
+@pytest.mark.slow
+def test_byte_level_bpe_same_bytes_as_megatron_preprocess(tmp_path, monkeypatch):
+    """The same with a GPT-2 style byte-level BPE tokenizer.json and Megatron-LM's HuggingFaceTokenizer
+    (AutoTokenizer called on the text; special-token text as text): `prepare` goes through the byte-level
+    WordCache, and through the Rust pipeline for text holding characters its regex classes differently."""
+    pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer
+
+    lines = (CORPUS_DIR / "stories.jsonl").read_text(encoding="utf-8").splitlines()[:300]
+    texts = [json.loads(line)["text"] for line in lines]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(texts, trainer)
+    folder = tmp_path / "bpe"
+    folder.mkdir()
+    tk.save(str(folder / "tokenizer.json"))
+    config = {"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    texts[5] = "   "
+    texts[9] = "HTML: <|endoftext|> x² + y² ① 中文 😀 it's  \t end  "
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    hf = AutoTokenizer.from_pretrained(str(folder), split_special_tokens=True)
+    builder = IndexedDatasetBuilder(str(tmp_path / "m.bin"), dtype=np.uint16)
+    for text in texts:
+        ids = [*hf(text).input_ids, hf.eos_token_id]
+        builder.add_document(ids, [len(ids)])
+    builder.finalize(str(tmp_path / "m.idx"))
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 4096)
+    monkeypatch.setattr(prepare_module, "WORKER_MIN_BYTES", 1)
+    for workers in (1, 2):
+        opts = PrepareOptions(str(folder), append_eod=True)
+        meta = prepare([str(src)], str(tmp_path / f"ours{workers}"), opts, workers=workers)
+        assert meta["workers"] == workers
+        assert files_of(tmp_path / f"ours{workers}") == files_of(tmp_path / "m")
+    assert not pool_workers()
+
+
 def test_special_token_text_is_text(tokenizer_dir, tokenizer, tmp_path):
     import sentencepiece as spm
 

@@ -258,3 +258,20 @@ def test_any_jsonl_row_is_a_document_or_a_counted_bad_row(tmp_path_factory, toke
 @contextlib.contextmanager
 def _nothing():
     yield
+
+
+def test_line_readers_stream(tmp_path):
+    # memory stays flat with the corpus size: a reader holds a line (or a paragraph) at a time, never the file
+    import tracemalloc
+
+    line = json.dumps({"text": "word " * 200}) + "\n"
+    (tmp_path / "big.jsonl").write_text(line * 4000)  # 4 MB
+    (tmp_path / "big.txt").write_text(("word " * 200 + "\n\n") * 4000)
+    for name, mode in (("big.jsonl", "line"), ("big.txt", "paragraph")):
+        tracemalloc.start()
+        try:
+            rows = sum(1 for _ in iter_rows([tmp_path / name], txt_mode=mode))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert rows == 4000 and peak < 256 << 10, (name, peak)

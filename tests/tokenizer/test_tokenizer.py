@@ -219,3 +219,48 @@ def test_word_cache_is_the_path_taken_and_stays_exact(mistral_dir, real_text, mo
     for _ in range(2):  # the second call finds the cache over its bound and starts afresh
         assert words.encode(texts, add_special_tokens=True) == plain
     assert encode_texts(tok, texts, add_special_tokens=True) == plain
+
+
+@pytest.mark.parametrize("digits", [False, True])
+def test_byte_level_word_cache_equals_tokenizers(digits, real_text, monkeypatch):
+    # GPT-2 style byte-level BPE (and SmolLM2's, each digit cut off first) goes word by word through WordCache
+    # too; characters that Python's `re` classes unlike tokenizers' regex engine (superscripts, circled and
+    # Roman numbers, letters of a newer Unicode) send their text through the Rust pipeline: the same ids
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from bessemer.tokenizer import WordCache
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if digits:
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), tk.pre_tokenizer]
+        )
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    trainer = trainers.BpeTrainer(
+        vocab_size=3000,
+        special_tokens=["<|endoftext|>", "<s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(real_text["shakespeare"] + real_text["sharegpt-zh"][:300], trainer)
+    tk.encode_special_tokens = True
+    words = WordCache.for_backend(tk)
+    assert type(words).__name__ == "_ByteLevelWords"
+    odd = [
+        "x² + y²",
+        "① ② ⅱ ⅻ",
+        "a\x1cb",
+        "Armenian \u0558\u0558 letter",
+        "it's 'll  \n\n  end  ",
+        "_a__b_",
+        "x \x1c\n\x1f  12 a1b22 9\n\n 10",
+    ]
+    for name, texts in {**real_text, "odd": odd}.items():
+        expected = [e.ids for e in tk.encode_batch(texts, add_special_tokens=True)]
+        assert mismatches(expected, words.encode(texts, add_special_tokens=True), texts)[:3] == [], name
+    assert "²" in words.differs and "中" not in words.differs and words.ascii_safe
+    monkeypatch.setattr(WordCache, "MAX_WORDS", 50)  # a cache started afresh mid-way gives the same ids
+    texts = real_text["python-files"][:100]
+    assert words.encode(texts) == [e.ids for e in tk.encode_batch(texts, add_special_tokens=False)]
