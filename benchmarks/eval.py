@@ -36,6 +36,32 @@ def run_bessemer(args, subjects: list[str]):
     return load_s, time.perf_counter() - t0, time.process_time() - c0, preds
 
 
+def _csv_to_jsonl(data: Path, workdir: Path, name: str) -> None:
+    """The subject's CSVs as JSON lines of strings: `datasets` infers CSV column types (a column of numbers in
+    one file fails on a string in the other split) and reads "None"/"NA" choices as missing; JSON keeps text."""
+    import csv
+    import json
+
+    for split in ("dev", "test"):
+        with open(data / split / f"{name}_{split}.csv", newline="", encoding="utf-8") as f:
+            rows = [dict(zip(("question", "A", "B", "C", "D", "answer"), r)) for r in csv.reader(f)]
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (workdir / split).mkdir(exist_ok=True)
+        (workdir / split / f"{name}_{split}.jsonl").write_text(text, encoding="utf-8")
+
+
+def _as_json_task(yaml: str, workdir: Path, name: str) -> str:
+    """The CSV task YAML reading the JSON lines of `_csv_to_jsonl` instead (same prompt, shots and fields)."""
+    lines = [line for line in yaml.splitlines() if not line.startswith("  column_names:")]
+    text = "\n".join(lines).replace("dataset_path: csv", "dataset_path: json") + "\n"
+    for split in ("dev", "test"):
+        text = text.replace(
+            f"{workdir}/{split}/{name}_{split}.csv", f"{workdir}/{split}/{name}_{split}.jsonl"
+        )
+    assert "jsonl" in text and "column_names" not in text
+    return text
+
+
 def run_lm_eval(args, subjects: list[str], workdir: Path):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -46,8 +72,9 @@ def run_lm_eval(args, subjects: list[str], workdir: Path):
     names = []
     for name in subjects:
         task = f"bench_mmlu_{name}"
-        text = mmlu_csv_task(task, Path(args.data).resolve(), name, args.shots)
-        (workdir / f"{task}.yaml").write_text(text)
+        text = mmlu_csv_task(task, workdir, name, args.shots)
+        (workdir / f"{task}.yaml").write_text(_as_json_task(text, workdir, name))
+        _csv_to_jsonl(Path(args.data), workdir, name)
         names.append(task)
     t0 = time.perf_counter()
     bs = args.lm_eval_batch_size or args.batch_size
