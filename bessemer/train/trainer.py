@@ -20,7 +20,7 @@ from bessemer.checkpoint.outputs import prepare_run_dir
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError
 from bessemer.models.layers import OutputHead
-from bessemer.models.loss import summed_cross_entropy
+from bessemer.models.loss import IGNORE, summed_cross_entropy
 from bessemer.parallel import ParallelDims, build_mesh, check_layout, collectives
 from bessemer.parallel.cp import apply_cp
 from bessemer.parallel.grad import clip_grad_norm
@@ -35,8 +35,6 @@ from bessemer.tune.dpo import attach_dpo, preference_data
 from bessemer.tune.lora import lora_meta
 
 log = logging.getLogger(__name__)
-
-IGNORE = -100
 
 
 class TrainingError(BessemerError):

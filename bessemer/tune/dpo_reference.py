@@ -30,12 +30,12 @@ from torch import nn
 
 from bessemer import device as devices
 from bessemer.errors import DataError
+from bessemer.models.loss import IGNORE
 from bessemer.parallel.instances import is_dtensor, is_fsdp_module
 from bessemer.tune.lora import adapters_disabled
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100
 TABLE_FORMAT = "bessemer-dpo-reference-v1"
 _CHUNK = 8 * 1024 * 1024
 
