@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bessemer.errors import TokenizerError
+from bessemer.json_object import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -683,12 +684,8 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path) -> list[str]:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(f"{path}: not valid JSON ({exc}); fix or remove the file") from exc
+    """A tokenizer folder's JSON object file; {} when absent."""
+    return read_json_object(path, "fix or remove the file", TokenizerError) if path.exists() else {}
 
 
 def _token_text(value) -> str:

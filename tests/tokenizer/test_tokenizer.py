@@ -14,7 +14,13 @@ import sentencepiece as spm
 
 from bessemer.assets import demo_sentencepiece_model
 from bessemer.errors import TokenizerError
-from bessemer.tokenizer import encode_text, encode_texts, load_tokenizer, sentencepiece_to_tokenizers
+from bessemer.tokenizer import (
+    chat_template_in,
+    encode_text,
+    encode_texts,
+    load_tokenizer,
+    sentencepiece_to_tokenizers,
+)
 from tests.tokenizer import sources
 
 pytestmark = pytest.mark.pypi
@@ -190,6 +196,13 @@ def test_load_errors_name_the_folder(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"not a model")
     with pytest.raises(TokenizerError, match="tokenizer.model: not a sentencepiece model"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("text, why", [("[1, 2]", "not a JSON object"), ("{", "not valid JSON")])
+def test_config_that_is_not_a_json_object_is_one_line(tmp_path, text, why):
+    (tmp_path / "tokenizer_config.json").write_text(text)
+    with pytest.raises(TokenizerError, match=f"tokenizer_config.json: {why}.*fix or remove the file"):
+        chat_template_in(tmp_path)
 
 
 def test_chat_template_files_are_read(mistral_dir, tmp_path):
