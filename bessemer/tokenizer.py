@@ -308,11 +308,20 @@ class WordCache:
     so most never reach the tokenizer again. `for_backend` returns None for any other pipeline (another
     normaliser, pre-tokenizer or post-processor, truncation, padding, BPE dropout, non-special added tokens),
     which then encodes as usual. tests/tokenizer compares this path with sentencepiece and `tokenizers` on real
-    text in many scripts. Holds at most MAX_WORDS words (then starts afresh), so memory stays bounded; safe to
-    share between threads.
+    text in many scripts. Safe to share between threads.
+
+    Memory stays flat in the input's size: the cache holds words of at most MAX_WORD_CHARS characters, in two
+    generations of at most MAX_WORDS words each (when the current one is full it becomes the old one, and words
+    still in use move back from it). Longer words (a run of Chinese or Japanese between spaces, a URL) are encoded
+    but not kept: they seldom repeat, and each costs tens of bytes per character kept (the ids as Python ints).
+    `tokenizers`' own BPE cache is switched off for the copy that encodes words (see `_drop_model_cache`).
+    On 60 MB of real chat text (ShareGPT, sentencepiece demo tokenizer) these bounds re-encode 5% more words than
+    a cache of 2**18 words of any length that starts afresh when full, in the same CPU time and 3/4 of its memory
+    (an unbounded cache: 23% fewer words, 15% less CPU, twice the memory, still growing).
     """
 
-    MAX_WORDS = 1 << 18
+    MAX_WORDS = 1 << 16
+    MAX_WORD_CHARS = 32
 
     def __init__(self, backend, spec: dict, prefix: list[int], suffix: list[int]):
         """`backend`: the tokenizer (special-token text as text) and `spec` its JSON; `prefix`/`suffix`: the ids
@@ -324,7 +333,9 @@ class WordCache:
             json.dumps({**spec, "normalizer": None, "pre_tokenizer": None, "post_processor": None})
         )
         self.bare.encode_special_tokens = True
+        _drop_model_cache(self.bare)
         self.ids: dict[str, list[int]] = {}
+        self.old: dict[str, list[int]] = {}  # the generation before `ids`
         self.lock = threading.Lock()
 
     def __getstate__(self):  # sent to worker processes as the tokenizer's JSON, the cache left behind
@@ -386,16 +397,28 @@ class WordCache:
             seen = set(itertools.chain.from_iterable(d for d in docs if d is not None))
             new = [w for w in seen if w not in ids]
             if len(ids) + len(new) > self.MAX_WORDS:
-                ids.clear()
+                # a new generation; the words of this one still seen come back from it (a cheap LRU)
+                self.old, self.ids = ids, {}
+                ids = self.ids
                 new = list(seen)
             if new:
+                old, missing = self.old, []
+                for word in new:
+                    hit = old.get(word)
+                    if hit is None:
+                        missing.append(word)
+                    else:
+                        ids[word] = hit
                 encoded = self.bare.encode_batch_fast(
-                    list(map(self.model_input, new)), add_special_tokens=False
+                    list(map(self.model_input, missing)), add_special_tokens=False
                 )
-                for word, enc in zip(new, encoded):
+                for word, enc in zip(missing, encoded):
                     ids[word] = enc.ids
             get = ids.__getitem__
             joined = [None if d is None else list(itertools.chain.from_iterable(map(get, d))) for d in docs]
+            for word in new:  # long words served this batch only
+                if len(word) > self.MAX_WORD_CHARS:
+                    del ids[word]
         if add_special_tokens and (self.prefix or self.suffix):
             joined = [d if d is None else [*self.prefix, *d, *self.suffix] for d in joined]
         rest = [t for t, d in zip(texts, joined) if d is None]
@@ -404,6 +427,19 @@ class WordCache:
             done = iter(e.ids for e in encode(rest, add_special_tokens=add_special_tokens))
             joined = [next(done) if d is None else d for d in joined]
         return joined
+
+
+def _drop_model_cache(tokenizer) -> None:
+    """Switch off the BPE model's word cache of `tokenizer` (a WordCache's copy gives it each word once).
+
+    In tokenizers 0.23 that cache is kept per rayon thread: up to 10,000 words per thread, each holding ~32 bytes
+    per byte of the word, and entries that clear_cache() or dropping the tokenizer never free (a leak:
+    benchmarks/tokenizers_bpe_cache.py). With a WordCache in front every word reaches the model once, so that
+    cache never hits: it only filled up (~60 MB per thread with the demo tokenizer on the benchmark corpus).
+    """
+    resize = getattr(tokenizer.model, "_resize_cache", None)  # tokenizers >= 0.20
+    if resize is not None:
+        resize(0)
 
 
 class _SentencePieceWords(WordCache):
