@@ -76,6 +76,7 @@ RUST_THREADS = 2  # tokenizer threads per worker at least, when encoding through
 # WordCache, and a single process already runs the Rust batch encoder on every core: each worker must have at
 # least this much input to be worth starting (on 2 loaded cores, 20 MB per worker was slower than one process)
 WORKER_MIN_BYTES = 32 << 20
+COPY_TOKENS = 1 << 21  # tokens the main process reads from a part file at a time
 
 
 @dataclass
@@ -446,21 +447,28 @@ class _Router:
         n = part.lengths.size
         if n == 0:
             return
-        ids = np.memmap(part.bin, dtype=self.dtype, mode="r")
-        mask = np.memmap(part.mask, dtype=np.uint8, mode="r") if part.mask else None
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(part.lengths, out=offsets[1:])
-        lo = 0
-        while lo < n:
-            out = self._output()
-            hi = min(n, lo + self.shard_size - out.report.documents_written) if self.shard_size else n
-            a, b = int(offsets[lo]), int(offsets[hi])
-            out.tokens.add_documents(ids[a:b], part.lengths[lo:hi])
-            if out.mask is not None:
-                out.mask.add_documents(mask[a:b], part.lengths[lo:hi])
-            out.report.add_documents(ids[a:b], part.lengths[lo:hi])
-            lo = hi
-        del ids, mask
+        # read in slices of whole documents, COPY_TOKENS at most (one document at least), not mapped whole:
+        # the pages of a mapped part count in resident memory, which then grew with the unit's size
+        with (
+            open(part.bin, "rb") as fb,
+            open(part.mask, "rb") if part.mask else contextlib.nullcontext() as fm,
+        ):
+            lo = 0
+            while lo < n:
+                out = self._output()
+                hi = min(n, lo + self.shard_size - out.report.documents_written) if self.shard_size else n
+                fits = int(np.searchsorted(offsets, offsets[lo] + COPY_TOKENS, side="right")) - 1
+                hi = min(hi, max(lo + 1, fits))
+                count = int(offsets[hi] - offsets[lo])
+                ids = np.frombuffer(fb.read(count * self.dtype.itemsize), dtype=self.dtype)
+                lengths = part.lengths[lo:hi]
+                out.tokens.add_documents(ids, lengths)
+                if out.mask is not None:
+                    out.mask.add_documents(np.frombuffer(fm.read(count), dtype=np.uint8), lengths)
+                out.report.add_documents(ids, lengths)
+                lo = hi
 
     def _output(self) -> _Output:
         cur = self.current

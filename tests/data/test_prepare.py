@@ -80,7 +80,8 @@ def test_workers_give_identical_bytes(stories, tokenizer_dir, tmp_path, monkeypa
     opts = PrepareOptions(tokenizer=str(tokenizer_dir), handler="sharegpt")
     monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 2048)
     prepare([str(sft)], str(tmp_path / "s2"), opts, shard_size=7)
-    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 1 << 30)  # one unit
+    monkeypatch.setattr(prepare_module, "MIN_UNIT_BYTES", 1 << 30)  # one unit, copied in slices with its mask
+    monkeypatch.setattr(prepare_module, "COPY_TOKENS", 500)
     prepare([str(sft)], str(tmp_path / "s1"), opts, shard_size=7)
     for k in range(3):
         suffixes = (".bin", ".idx", "_mask.bin", "_mask.idx")
@@ -309,9 +310,11 @@ def test_empty_result_is_an_error(tokenizer_dir, tmp_path, capsys):
     assert "unknown template 'x'; use one of: alpaca, vicuna, llama2" in capsys.readouterr().err
 
 
-def test_shards_and_merge(stories, tokenizer_dir, tmp_path):
+def test_shards_and_merge(stories, tokenizer_dir, tmp_path, monkeypatch):
     opts = PrepareOptions(tokenizer=str(tokenizer_dir))
     whole = prepare([str(stories)], str(tmp_path / "whole"), opts)
+    # parts copied in slices of a few documents (and a document longer than a slice), across shard boundaries
+    monkeypatch.setattr(prepare_module, "COPY_TOKENS", 100)
     meta = prepare([str(stories)], str(tmp_path / "sh"), opts, shard_size=250)
     assert [p.rsplit("/", 1)[-1] for p in meta["shards"]] == ["sh_00000", "sh_00001", "sh_00002"]
     assert [read_meta(p)["documents_written"] for p in meta["shards"]] == [250, 250, 100]
