@@ -5,11 +5,10 @@ parquet row groups, whole files otherwise). Each worker process reads whole unit
 batches through the fast tokenizer (handlers.py) and writes the tokens of a unit to a part file beside the
 output; the main process appends the parts to the output in input order and merges their lengths into the index.
 Nothing crosses between processes per document: a unit's description goes out, its counts and document lengths
-come back. So the output is byte for byte the same for any number of workers, prepare's own memory stays flat
-(a batch of rows per worker, and a word cache of bounded size; `tokenizers`' threaded encoder of a
-sentencepiece-converted pipeline was measured to grow with the input, ~1.6 MB per MB, by itself), and more
-workers are never slower: at most one process per core is started, fewer when there are fewer units or under
-WORKER_MIN_BYTES of input per worker (starting one costs more than it saves below that).
+come back. So the output is byte for byte the same for any number of workers, memory stays flat in the input's
+size (a batch of rows per worker, a word cache of bounded size with `tokenizers`' own BPE cache off behind it,
+parts copied in slices), and more workers are never slower: at most one process per core is started, fewer when
+there are fewer units or under WORKER_MIN_BYTES of input per worker (starting one costs more than it saves).
 
 Threads: pretrain text of the common pipelines (tokenizers converted from sentencepiece, GPT-2 style byte-level
 BPE, SmolLM2's too) goes through bessemer.tokenizer.WordCache (the same ids, several times less CPU, but
