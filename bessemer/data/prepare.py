@@ -75,7 +75,7 @@ RUST_THREADS = 2  # tokenizer threads per worker at least, when encoding through
 # WordCache, and a single process already runs the Rust batch encoder on every core: each worker must have at
 # least this much input to be worth starting (on 2 loaded cores, 20 MB per worker was slower than one process)
 WORKER_MIN_BYTES = 32 << 20
-COPY_TOKENS = 1 << 21  # tokens the main process reads from a part file at a time
+COPY_TOKENS = 1 << 19  # tokens the main process reads from a part file at a time
 
 
 @dataclass
