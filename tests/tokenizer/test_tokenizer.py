@@ -220,7 +220,7 @@ def test_chat_template_files_are_read(mistral_dir, tmp_path):
 
 def test_word_cache_is_the_path_taken_and_stays_exact(mistral_dir, real_text, monkeypatch):
     # encode_texts goes word by word through WordCache for converted sentencepiece models (the comparisons above
-    # check that path); a cache started afresh mid-way, and the plain Rust pipeline, give the same ids
+    # check that path); a cache starting a new generation mid-way, and the Rust pipeline, give the same ids
     from bessemer.tokenizer import WordCache
 
     tok = load_tokenizer(mistral_dir)
@@ -229,7 +229,7 @@ def test_word_cache_is_the_path_taken_and_stays_exact(mistral_dir, real_text, mo
     texts = real_text["python-files"][:300] + real_text["sharegpt-zh"][:100] + ["", " ", "a  ", "  b"]
     plain = [e.ids for e in tok.backend_tokenizer.encode_batch(texts, add_special_tokens=True)]
     monkeypatch.setattr(WordCache, "MAX_WORDS", 50)
-    for _ in range(2):  # the second call finds the cache over its bound and starts afresh
+    for _ in range(2):  # the second call finds the cache full: a new generation, words moved back
         assert words.encode(texts, add_special_tokens=True) == plain
     assert encode_texts(tok, texts, add_special_tokens=True) == plain
 
@@ -274,6 +274,6 @@ def test_byte_level_word_cache_equals_tokenizers(digits, real_text, monkeypatch)
         expected = [e.ids for e in tk.encode_batch(texts, add_special_tokens=True)]
         assert mismatches(expected, words.encode(texts, add_special_tokens=True), texts)[:3] == [], name
     assert "²" in words.differs and "中" not in words.differs and words.ascii_safe
-    monkeypatch.setattr(WordCache, "MAX_WORDS", 50)  # a cache started afresh mid-way gives the same ids
+    monkeypatch.setattr(WordCache, "MAX_WORDS", 50)  # a new generation mid-way gives the same ids
     texts = real_text["python-files"][:100]
     assert words.encode(texts) == [e.ids for e in tk.encode_batch(texts, add_special_tokens=False)]
