@@ -112,7 +112,7 @@ def expected_tokenizer_fingerprint(cfg: JobConfig) -> str | None:
     from bessemer.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     if cfg.data.tokenizer:
-        return tokenizer_fingerprint(load_tokenizer(cfg.data.tokenizer))
+        return tokenizer_fingerprint(load_tokenizer(cfg.data.tokenizer, lean=True))
     if not cfg.train.finetune:
         return None
     ckpt = resolve_checkpoint(cfg.train.finetune)
@@ -120,7 +120,7 @@ def expected_tokenizer_fingerprint(cfg: JobConfig) -> str | None:
     if recorded:
         return recorded
     tok_dir = tokenizer_dir(ckpt)
-    return tokenizer_fingerprint(load_tokenizer(tok_dir)) if tok_dir else None
+    return tokenizer_fingerprint(load_tokenizer(tok_dir, lean=True)) if tok_dir else None
 
 
 def build_data(cfg: JobConfig, global_batch_size: int, dp_rank: int, dp_size: int, vocab_size: int):
