@@ -102,9 +102,17 @@ def _env() -> dict:
     return {**os.environ, **env}
 
 
+def _cwd() -> str:
+    """The children run in the timed checkout: `python -c` puts the working directory before PYTHONPATH, so
+    run from another checkout they would import that one's bessemer."""
+    return str(TIMED["repo"])
+
+
 def bessemer(*args: str) -> None:
     """Run a verb to completion (set-up of the fixtures, untimed)."""
-    subprocess.run([sys.executable, "-m", "bessemer", *args], env=_env(), check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "bessemer", *args], env=_env(), cwd=_cwd(), check=True, capture_output=True
+    )
 
 
 def write_config(work: Path, name: str, data: Path, steps: int) -> Path:
@@ -163,7 +171,9 @@ def time_import(code: str) -> tuple[float, float]:
     """(wall, CPU) seconds of `python -c code`."""
     start = time.monotonic()
     code += "; import os, sys; sys.stdout.write(repr(sum(os.times()[:2])))"
-    out = subprocess.run([sys.executable, "-c", code], env=_env(), check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), cwd=_cwd(), check=True, capture_output=True, text=True
+    )
     return time.monotonic() - start, float(out.stdout)
 
 
@@ -184,6 +194,7 @@ def time_verb(verb: str, argv: list[str], scratch: Path) -> tuple[float, float]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bessemer", *argv],
             env=_env(),
+            cwd=_cwd(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -204,6 +215,7 @@ def time_verb(verb: str, argv: list[str], scratch: Path) -> tuple[float, float]:
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, module, attr, str(stamp), *argv],
         env=_env(),
+        cwd=_cwd(),
         input="hello\n/exit\n",
         capture_output=True,
         text=True,
@@ -233,13 +245,18 @@ def importtime(verb: str, argv: list[str], scratch: Path, top: int = 12) -> None
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", _CHILD, module, attr, str(stamp), *argv],
         env=_env(),
+        cwd=_cwd(),
         input="hello\n/exit\n",
         capture_output=True,
         text=True,
     )
     rows = _importtime_rows(done.stderr)
     bare = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import torch"], env=_env(), capture_output=True, text=True
+        [sys.executable, "-X", "importtime", "-c", "import torch"],
+        env=_env(),
+        cwd=_cwd(),
+        capture_output=True,
+        text=True,
     )
     in_torch = {name for _, _, name in _importtime_rows(bare.stderr)}
     after = [r for r in rows if r[2] not in in_torch]
@@ -267,7 +284,7 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown verbs {unknown}; choose from {', '.join(MARKS)}")
     with tempfile.TemporaryDirectory(prefix="bessemer-startup-") as tmp:
-        work = Path(args.workdir or Path(tmp) / "fixtures")
+        work = Path(args.workdir or Path(tmp) / "fixtures").resolve()
         saved = work / "commands.json"
         if saved.exists():
             commands = json.loads(saved.read_text())

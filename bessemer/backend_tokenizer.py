@@ -36,6 +36,7 @@ class BackendTokenizer:
     """A tokenizer folder loaded through `tokenizers` alone, with the methods inference calls on a tokenizer."""
 
     split_special_tokens = True  # text is text: literal "</s>" in a prompt never becomes the control id
+    cache_words = False  # see bessemer.tokenizer.encode_texts: prompts come one at a time
 
     def __init__(
         self, text: TextTokenizer, *, chat_template: str | None = None, clean_up_tokenization_spaces=False

@@ -280,7 +280,12 @@ def encode_texts(
 
 
 def _word_cache(tokenizer, backend) -> WordCache | None:
-    """The WordCache of a transformers tokenizer's backend (built once, kept on the tokenizer), or None."""
+    """The WordCache of a transformers tokenizer's backend (built once, kept on the tokenizer), or None.
+
+    None for a tokenizer that says `cache_words = False` (inference's: a prompt at a time, where building the
+    cache, about 0.25 s, costs more than it saves); the backend then encodes, with the same ids."""
+    if not getattr(tokenizer, "cache_words", True):
+        return None
     held = tokenizer.__dict__.get("_bessemer_word_cache")
     if held is None or held[0] is not backend:
         held = (backend, WordCache.for_backend(backend))
