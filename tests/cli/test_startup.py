@@ -246,3 +246,26 @@ def test_one_process_finetune_from_safetensors_imports_no_dcp(tiny_checkpoint, d
         "trainer.data.close()\n"
     )
     assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT]) == []
+
+
+def test_loading_weights_draws_no_initial_values(tiny_checkpoint, monkeypatch):
+    """Loading a checkpoint or an HF folder fills every parameter from the file without drawing random values
+    first (seconds per billion parameters on the path to the first forward), and gets the saved weights."""
+    import torch
+
+    import bessemer.models.transformer as transformer
+    from bessemer.hf import load_hf_model
+    from bessemer.tune.peft_io import load_model_or_adapted
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a loaded model's parameters were initialised before being overwritten")
+
+    from bessemer.models import get_preset
+
+    want = transformer.build_model(get_preset("tiny", **TINY), seed=0).state_dict()  # what the fixture saved
+    monkeypatch.setattr(transformer, "init_parameter", refuse)
+    for model in (load_model_or_adapted(tiny_checkpoint / "ckpt")[0], load_hf_model(tiny_checkpoint / "hf")):
+        got = model.state_dict()
+        assert sorted(got) == sorted(want)
+        for name, tensor in want.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, msg=name)
