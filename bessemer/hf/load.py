@@ -43,9 +43,15 @@ def load_hf_model(
             unfilled.discard("output.weight")
         if unfilled:  # an adapter bug, never silently uninitialised weights
             raise ConversionError(f"{where}: no weights map to {sorted(unfilled)[0]!r}; report this")
+        read_into = getattr(reader, "read_into", None)
         for move in moves:
-            outputs = move.to_ours([reader.get(n) for n in move.hf], [shapes[n] for n in move.ours])
             with torch.no_grad():
+                if (
+                    move.kind == "rename" and read_into is not None
+                ):  # the file's bytes straight into the parameter
+                    read_into(move.hf[0], params[move.ours[0]].detach())
+                    continue
+                outputs = move.to_ours([reader.get(n) for n in move.hf], [shapes[n] for n in move.ours])
                 for name, tensor in zip(move.ours, outputs):
                     params[name].copy_(tensor)
     return model.eval()
