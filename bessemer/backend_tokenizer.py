@@ -5,6 +5,11 @@ tokenizer is one transformers would build without changing it (bessemer.tokenize
 every call below is what transformers' fast tokenizer does with that same backend: encode and decode go straight
 to it, special-token text stays text (`split_special_tokens`, as load_tokenizer sets it), and the chat template
 renders through bessemer.chat_template. tests/test_backend_tokenizer.py compares both on real folders.
+
+load_tokenizer(path, lean=True) falls back to transformers wherever load_text_tokenizer declines: a
+special_tokens_map.json or added_tokens.json, a model-specific tokenizer class or config keys transformers acts
+on, named special tokens it would add or re-flag, a BOS/EOS rule in the config, a vocabulary over 100k with a
+pre-tokenizer (transformers may rewrite it), truncation or padding in the file.
 """
 
 from __future__ import annotations
