@@ -22,6 +22,7 @@ does not make (python -X importtime). The tiny model keeps the work itself (mode
 
     python benchmarks/startup.py [--repeats 3] [--only train,convert-from-hf] [--workdir D]
     python benchmarks/startup.py --importtime train,generate --workdir D
+    python benchmarks/startup.py --only generate,chat,eval,serve --model build/real/smollm2-*/hf
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ sys.argv[0] = "bessemer"
 runpy.run_module("bessemer", run_name="__main__")
 """
 
+INFERENCE_VERBS = ("generate", "chat", "eval", "serve")  # the verbs --model points at another model
 TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "ffn_dim": 128}
 
 
@@ -278,6 +280,11 @@ def main() -> int:
     ap.add_argument(
         "--repo", help="time the bessemer of this checkout instead (fixtures are made with this one)"
     )
+    ap.add_argument(
+        "--model",
+        help="run generate, chat, eval and serve on this checkpoint or HF folder instead of the tiny one "
+        "(a real model shows what loading costs, e.g. SmolLM2-135M)",
+    )
     args = ap.parse_args()
     verbs = (args.importtime or args.only or ",".join(MARKS)).split(",")
     unknown = [v for v in verbs if v not in MARKS]
@@ -292,6 +299,10 @@ def main() -> int:
             work.mkdir(parents=True, exist_ok=True)
             commands = build_fixtures(work)
             saved.write_text(json.dumps(commands))
+        if args.model:
+            for verb in INFERENCE_VERBS:
+                argv = commands[verb]
+                argv[argv.index("--checkpoint") + 1] = str(Path(args.model).resolve())
         scratch = Path(tmp)  # the verbs' outputs
         TIMED["repo"] = Path(args.repo).resolve() if args.repo else REPO
         if args.importtime:
