@@ -22,6 +22,7 @@ does not make (python -X importtime). The tiny model keeps the work itself (mode
 
     python benchmarks/startup.py [--repeats 3] [--only train,convert-from-hf] [--workdir D]
     python benchmarks/startup.py --importtime train,generate --workdir D
+    python benchmarks/startup.py --only generate,chat,eval,serve --model build/real/smollm2-*/hf
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ sys.argv[0] = "bessemer"
 runpy.run_module("bessemer", run_name="__main__")
 """
 
+INFERENCE_VERBS = ("generate", "chat", "eval", "serve")  # the verbs --model points at another model
 TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "ffn_dim": 128}
 
 
@@ -102,9 +104,17 @@ def _env() -> dict:
     return {**os.environ, **env}
 
 
+def _cwd() -> str:
+    """The children run in the timed checkout: `python -c` puts the working directory before PYTHONPATH, so
+    run from another checkout they would import that one's bessemer."""
+    return str(TIMED["repo"])
+
+
 def bessemer(*args: str) -> None:
     """Run a verb to completion (set-up of the fixtures, untimed)."""
-    subprocess.run([sys.executable, "-m", "bessemer", *args], env=_env(), check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "bessemer", *args], env=_env(), cwd=_cwd(), check=True, capture_output=True
+    )
 
 
 def write_config(work: Path, name: str, data: Path, steps: int) -> Path:
@@ -163,7 +173,9 @@ def time_import(code: str) -> tuple[float, float]:
     """(wall, CPU) seconds of `python -c code`."""
     start = time.monotonic()
     code += "; import os, sys; sys.stdout.write(repr(sum(os.times()[:2])))"
-    out = subprocess.run([sys.executable, "-c", code], env=_env(), check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), cwd=_cwd(), check=True, capture_output=True, text=True
+    )
     return time.monotonic() - start, float(out.stdout)
 
 
@@ -184,6 +196,7 @@ def time_verb(verb: str, argv: list[str], scratch: Path) -> tuple[float, float]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bessemer", *argv],
             env=_env(),
+            cwd=_cwd(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -204,6 +217,7 @@ def time_verb(verb: str, argv: list[str], scratch: Path) -> tuple[float, float]:
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, module, attr, str(stamp), *argv],
         env=_env(),
+        cwd=_cwd(),
         input="hello\n/exit\n",
         capture_output=True,
         text=True,
@@ -233,13 +247,18 @@ def importtime(verb: str, argv: list[str], scratch: Path, top: int = 12) -> None
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", _CHILD, module, attr, str(stamp), *argv],
         env=_env(),
+        cwd=_cwd(),
         input="hello\n/exit\n",
         capture_output=True,
         text=True,
     )
     rows = _importtime_rows(done.stderr)
     bare = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import torch"], env=_env(), capture_output=True, text=True
+        [sys.executable, "-X", "importtime", "-c", "import torch"],
+        env=_env(),
+        cwd=_cwd(),
+        capture_output=True,
+        text=True,
     )
     in_torch = {name for _, _, name in _importtime_rows(bare.stderr)}
     after = [r for r in rows if r[2] not in in_torch]
@@ -261,13 +280,18 @@ def main() -> int:
     ap.add_argument(
         "--repo", help="time the bessemer of this checkout instead (fixtures are made with this one)"
     )
+    ap.add_argument(
+        "--model",
+        help="run generate, chat, eval and serve on this checkpoint or HF folder instead of the tiny one "
+        "(a real model shows what loading costs, e.g. SmolLM2-135M)",
+    )
     args = ap.parse_args()
     verbs = (args.importtime or args.only or ",".join(MARKS)).split(",")
     unknown = [v for v in verbs if v not in MARKS]
     if unknown:
         ap.error(f"unknown verbs {unknown}; choose from {', '.join(MARKS)}")
     with tempfile.TemporaryDirectory(prefix="bessemer-startup-") as tmp:
-        work = Path(args.workdir or Path(tmp) / "fixtures")
+        work = Path(args.workdir or Path(tmp) / "fixtures").resolve()
         saved = work / "commands.json"
         if saved.exists():
             commands = json.loads(saved.read_text())
@@ -275,6 +299,10 @@ def main() -> int:
             work.mkdir(parents=True, exist_ok=True)
             commands = build_fixtures(work)
             saved.write_text(json.dumps(commands))
+        if args.model:
+            for verb in INFERENCE_VERBS:
+                argv = commands[verb]
+                argv[argv.index("--checkpoint") + 1] = str(Path(args.model).resolve())
         scratch = Path(tmp)  # the verbs' outputs
         TIMED["repo"] = Path(args.repo).resolve() if args.repo else REPO
         if args.importtime:

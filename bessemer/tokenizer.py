@@ -9,7 +9,7 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,21 @@ TOKENIZER_FILES = (
 )
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, *, lean: bool = False):
     """Load the tokenizer in `path` (tokenizer.json, or a sentencepiece tokenizer.model); never trust_remote_code.
 
     Families such as Baichuan2 and Aquila name a custom Python class in tokenizer_config.json; we ignore that
     class and build a fast tokenizer from the files themselves, keeping the special tokens the config names.
+    lean: where `tokenizers` alone builds the same tokenizer (load_text_tokenizer), return it as a
+    bessemer.backend_tokenizer.BackendTokenizer, sparing the verb transformers' import (about a second); it
+    has the methods inference uses, not save_pretrained. Elsewhere (load_text_tokenizer declines) transformers.
     """
+    if lean:
+        from bessemer.backend_tokenizer import BackendTokenizer
+
+        text = load_text_tokenizer(path)
+        if text is not None:
+            return BackendTokenizer.from_folder(text, path)
     path = Path(path)
     if not path.is_dir():
         raise TokenizerError(
@@ -133,6 +142,7 @@ class TextTokenizer:
     backend_tokenizer: Any
     bos_token_id: int | None
     eos_token_id: int | None
+    special_tokens: dict[str, str] = field(default_factory=dict)  # the named ones' text: {"bos_token": "<s>"}
 
     def __len__(self) -> int:
         return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
@@ -210,7 +220,8 @@ def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
     def token_id(key: str) -> int | None:
         return backend.token_to_id(_token_text(specials[key])) if key in specials else None
 
-    return TextTokenizer(backend, token_id("bos_token"), token_id("eos_token"))
+    named = {k: _token_text(v) for k, v in specials.items()}
+    return TextTokenizer(backend, token_id("bos_token"), token_id("eos_token"), named)
 
 
 def chat_template_in(path: str | Path) -> str | None:
@@ -269,7 +280,12 @@ def encode_texts(
 
 
 def _word_cache(tokenizer, backend) -> WordCache | None:
-    """The WordCache of a transformers tokenizer's backend (built once, kept on the tokenizer), or None."""
+    """The WordCache of a transformers tokenizer's backend (built once, kept on the tokenizer), or None.
+
+    None for a tokenizer that says `cache_words = False` (inference's: a prompt at a time, where building the
+    cache, about 0.25 s, costs more than it saves); the backend then encodes, with the same ids."""
+    if not getattr(tokenizer, "cache_words", True):
+        return None
     held = tokenizer.__dict__.get("_bessemer_word_cache")
     if held is None or held[0] is not backend:
         held = (backend, WordCache.for_backend(backend))

@@ -126,7 +126,7 @@ def load_model(
     cfg = load_model_config(ckpt)
     check_fits_in_memory(cfg, device, dtype)
     try:
-        model = build_model(cfg, device=device)  # initialised; every parameter is overwritten below
+        model = build_model(cfg, device=device, init=False)  # load_model_state fills every parameter
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise ConfigError(
             f"{ckpt}/model.json: the model does not fit in {device} memory; use a machine with more"

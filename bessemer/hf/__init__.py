@@ -1,28 +1,43 @@
-"""Hugging Face interop: lazy weight readers, one adapter per family, streaming conversion both ways, deltas."""
+"""Hugging Face interop: lazy weight readers, one adapter per family, streaming conversion both ways, deltas.
 
-from bessemer.hf.adapter import Adapter, ImportOptions, Move
-from bessemer.hf.convert import DTYPE_CHOICES, ConvertResult, convert_from_hf, convert_to_hf
-from bessemer.hf.delta import apply_delta
-from bessemer.hf.families import ADAPTERS, SUPPORTED_ARCHITECTURES, detect, for_export, for_family
-from bessemer.hf.load import hf_default_template, load_hf_model
-from bessemer.hf.weights import open_checkpoint_weights, open_hf_weights
+The names below load their module on first use: inference and fine-tuning read checkpoints through
+bessemer.hf.weights alone and need not import the converters (issue 12: each verb at work within 1 s).
+"""
 
-__all__ = [
-    "ADAPTERS",
-    "DTYPE_CHOICES",
-    "SUPPORTED_ARCHITECTURES",
-    "Adapter",
-    "ConvertResult",
-    "ImportOptions",
-    "Move",
-    "apply_delta",
-    "convert_from_hf",
-    "convert_to_hf",
-    "detect",
-    "for_export",
-    "for_family",
-    "hf_default_template",
-    "load_hf_model",
-    "open_checkpoint_weights",
-    "open_hf_weights",
-]
+from __future__ import annotations
+
+from importlib import import_module
+
+_WHERE = {
+    "Adapter": "adapter",
+    "ImportOptions": "adapter",
+    "Move": "adapter",
+    "DTYPE_CHOICES": "convert",
+    "ConvertResult": "convert",
+    "convert_from_hf": "convert",
+    "convert_to_hf": "convert",
+    "apply_delta": "delta",
+    "ADAPTERS": "families",
+    "SUPPORTED_ARCHITECTURES": "families",
+    "detect": "families",
+    "for_export": "families",
+    "for_family": "families",
+    "hf_default_template": "load",
+    "load_hf_model": "load",
+    "open_checkpoint_weights": "weights",
+    "open_hf_weights": "weights",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 
 from bessemer.models.config import ModelConfig
@@ -105,8 +108,8 @@ class PagedKVCache:
         self.block_size, self.max_len = block_size, max_len
         self.spare = num_blocks * block_size
         shape = (self.spare + 1, cfg.kv_heads, cfg.dim_per_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.k = [zeros(shape, device, dtype) for _ in range(cfg.n_layers)]
+        self.v = [zeros(shape, device, dtype) for _ in range(cfg.n_layers)]
         # host copy of every row's block table; unused entries point at block 0 and are masked by position
         self.tables = torch.zeros(max_batch, -(-max_len // block_size), dtype=torch.long)
         self._rows: torch.Tensor | None = None
@@ -149,3 +152,13 @@ class PagedKVCache:
         pool_k[flat] = k.transpose(1, 2).reshape(flat.numel(), *pool_k.shape[1:]).to(pool_k.dtype)
         pool_v[flat] = v.transpose(1, 2).reshape(flat.numel(), *pool_v.shape[1:]).to(pool_v.dtype)
         return pool_k[self._read].transpose(1, 2), pool_v[self._read].transpose(1, 2)
+
+
+def zeros(shape: tuple[int, ...], device, dtype: torch.dtype) -> torch.Tensor:
+    """torch.zeros; on the CPU from fresh anonymous memory, which the system hands out zeroed and only as it is
+    touched. A server's pool of blocks for every row's full context is gigabytes for a real model: writing its
+    zeros took seconds before the port opened, and held memory no request had used yet."""
+    if torch.device(device or "cpu").type != "cpu" or math.prod(shape) == 0:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    count = math.prod(shape)
+    return torch.frombuffer(mmap.mmap(-1, count * dtype.itemsize), dtype=dtype, count=count).view(shape)

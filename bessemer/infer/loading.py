@@ -90,7 +90,7 @@ def load_for_inference(
         raise CheckpointError(
             f"{ckpt}: no tokenizer/ folder; copy the model's tokenizer files into {ckpt}/tokenizer"
         )
-    tokenizer = load_tokenizer(tok_dir)
+    tokenizer = load_tokenizer(tok_dir, lean=True)
     family = meta.get("family") or model.config.family
     name = template or meta.get("template") or default_template(family, tokenizer)
     return InferenceModel(model, tokenizer, check_template(name), family, _model_name(ckpt), ckpt)
@@ -109,7 +109,7 @@ def _load_hf(path: Path, device: torch.device, dtype: torch.dtype, template: str
     from bessemer.tokenizer import load_tokenizer
 
     model = load_hf_model(path, device=device, dtype=dtype)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, lean=True)
     name = template or default_template(hf_default_template(path), tokenizer)
     return InferenceModel(model, tokenizer, check_template(name), model.config.family, path.name, path)
 

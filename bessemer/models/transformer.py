@@ -52,10 +52,14 @@ class Transformer(nn.Module):
     def init_weights(self, buffer_device: torch.device | None = None, seed: int = 0) -> None:
         """Initialise every parameter and buffer in place (also after `to_empty` from the meta device)."""
         self.init_buffers(buffer_device or self.inv_freq.device)
-        if self.output is not None and self.config.tie_embeddings and self.tok_embeddings is not None:
-            self.output.weight = self.tok_embeddings.weight  # to_empty() unties shared parameters; tie again
+        self.tie_weights()
         for name, param in self.named_parameters():
             init_parameter(self.config, name, param, seed)
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the output head where the config ties them (to_empty() unties them)."""
+        if self.output is not None and self.config.tie_embeddings and self.tok_embeddings is not None:
+            self.output.weight = self.tok_embeddings.weight
 
     def init_buffers(self, device: torch.device) -> None:
         """Compute the (non-persistent) buffers: the rotary inverse frequencies."""
@@ -141,14 +145,24 @@ def init_parameter(cfg: ModelConfig, name: str, tensor: torch.Tensor, seed: int 
     tensor.normal_(0.0, std, generator=generator)
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0) -> Transformer:
-    """Build and initialise a model; on "meta" it is only shaped (materialise with to_empty + init_weights)."""
+def build_model(
+    cfg: ModelConfig, device: str | torch.device = "cpu", seed: int = 0, *, init: bool = True
+) -> Transformer:
+    """Build and initialise a model; on "meta" it is only shaped (materialise with to_empty + init_weights).
+
+    init=False leaves the parameters' memory as allocated, for a caller that overwrites every one (loading
+    weights): drawing them first costs seconds per billion parameters.
+    """
     with torch.device("meta"):
         model = Transformer(cfg)
     if str(device) == "meta":
         return model
     to_empty(model, device)
-    model.init_weights(buffer_device=torch.device(device), seed=seed)
+    if init:
+        model.init_weights(buffer_device=torch.device(device), seed=seed)
+    else:
+        model.init_buffers(torch.device(device))
+        model.tie_weights()
     return model
 
 

@@ -157,3 +157,115 @@ def test_one_process_training_step_imports_no_layout(tmp_path):
         "trainer.data.close()\n"
     )
     assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT]) == []
+
+
+# ---- the inference verbs' tokenizer and chat template, and --finetune, up to their work --------------------
+# generate / chat / serve / eval load their tokenizer through `tokenizers` alone (load_tokenizer(lean=True))
+# and render chat templates with jinja2: transformers' import (about a second) is left to the folders that
+# need it. serve's app is FastAPI; nothing else of the optional libraries comes with it.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_checkpoint(tmp_path_factory, demo_tokenizer_dir):
+    """A tiny model over the demo tokenizer's 32,000 ids, with a ChatML chat_template.jinja in its tokenizer/."""
+    import shutil
+
+    from bessemer.models import build_model, get_preset
+    from bessemer.tune.peft_io import write_model_checkpoint
+
+    ckpt = tmp_path_factory.mktemp("chat") / "ckpt"
+    model = build_model(get_preset("tiny", **{**TINY, "vocab_size": 32000}), seed=0)
+    write_model_checkpoint(model, ckpt, {"source": "test", "family": "llama2"})
+    shutil.copytree(demo_tokenizer_dir, ckpt / "tokenizer")
+    (ckpt / "tokenizer" / "chat_template.jinja").write_text(CHATML)
+    return ckpt
+
+
+def test_inference_verbs_reach_their_work_without_transformers(chat_checkpoint):
+    """load_for_inference (generate, chat, eval), a chat prompt through the model's own template, streamed text,
+    perplexity's encoding and the MMLU scorer's: no transformers, no layout, no compiler."""
+    code = (
+        "from bessemer.infer.loading import load_for_inference\n"
+        "from bessemer.infer.generate import stream\n"
+        "from bessemer.infer.request import build_request\n"
+        "from bessemer.infer.sampling import SamplingParams\n"
+        "from bessemer.eval.runner import encode_choices\n"
+        f"loaded = load_for_inference({str(chat_checkpoint)!r}, 'cpu')\n"
+        "assert loaded.template == 'tokenizer', loaded.template\n"
+        "params = SamplingParams(max_new_tokens=3, temperature=0.0)\n"
+        "req = build_request(loaded.tokenizer, loaded.template, params, context_len=64,"
+        " messages=[{'role': 'user', 'content': 'hi </s>'}])\n"
+        "text = ''.join(stream(loaded.model, req.prompt_ids, req.params, loaded.tokenizer))\n"
+        "encode_choices(loaded.tokenizer, ['Q: 1+1?'], [' A', ' B'])\n"
+    )
+    forbidden = [*NEVER_AT_START, *HEAVY_LAYOUT, *COMPILER]
+    assert _loaded_after(code, forbidden) == []
+
+
+def test_serve_builds_its_app_without_transformers(chat_checkpoint):
+    code = (
+        "from bessemer.config.schema import ServeSection\n"
+        "from bessemer.infer.loading import load_for_inference\n"
+        "from bessemer.infer.server import build_app, build_engine\n"
+        f"loaded = load_for_inference({str(chat_checkpoint)!r}, 'cpu')\n"
+        "settings = ServeSection()\n"
+        "build_app(loaded, build_engine(loaded, settings), settings)\n"
+    )
+    forbidden = ["transformers", "matplotlib", "lm_eval", "peft", *HEAVY_LAYOUT]
+    assert _loaded_after(code, forbidden) == []
+
+
+def test_one_process_finetune_from_safetensors_imports_no_dcp(tiny_checkpoint, demo_tokenizer_dir, tmp_path):
+    """--finetune from a model/ safetensors checkpoint (what convert writes), to the end of its first step: the
+    weights are read tensor by tensor into the one-process model, without torch.distributed.checkpoint."""
+    import numpy as np
+
+    from bessemer.data.indexed import IndexedDatasetWriter
+
+    prefix = tmp_path / "data"
+    with IndexedDatasetWriter(prefix, np.uint16) as writer:
+        for start in range(20):
+            writer.add_document((np.arange(start, start + 80) % 500).astype(np.uint16))
+    overrides = [
+        f'data.paths=["{prefix}"]',
+        f'train.out_dir="{tmp_path / "run"}"',
+        f'train.finetune="{tiny_checkpoint / "ckpt"}"',
+        "train.seq_len=32",
+        "train.micro_batch_size=2",
+        "log.tensorboard=false",
+    ]
+    code = (
+        "from bessemer.config import load_config\n"
+        "from bessemer.train.trainer import Trainer\n"
+        f"trainer = Trainer(load_config(None, {overrides!r}))\n"
+        "trainer.train_step()\n"
+        "trainer.data.close()\n"
+    )
+    assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT]) == []
+
+
+def test_loading_weights_draws_no_initial_values(tiny_checkpoint, monkeypatch):
+    """Loading a checkpoint or an HF folder fills every parameter from the file without drawing random values
+    first (seconds per billion parameters on the path to the first forward), and gets the saved weights."""
+    import torch
+
+    import bessemer.models.transformer as transformer
+    from bessemer.hf import load_hf_model
+    from bessemer.tune.peft_io import load_model_or_adapted
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a loaded model's parameters were initialised before being overwritten")
+
+    from bessemer.models import get_preset
+
+    want = transformer.build_model(get_preset("tiny", **TINY), seed=0).state_dict()  # what the fixture saved
+    monkeypatch.setattr(transformer, "init_parameter", refuse)
+    for model in (load_model_or_adapted(tiny_checkpoint / "ckpt")[0], load_hf_model(tiny_checkpoint / "hf")):
+        got = model.state_dict()
+        assert sorted(got) == sorted(want)
+        for name, tensor in want.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, msg=name)

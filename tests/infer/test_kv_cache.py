@@ -104,3 +104,20 @@ def test_logits_index_projects_one_position_per_row():
     assert torch.allclose(picked[0, 0], full[0, 9], atol=1e-6) and torch.allclose(
         picked[1, 0], full[1, 4], atol=1e-6
     )
+
+
+def test_cpu_block_pool_is_zero_and_takes_memory_only_as_used():
+    """A server's pool (every row's full context) starts zeroed, without writing gigabytes of zeros at start:
+    the memory comes as blocks are written (a 1 GiB pool raises the process's RSS by far less)."""
+    import psutil
+
+    cfg = ModelConfig(n_layers=2, dim=256, n_heads=4, n_kv_heads=4, ffn_dim=512, vocab_size=256)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    cache = PagedKVCache(cfg, num_blocks=1 << 13, block_size=32, max_batch=1, max_len=64)
+    pool = 2 * cfg.n_layers * cache.k[0].numel() * cache.k[0].element_size()
+    assert pool >= 1 << 30
+    assert process.memory_info().rss - before < pool / 16
+    assert not cache.k[0][::4096].any() and not cache.v[-1][-1].any()
+    cache.k[0][5] = 1.0  # writable in place, like any tensor
+    assert cache.k[0][5].eq(1).all() and not cache.k[0][4].any()
