@@ -131,9 +131,8 @@ def test_inference_load_and_forward_import_no_layout_nor_compiler(tiny_checkpoin
     assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT, *COMPILER]) == []
 
 
-def test_one_process_training_step_imports_no_layout(tmp_path):
-    """Pretraining from a prepared dataset, to the end of its first step: no DCP (it comes with the first save),
-    no pipelining, none of the optional heavy libraries."""
+def _first_step_code(tmp_path, overrides: list[str]) -> str:
+    """Code that builds a Trainer on a small prepared dataset with `overrides` and runs its first step."""
     import numpy as np
 
     from bessemer.data.indexed import IndexedDatasetWriter
@@ -142,20 +141,27 @@ def test_one_process_training_step_imports_no_layout(tmp_path):
     with IndexedDatasetWriter(prefix, np.uint16) as writer:
         for start in range(20):
             writer.add_document((np.arange(start, start + 80) % 500).astype(np.uint16))
-    overrides = [f"model.{k}={v}" for k, v in TINY.items()] + [
+    overrides = [
+        *overrides,
         f'data.paths=["{prefix}"]',
         f'train.out_dir="{tmp_path / "run"}"',
         "train.seq_len=32",
         "train.micro_batch_size=2",
         "log.tensorboard=false",
     ]
-    code = (
+    return (
         "from bessemer.config import load_config\n"
         "from bessemer.train.trainer import Trainer\n"
         f"trainer = Trainer(load_config(None, {overrides!r}))\n"
         "trainer.train_step()\n"
         "trainer.data.close()\n"
     )
+
+
+def test_one_process_training_step_imports_no_layout(tmp_path):
+    """Pretraining from a prepared dataset, to the end of its first step: no DCP (it comes with the first save),
+    no pipelining, none of the optional heavy libraries."""
+    code = _first_step_code(tmp_path, [f"model.{k}={v}" for k, v in TINY.items()])
     assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT]) == []
 
 
@@ -222,29 +228,7 @@ def test_serve_builds_its_app_without_transformers(chat_checkpoint):
 def test_one_process_finetune_from_safetensors_imports_no_dcp(tiny_checkpoint, demo_tokenizer_dir, tmp_path):
     """--finetune from a model/ safetensors checkpoint (what convert writes), to the end of its first step: the
     weights are read tensor by tensor into the one-process model, without torch.distributed.checkpoint."""
-    import numpy as np
-
-    from bessemer.data.indexed import IndexedDatasetWriter
-
-    prefix = tmp_path / "data"
-    with IndexedDatasetWriter(prefix, np.uint16) as writer:
-        for start in range(20):
-            writer.add_document((np.arange(start, start + 80) % 500).astype(np.uint16))
-    overrides = [
-        f'data.paths=["{prefix}"]',
-        f'train.out_dir="{tmp_path / "run"}"',
-        f'train.finetune="{tiny_checkpoint / "ckpt"}"',
-        "train.seq_len=32",
-        "train.micro_batch_size=2",
-        "log.tensorboard=false",
-    ]
-    code = (
-        "from bessemer.config import load_config\n"
-        "from bessemer.train.trainer import Trainer\n"
-        f"trainer = Trainer(load_config(None, {overrides!r}))\n"
-        "trainer.train_step()\n"
-        "trainer.data.close()\n"
-    )
+    code = _first_step_code(tmp_path, [f'train.finetune="{tiny_checkpoint / "ckpt"}"'])
     assert _loaded_after(code, [*NEVER_AT_START, *HEAVY_LAYOUT]) == []
 
 
