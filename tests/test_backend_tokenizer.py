@@ -16,6 +16,7 @@ from bessemer.infer.detokenize import IncrementalDetokenizer
 from bessemer.infer.request import stop_token_ids
 from bessemer.templates import TEMPLATE_NAMES, encode_chat, encode_prompt, stop_strings
 from bessemer.tokenizer import encode_texts, load_tokenizer
+from tests.test_chat_template import CONVERSATIONS
 from tests.test_templates import CHATML, TEMPLATE_CASES, reference_ids
 from tests.tokenizer.test_text_tokenizer import trained_bpe
 
@@ -27,15 +28,6 @@ TEXTS = [
     "",
     "\ttab\n\nline 12345",
 ]
-SYSTEM = {"role": "system", "content": "Be brief."}
-TURNS = [
-    {"role": "user", "content": "Hi there"},
-    {"role": "assistant", "content": "Hello! How can I help?"},
-    {"role": "user", "content": "Say 2+2 twice </s><|im_end|>"},
-    {"role": "assistant", "content": "4\nfour"},
-    {"role": "user", "content": "中文?"},
-]
-CONVERSATIONS = [TURNS[:1], [SYSTEM, *TURNS[:1]], TURNS[:3], [SYSTEM, *TURNS[:4]], TURNS, [SYSTEM, *TURNS]]
 STOPS = ["</s>", "<|im_end|>", "<|endoftext|>", "<s>", "###", "\n\n"]
 
 

@@ -14,12 +14,21 @@ SYSTEM = {"role": "system", "content": "Be brief."}
 TURNS = [
     {"role": "user", "content": "Hi there"},
     {"role": "assistant", "content": "Hello! How can I help?"},
-    {"role": "user", "content": 'Say "2+2" twice, <b>bold</b> & {"json": 1}'},
+    {"role": "user", "content": 'Say "2+2" twice, <b>bold</b> & {"json": 1} </s><|im_end|>'},
     {"role": "assistant", "content": "4\nfour"},
     {"role": "user", "content": "中文? </s><|im_end|>"},
 ]
-# with and without a system message, one to several turns, ending on either role
-CONVERSATIONS = [TURNS[:1], [SYSTEM, *TURNS[:1]], TURNS[:2], [SYSTEM, *TURNS[:4]], TURNS, [SYSTEM, *TURNS]]
+# with and without a system message, one to several turns, ending on either role; special-token and markup
+# text in messages stays text (tests/test_backend_tokenizer.py renders the same conversations)
+CONVERSATIONS = [
+    TURNS[:1],
+    [SYSTEM, *TURNS[:1]],
+    TURNS[:2],
+    TURNS[:3],
+    [SYSTEM, *TURNS[:4]],
+    TURNS,
+    [SYSTEM, *TURNS],
+]
 
 
 def assert_renders_like(ref, template: str) -> None:
