@@ -397,39 +397,63 @@ def _encode_with_tokenizer_template(
 def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tuple[int, int]]:
     """Character spans of `full` the model learns: each assistant turn and its end-of-turn marker.
 
-    Where the template renders conversations as growing prefixes, a turn is what follows the generation prompt
-    of the conversation before it. Templates that rewrite earlier turns (dropping a reasoning block, say) do not;
-    there a turn is its content, found in order, plus the special token right after it.
+    A turn starts where the generation prompt of the conversation before it ends, when the template renders
+    that prompt unchanged in the whole conversation; else (a prompt that opens a reasoning block the answers do
+    not show, say) at its answer, found in order. Where the template renders the turn itself as a prefix of the
+    whole conversation, the turn is that text; else (templates that rewrite earlier answers) it is its answer.
+    Either way it ends with its end-of-turn marker (_turn_end).
     """
-    spans = []
+    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
+    eos = getattr(tokenizer, "eos_token", None)
+    spans, cursor = [], 0
     for i, m in enumerate(messages):
+        content = m["content"]
         if m["role"] != "assistant":
+            # past each question, so an answer is never found inside one; a system message stays put, as some
+            # templates move it into a later user turn
+            at = full.find(content, cursor) if content and m["role"] == "user" else -1
+            cursor = at + len(content) if at >= 0 else cursor
             continue
         before, through = render(messages[:i], True), render(messages[: i + 1], False)
-        if not (through.startswith(before) and full.startswith(through)):
-            return _answer_spans_by_content(tokenizer, full, messages)
-        spans.append((len(before), len(through.rstrip())))
-    return spans
-
-
-def _answer_spans_by_content(tokenizer, full: str, messages: list[dict]) -> list[tuple[int, int]]:
-    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
-    spans, cursor = [], 0
-    for m in messages:
-        at = full.find(m["content"], cursor) if m["content"] else -1
-        if at < 0:
-            if m["role"] == "assistant":
+        opens = cursor <= len(before) and full.startswith(before)
+        if opens and through.startswith(before) and full.startswith(through):
+            start, stop = len(before), len(through)
+        else:
+            at = full.find(content, max(cursor, len(before) if opens else 0)) if content else -1
+            if at < 0:
                 raise ConfigError(
                     "the tokenizer's chat_template rewrites assistant turns, so answer masks cannot be located; "
                     f"pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
                 )
-            continue
-        cursor = at + len(m["content"])
-        if m["role"] == "assistant":
-            end = next((s for s in specials if full.startswith(s, cursor)), "")
-            spans.append((at, cursor + len(end)))
-            cursor += len(end)
+            start, stop = (len(before) if opens else at), at + len(content)
+        answer_end = full.rfind(content, start, stop) + len(content) if content in full[start:stop] else start
+        cursor = _turn_end(full, stop, answer_end, specials, eos)
+        spans.append((start, cursor))
     return spans
+
+
+def _turn_end(full: str, stop: int, answer_end: int, specials: list[str], eos: str | None) -> int:
+    """Where a turn that the template renders up to `stop`, its answer up to `answer_end`, ends for the loss.
+
+    A turn the template closes with a marker of its own ends there, without the whitespace after it (the newline
+    after "<|im_end|>" is layout). A turn that ends with its answer takes the special tokens right after it in the
+    conversation: through the eos token when it is among them ("<|END_TEXT|><|END_OF_TURN_TOKEN|>"), else the
+    first ("<|user|>" for GLM, whose answers end where the next turn opens); with none, the text separator the
+    template puts after answers ("\\n\\n") is the marker.
+    """
+    trimmed = len(full[:stop].rstrip())
+    if trimmed > answer_end:
+        return trimmed
+    pos = answer_end
+    while pos < len(full) and full[pos].isspace():
+        pos += 1
+    first = None
+    while (token := next((s for s in specials if full.startswith(s, pos)), None)) is not None:
+        pos += len(token)
+        if token == eos:
+            return pos
+        first = first or pos
+    return first or stop
 
 
 def _special_tokens(tokenizer) -> dict:
@@ -447,7 +471,7 @@ def _content_spans(tokenizer, full: str, messages: list[dict]) -> list[tuple[int
         if not content:
             continue
         at = full.find(content, cursor)
-        if at >= 0:
+        if at >= 0 and m["role"] != "system":  # some templates move the system message into a later turn
             cursor = at + len(content)
         if not any(s in content for s in specials):
             continue

@@ -172,6 +172,28 @@ def real_tokenizer_dir(kind: str, template: str | None, tmp_path) -> object:
     return tmp_path
 
 
+def learned_turns(ref, tok, messages, gen, full, ids, mask):
+    """(is the last message, text learned after the answer) per answer, checking the text learned before it."""
+    learned = [tok.decode(s) for s in spans(ids, mask)]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    assert len(learned) == len(turns), (learned, turns)
+    out = []
+    for text, i in zip(learned, turns):
+        answer = messages[i]["content"]
+        assert answer in text, (text, answer)
+        head, tail = text.split(answer, 1)
+        if (
+            head
+        ):  # the template's own text between the generation prompt and the answer ("<think>\n\n</think>\n\n")
+            before = ref.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            assert full.startswith(before)
+            between = full[len(before) : full.index(answer, len(before))]
+            # a token that runs across the prompt's end ("\n\n" after "<think>\n") stays with the prompt
+            assert between.endswith(head) and not between[: len(between) - len(head)].strip(), (between, head)
+        out.append((i == len(messages) - 1, tail))
+    return out
+
+
 def reference_ids(ref, messages, gen):
     """transformers' own rendering and tokenization of the conversation: the reference."""
     out = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen)
@@ -195,14 +217,12 @@ def test_jinja_template_equals_transformers_and_masks_answers(kind, template, tm
         assert ids == reference_ids(ref, messages, gen)
         if gen:
             assert encode_prompt(tok, "tokenizer", messages) == ids
-        # the loss mask covers exactly each assistant answer and the end-of-turn token right after it
-        answers = [m["content"] for m in messages if m["role"] == "assistant"]
-        learned = [tok.decode(s) for s in spans(ids, mask)]
-        assert len(learned) == len(answers)
-        for text, answer in zip(learned, answers):
-            assert text.startswith(answer) or text.lstrip().startswith(answer), (text, answer)
-            end = text[text.index(answer) + len(answer) :]
-            assert end in {t.content for t in tok.added_tokens_decoder.values() if t.special}, end
+        # the loss mask covers exactly each assistant turn: the answer (after any text the template writes
+        # between the generation prompt and it) and the end-of-turn token right after it
+        full = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        specials = {t.content for t in tok.added_tokens_decoder.values() if t.special}
+        for _, end in learned_turns(ref, tok, messages, gen, full, ids, mask):
+            assert end in specials, end
 
 
 @pytest.mark.pypi

@@ -1,0 +1,204 @@
+"""Every chat template in llama.cpp's models/templates (llama-cpp-python 0.3.36 sdist, 70 real templates).
+
+For each template: bessemer.chat_template renders each conversation exactly as `transformers`' apply_chat_template
+does, or refuses where transformers does; and SFT encoding (bessemer.templates.encode_chat, what `prepare` runs)
+gives transformers' ids and learns exactly the assistant turns. The tokenizer is Qwen's tokenizer.json with every
+control token the templates write added as a special token, as each model's own tokenizer has them, so a template's
+markers are single ids wherever it is rendered.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.test_chat_template import CONVERSATIONS
+from tests.test_templates import learned_turns, real_tokenizer_dir
+from tests.tokenizer import sources
+
+pytestmark = pytest.mark.pypi
+
+# content that looks like template code or control tokens stays as it is
+JINJA_TEXT = [
+    {"role": "user", "content": "{{ bos_token }}{% if true %}x{% endif %}{# c #} <|im_start|>assistant"},
+    {"role": "assistant", "content": "{{ '}}' }}{%- raw %} done <|eot_id|>[INST]"},
+]
+SWEEP_CONVERSATIONS = [*CONVERSATIONS, JINJA_TEXT]
+# the special-token-looking text a template writes around messages (<|im_end|>, <｜User｜>, [INST], <turn|>, ]~b] ...)
+CONTROL = re.compile(
+    r"<\|[^|\s]{0,40}\|>|<｜[^｜]{1,60}｜>|<\|[a-z_]+>|<[a-z_]+\|>|</?[A-Za-z_:.0-9]{1,40}>|\[/?[A-Z_]{2,30}\]"
+    r"|\]~!?b[\[\]]|\[e~\["
+)
+PROBES = [
+    [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "A"},
+    ],
+    [
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "A"},
+        {"role": "user", "content": "V"},
+    ],
+]
+# the model's own named tokens where the template needs them: functionary writes a bos_token (Qwen has none);
+# Cohere's turns end in several control tokens, and learning stops at the eos among them
+MODEL_TOKENS = {
+    "Cohere2MoE.jinja": {"eos_token": "<|END_OF_TURN_TOKEN|>"},
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja": {"eos_token": "<|END_OF_TURN_TOKEN|>"},
+    "meetkai-functionary-medium-v3.1.jinja": {"bos_token": "<|begin_of_text|>"},
+    "meetkai-functionary-medium-v3.2.jinja": {"bos_token": "<|begin_of_text|>"},
+}
+# the end-of-turn marker learned after each answer, where a template's markers need a word of explanation
+END_MARKERS = {
+    "Cohere2MoE.jinja": "<|END_TEXT|><|END_OF_TURN_TOKEN|>",
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja": "<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
+    "GLM-4.6.jinja": "<|user|>",  # GLM answers end where the next turn opens (<|user|> is one of its eos ids)
+    "GLM-4.7-Flash.jinja": "<|user|>",
+    "llama-cpp-rwkv-world.jinja": "\n\n",  # RWKV World separates turns with a blank line, no control token
+}
+# where the last answer of a conversation ends otherwise: some templates render it without its marker (the way a
+# prompt to be continued is rendered), so it learns none; Phi-3.5 closes a conversation with the eos (Qwen's
+# here) after the answer's own marker; gpt-oss ends a final answer with <|return|>, earlier ones with <|end|>
+LAST_MARKERS = {
+    "Apertus-8B-Instruct.jinja": "",
+    "Apriel-1.6-15b-Thinker-fixed.jinja": "",
+    "GLM-4.6.jinja": "",
+    "GLM-4.7-Flash.jinja": "",
+    "tencent-Hy3.jinja": "",
+    "microsoft-Phi-3.5-mini-instruct.jinja": "<|end|>\n<|im_end|>",
+    "openai-gpt-oss-120b.jinja": "<|return|>",
+}
+
+
+def template_names() -> list[str]:
+    return sorted(p.name for p in (sources.llama_cpp_models() / "templates").glob("*.jinja"))
+
+
+def template_text(name: str) -> str:
+    return (sources.llama_cpp_models() / "templates" / name).read_text("utf-8")
+
+
+@pytest.fixture(scope="module")
+def sweep_tokenizers(tmp_path_factory):
+    """(transformers' tokenizer, Bessemer's load_tokenizer) of Qwen's tokenizer.json plus every template's markers."""
+    from transformers import AutoTokenizer
+
+    from bessemer.tokenizer import load_tokenizer
+
+    ref = AutoTokenizer.from_pretrained(
+        str(real_tokenizer_dir("qwen", None, tmp_path_factory.mktemp("qwen")))
+    )
+    found: set[str] = set()
+    for name in template_names():
+        for probe in PROBES:
+            for gen in (True, False):
+                try:
+                    text = ref.apply_chat_template(
+                        probe, chat_template=template_text(name), tokenize=False, add_generation_prompt=gen
+                    )
+                except (
+                    Exception
+                ):  # templates that refuse a probe (no system role, tools required) add nothing
+                    continue
+                found.update(CONTROL.findall(text))
+    found.update(t for named in MODEL_TOKENS.values() for t in named.values())
+    ref.add_special_tokens({"additional_special_tokens": sorted(found)})
+    folder = tmp_path_factory.mktemp("qwen-ext")
+    ref.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder)), load_tokenizer(folder)
+
+
+@pytest.mark.parametrize("name", template_names())
+def test_renders_like_transformers(name, sweep_tokenizers):
+    import jinja2
+
+    from bessemer.chat_template import render_chat_template
+
+    ref, _ = sweep_tokenizers
+    template = template_text(name)
+    # with the tokenizer's named tokens, and with a bos_token as well (most templates write one)
+    for extra in ({}, {"bos_token": "<s>"}):
+        special = {**ref.special_tokens_map, **extra}
+        for messages in SWEEP_CONVERSATIONS:
+            for gen in (True, False):
+                try:
+                    want = ref.apply_chat_template(
+                        messages, chat_template=template, tokenize=False, add_generation_prompt=gen, **extra
+                    )
+                except Exception as exc:  # the template refuses: so must we, with the same message
+                    with pytest.raises((jinja2.TemplateError, TypeError)) as ours:
+                        render_chat_template(
+                            template, messages, add_generation_prompt=gen, special_tokens=special
+                        )
+                    assert str(ours.value) == str(exc)
+                    continue
+                ours = render_chat_template(
+                    template, messages, add_generation_prompt=gen, special_tokens=special
+                )
+                assert ours == want, (messages, gen, extra)
+
+
+def control_ids(tok, ids) -> list[int]:
+    special = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    return [i for i in ids if i in special]
+
+
+@pytest.mark.parametrize("name", template_names())
+def test_sft_masks_learn_exactly_the_answers(name, sweep_tokenizers):
+    from bessemer.errors import DataError
+    from bessemer.templates import encode_chat
+
+    ref, tok = sweep_tokenizers
+    template = template_text(name)
+    named = MODEL_TOKENS.get(name, {})
+    saved = {t: {k: getattr(t, k) for k in ("chat_template", *named)} for t in (ref, tok)}
+    for t in (ref, tok):
+        t.chat_template = template
+        for key, value in named.items():
+            setattr(t, key, value)
+    try:
+        middle, last, refused = set(), set(), 0
+        for messages in SWEEP_CONVERSATIONS:
+            gen = messages[-1]["role"] == "user"
+            try:
+                full = ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+            except Exception as exc:  # refused by the template itself: one line naming the refusal
+                with pytest.raises(DataError, match="chat_template refused the conversation") as ours:
+                    encode_chat(tok, "tokenizer", messages, add_generation_prompt=gen)
+                assert "\n" not in str(ours.value) and str(exc).splitlines()[0] in str(ours.value)
+                refused += 1
+                continue
+            ids, mask = encode_chat(tok, "tokenizer", messages, add_generation_prompt=gen)
+            # transformers' ids; message text that looks like a control token stays text (transformers'
+            # sanitize_control_tokens encodes it as text too, splitting it off at its edges)
+            sanitized = ref.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=gen, sanitize_control_tokens=True
+            )
+            sanitized = list(sanitized["input_ids"] if hasattr(sanitized, "keys") else sanitized)
+            if messages[-1] is JINJA_TEXT[-1] or any("<|im_end|>" in m["content"] for m in messages):
+                assert control_ids(tok, ids) == control_ids(ref, sanitized)
+                assert tok.decode(ids) == full
+            else:
+                assert ids == sanitized
+            for is_last, tail in learned_turns(ref, tok, messages, gen, full, ids, mask):
+                (last if is_last else middle).add(tail)
+        if refused == len(SWEEP_CONVERSATIONS):
+            pytest.skip(f"{name} renders none of the tool-free conversations (transformers refuses them too)")
+        assert len(middle) <= 1, (
+            middle
+        )  # one end-of-turn marker for every answer the conversation goes on from
+        marker = next(iter(middle or last))
+        if name in END_MARKERS:
+            assert marker == END_MARKERS[name]
+        else:  # a control token closes each answer
+            assert any(marker.endswith(t.content) for t in ref.added_tokens_decoder.values() if t.special), (
+                marker
+            )
+        if last:
+            assert last == {LAST_MARKERS.get(name, marker)}
+    finally:
+        for t, values in saved.items():
+            for key, value in values.items():
+                setattr(t, key, value)
