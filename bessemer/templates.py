@@ -379,12 +379,15 @@ def _encode_with_tokenizer_template(
         try:
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
         except Exception as exc:  # the template's own raise_exception, or a Jinja error in it
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DataError(
-                f"the tokenizer's chat_template refused the conversation ({exc}); "
+                f"the tokenizer's chat_template refused the conversation ({reason}); "
                 f"fix the messages or pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
             ) from exc
 
     full = render(messages, gen)
+    if need_mask:
+        full += _unrendered_end_marker(tokenizer, full, messages, gen, render)
     spans = _answer_spans(tokenizer, full, messages, render) if need_mask else []
     ids, offsets = _encode_rendered(tokenizer, full, _content_spans(tokenizer, full, messages))
     mask = [0] * len(ids)
@@ -392,6 +395,28 @@ def _encode_with_tokenizer_template(
         if any(a <= start < b or (start == stop and a < start <= b) for a, b in spans):
             mask[k] = 1
     return ids, mask
+
+
+def _unrendered_end_marker(tokenizer, full: str, messages: list[dict], gen: bool, render) -> str:
+    """The end-of-turn marker of a last answer that the template renders without one, else "".
+
+    Some templates (Apertus, GLM-4, Hunyuan) render a conversation's last answer as a prompt to be continued,
+    closing a turn only when another follows. Trained on that, a model never learns to end its answer, so the
+    marker the template writes after the same answer when the conversation goes on is added (training only:
+    these ids then extend transformers' rendering by that marker).
+    """
+    last = messages[-1]
+    if gen or last["role"] != "assistant" or not last["content"] or not full.endswith(last["content"]):
+        return ""
+    try:
+        more = render([*messages, {"role": "user", "content": "?"}], False)
+    except DataError:
+        return ""
+    if not more.startswith(full):
+        return ""
+    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
+    end = _turn_end(more, len(full), len(full), specials, getattr(tokenizer, "eos_token", None))
+    return more[len(full) : end]
 
 
 def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tuple[int, int]]:

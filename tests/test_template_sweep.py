@@ -58,15 +58,18 @@ END_MARKERS = {
     "GLM-4.7-Flash.jinja": "<|user|>",
     "llama-cpp-rwkv-world.jinja": "\n\n",  # RWKV World separates turns with a blank line, no control token
 }
-# where the last answer of a conversation ends otherwise: some templates render it without its marker (the way a
-# prompt to be continued is rendered), so it learns none; Phi-3.5 closes a conversation with the eos (Qwen's
-# here) after the answer's own marker; gpt-oss ends a final answer with <|return|>, earlier ones with <|end|>
+# templates that render a conversation's last answer without its marker (the way a prompt to be continued is
+# rendered): SFT adds the marker they write after that answer when the conversation goes on
+UNRENDERED_LAST_MARKERS = {
+    "Apertus-8B-Instruct.jinja": "<|assistant_end|>",
+    "Apriel-1.6-15b-Thinker-fixed.jinja": "\n<|end|>",
+    "GLM-4.6.jinja": "<|user|>",
+    "GLM-4.7-Flash.jinja": "<|user|>",
+    "tencent-Hy3.jinja": "<｜hy_eos:opensource｜>",
+}
+# where the last answer of a conversation ends otherwise: Phi-3.5 closes a conversation with the eos (Qwen's here)
+# after the answer's own marker; gpt-oss ends a final answer with <|return|>, earlier ones with <|end|>
 LAST_MARKERS = {
-    "Apertus-8B-Instruct.jinja": "",
-    "Apriel-1.6-15b-Thinker-fixed.jinja": "",
-    "GLM-4.6.jinja": "",
-    "GLM-4.7-Flash.jinja": "",
-    "tencent-Hy3.jinja": "",
     "microsoft-Phi-3.5-mini-instruct.jinja": "<|end|>\n<|im_end|>",
     "openai-gpt-oss-120b.jinja": "<|return|>",
 }
@@ -171,13 +174,20 @@ def test_sft_masks_learn_exactly_the_answers(name, sweep_tokenizers):
                 refused += 1
                 continue
             ids, mask = encode_chat(tok, "tokenizer", messages, add_generation_prompt=gen)
+            clean = messages[-1] is not JINJA_TEXT[-1] and not any(
+                "<|im_end|>" in m["content"] for m in messages
+            )
             # transformers' ids; message text that looks like a control token stays text (transformers'
             # sanitize_control_tokens encodes it as text too, splitting it off at its edges)
             sanitized = ref.apply_chat_template(
                 messages, tokenize=True, add_generation_prompt=gen, sanitize_control_tokens=True
             )
             sanitized = list(sanitized["input_ids"] if hasattr(sanitized, "keys") else sanitized)
-            if messages[-1] is JINJA_TEXT[-1] or any("<|im_end|>" in m["content"] for m in messages):
+            if not gen and name in UNRENDERED_LAST_MARKERS:  # transformers' text and the marker, as one text
+                full += UNRENDERED_LAST_MARKERS[name]
+                marker_ids = ref.encode(UNRENDERED_LAST_MARKERS[name], add_special_tokens=False)
+                sanitized = ref.encode(full, add_special_tokens=False) if clean else sanitized + marker_ids
+            if not clean:
                 assert control_ids(tok, ids) == control_ids(ref, sanitized)
                 assert tok.decode(ids) == full
             else:
