@@ -4,9 +4,10 @@ A chat template is code from the model's folder, so it runs in Jinja's immutable
 up as transformers sets its own (read from transformers 5's chat_template_utils; written here): trim_blocks and
 lstrip_blocks, the loop-controls extension (break / continue), a `{% generation %}` block that renders its body
 (transformers uses it to locate assistant text), `tojson` without HTML escaping, `raise_exception`,
-`strftime_now`, and `dict` / `namespace` that refuse underscore names. The template sees the messages,
-`add_generation_prompt`, `tools` and `documents` (None here) and the named special tokens (bos_token, eos_token,
-...). tests/test_chat_template.py renders real templates both ways and compares the ids.
+`strftime_now`, and `dict` / `namespace` that refuse underscore names. The template sees the messages (a
+message's reasoning under both `reasoning_content` and `thinking`), `add_generation_prompt`, `tools` and
+`documents` (None here) and the named special tokens (bos_token, eos_token, ...). tests/test_chat_template.py and
+tests/test_template_sweep.py (all of llama.cpp's 70 templates) render real templates both ways and compare.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def render_chat_template(
     special_tokens: the tokenizer's named special tokens ({"bos_token": "<s>", ...}), visible to the template.
     Raises jinja2's TemplateError (the template's own raise_exception included) where the template refuses.
     """
-    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    messages = [_with_reasoning_aliases({k: v for k, v in m.items() if v is not None}) for m in messages]
     return _compiled(template).render(
         **special_tokens,
         messages=messages,
@@ -35,6 +36,18 @@ def render_chat_template(
         documents=None,
         add_generation_prompt=add_generation_prompt,
     )
+
+
+# the names a message's reasoning comes under; templates read the first (gpt-oss reads "thinking")
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _with_reasoning_aliases(message: dict) -> dict:
+    """The message with its reasoning under both names templates read, as transformers passes it."""
+    reasoning = next((message[k] for k in REASONING_FIELDS if message.get(k) is not None), None)
+    if reasoning is None:
+        return message
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 @lru_cache(maxsize=16)

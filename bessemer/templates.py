@@ -379,7 +379,11 @@ def _encode_with_tokenizer_template(
         try:
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
         except Exception as exc:  # the template's own raise_exception, or a Jinja error in it
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            if (
+                type(exc).__name__ != "TemplateError"
+            ):  # not the template's own raise_exception: say what broke
+                reason = f"{type(exc).__name__}: {reason}"
             raise DataError(
                 f"the tokenizer's chat_template refused the conversation ({reason}); "
                 f"fix the messages or pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"

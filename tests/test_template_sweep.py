@@ -212,3 +212,26 @@ def test_sft_masks_learn_exactly_the_answers(name, sweep_tokenizers):
         for t, values in saved.items():
             for key, value in values.items():
                 setattr(t, key, value)
+
+
+@pytest.mark.parametrize(
+    "name", ["Qwen-Qwen3-0.6B.jinja", "openai-gpt-oss-120b.jinja", "Kimi-K2-Thinking.jinja"]
+)
+def test_reasoning_fields_render_like_transformers(name, sweep_tokenizers):
+    from bessemer.chat_template import render_chat_template
+
+    ref, _ = sweep_tokenizers
+    template = template_text(name)
+    for field in ("reasoning_content", "thinking", "reasoning"):
+        messages = [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", field: "two and two"},
+            {"role": "user", "content": "and 3+3?"},
+            {"role": "assistant", "content": "6", field: "three and three", "tool_calls": None},
+        ]
+        want = ref.apply_chat_template(messages, chat_template=template, tokenize=False)
+        assert "three and three" in want  # the template shows the last reasoning
+        ours = render_chat_template(
+            template, messages, add_generation_prompt=False, special_tokens=ref.special_tokens_map
+        )
+        assert ours == want, field
