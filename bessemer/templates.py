@@ -451,8 +451,9 @@ def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tu
             at = full.find(content, max(cursor, len(before) if opens else 0)) if content else -1
             if at < 0:
                 raise ConfigError(
-                    "the tokenizer's chat_template rewrites assistant turns, so answer masks cannot be located; "
-                    f"pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
+                    f"message {i}: the tokenizer's chat_template rewrites this answer (reasoning templates drop the "
+                    "<think> part of earlier answers), so its loss mask cannot be located; end the conversation at "
+                    f"that answer or pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
                 )
             start, stop = (len(before) if opens else at), at + len(content)
         answer_end = full.rfind(content, start, stop) + len(content) if content in full[start:stop] else start

@@ -263,3 +263,25 @@ def test_default_template_prefers_the_tokenizers_own(chat_tokenizer, tokenizer_d
     (tmp_path / "tok" / "chat_template.jinja").write_text(CHATML)
     assert default_template("llama2", tmp_path / "tok") == "tokenizer"
     assert default_template("vicuna", None) == "vicuna"
+
+
+@pytest.mark.pypi
+def test_reasoning_answers_learned_whole_or_refused(tmp_path):
+    from bessemer.tokenizer import load_tokenizer
+
+    # Qwen3's template keeps the reasoning of the last answer and drops it from earlier ones
+    tok = load_tokenizer(real_tokenizer_dir("qwen", "Qwen-Qwen3-0.6B.jinja", tmp_path))
+    question, answer = {"role": "user", "content": "2+2?"}, "<think>\nadd them\n</think>\n\n4"
+    ids, mask = encode_chat(tok, "tokenizer", [question, {"role": "assistant", "content": answer}])
+    assert [tok.decode(s) for s in spans(ids, mask)] == [answer + "<|im_end|>"]
+    longer = [
+        question,
+        {"role": "assistant", "content": answer},
+        question,
+        {"role": "assistant", "content": "4"},
+    ]
+    with pytest.raises(
+        ConfigError, match=r"^message 1: .* rewrites this answer .*; end the conversation"
+    ) as err:
+        encode_chat(tok, "tokenizer", longer)
+    assert "\n" not in str(err.value)
