@@ -380,9 +380,8 @@ def _encode_with_tokenizer_template(
             return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_gen)
         except Exception as exc:  # the template's own raise_exception, or a Jinja error in it
             reason = (str(exc).strip().splitlines() or [""])[0]
-            if (
-                type(exc).__name__ != "TemplateError"
-            ):  # not the template's own raise_exception: say what broke
+            # a refusal by the template's raise_exception speaks for itself; anything else, say what broke
+            if type(exc).__name__ != "TemplateError":
                 reason = f"{type(exc).__name__}: {reason}"
             raise DataError(
                 f"the tokenizer's chat_template refused the conversation ({reason}); "
