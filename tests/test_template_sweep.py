@@ -25,6 +25,16 @@ JINJA_TEXT = [
     {"role": "assistant", "content": "{{ '}}' }}{%- raw %} done <|eot_id|>[INST]"},
 ]
 SWEEP_CONVERSATIONS = [*CONVERSATIONS, JINJA_TEXT]
+# answers with reasoning under each name transformers accepts (templates read reasoning_content or thinking)
+REASONING = [
+    [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", field: "two and two"},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6", field: "three and three", "tool_calls": None},
+    ]
+    for field in ("reasoning_content", "thinking", "reasoning")
+]
 # the special-token-looking text a template writes around messages (<|im_end|>, <｜User｜>, [INST], <turn|>, ]~b] ...)
 CONTROL = re.compile(
     r"<\|[^|\s]{0,40}\|>|<｜[^｜]{1,60}｜>|<\|[a-z_]+>|<[a-z_]+\|>|</?[A-Za-z_:.0-9]{1,40}>|\[/?[A-Z_]{2,30}\]"
@@ -124,7 +134,7 @@ def test_renders_like_transformers(name, sweep_tokenizers):
     # with the tokenizer's named tokens, and with a bos_token as well (most templates write one)
     for extra in ({}, {"bos_token": "<s>"}):
         special = {**ref.special_tokens_map, **extra}
-        for messages in SWEEP_CONVERSATIONS:
+        for messages in SWEEP_CONVERSATIONS + REASONING:
             for gen in (True, False):
                 try:
                     want = ref.apply_chat_template(
@@ -212,26 +222,3 @@ def test_sft_masks_learn_exactly_the_answers(name, sweep_tokenizers):
         for t, values in saved.items():
             for key, value in values.items():
                 setattr(t, key, value)
-
-
-@pytest.mark.parametrize(
-    "name", ["Qwen-Qwen3-0.6B.jinja", "openai-gpt-oss-120b.jinja", "Kimi-K2-Thinking.jinja"]
-)
-def test_reasoning_fields_render_like_transformers(name, sweep_tokenizers):
-    from bessemer.chat_template import render_chat_template
-
-    ref, _ = sweep_tokenizers
-    template = template_text(name)
-    for field in ("reasoning_content", "thinking", "reasoning"):
-        messages = [
-            {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "4", field: "two and two"},
-            {"role": "user", "content": "and 3+3?"},
-            {"role": "assistant", "content": "6", field: "three and three", "tool_calls": None},
-        ]
-        want = ref.apply_chat_template(messages, chat_template=template, tokenize=False)
-        assert "three and three" in want  # the template shows the last reasoning
-        ours = render_chat_template(
-            template, messages, add_generation_prompt=False, special_tokens=ref.special_tokens_map
-        )
-        assert ours == want, field
