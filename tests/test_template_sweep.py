@@ -19,6 +19,29 @@ from tests.tokenizer import sources
 
 pytestmark = pytest.mark.pypi
 
+# the templates in llama-cpp-python 0.3.36's sdist, listed here so that collecting the tests downloads nothing
+TEMPLATE_STEMS = """
+    Apertus-8B-Instruct Apriel-1.6-15b-Thinker-fixed Bielik-11B-v3.0-Instruct ByteDance-Seed-OSS Cohere2MoE
+    CohereForAI-c4ai-command-r-plus-tool_use CohereForAI-c4ai-command-r7b-12-2024-tool_use GLM-4.6
+    GLM-4.7-Flash GigaChat3-10B-A1.8B GigaChat3.1-10B-A1.8B HuggingFaceTB-SmolLM3-3B Kimi-K2-Instruct
+    Kimi-K2-Thinking Kimi-K3 LFM2-8B-A1B LFM2.5-8B-A1B LFM2.5-Instruct MiMo-VL MiniMax-M1 MiniMax-M2
+    MiniMax-M3 Mistral-Small-3.2-24B-Instruct-2506 NVIDIA-Nemotron-3-Nano-30B-A3B-BF16
+    NVIDIA-Nemotron-Nano-v2 NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use
+    NousResearch-Hermes-3-Llama-3.1-8B-tool_use Qwen-QwQ-32B Qwen-Qwen2.5-7B-Instruct Qwen-Qwen3-0.6B
+    Qwen3-Coder Qwen3.5-4B Reka-Edge Spark2.5 StepFun3.5-Flash deepseek-ai-DeepSeek-R1-Distill-Llama-8B
+    deepseek-ai-DeepSeek-R1-Distill-Qwen-32B deepseek-ai-DeepSeek-V3.1 deepseek-ai-DeepSeek-V3.2
+    deepseek-ai-DeepSeek-V4-Flash-0731 deepseek-ai-DeepSeek-V4 fireworks-ai-llama-3-firefunction-v2
+    google-gemma-2-2b-it google-gemma-4-31B-it-interleaved google-gemma-4-31B-it
+    ibm-granite-granite-3.3-2B-Instruct ibm-granite-granite-4.0 ibm-granite-granite-4.1
+    inclusionai-ling-3.0-flash llama-cpp-deepseek-r1 llama-cpp-rwkv-world meetkai-functionary-medium-v3.1
+    meetkai-functionary-medium-v3.2 meta-llama-Llama-3.1-8B-Instruct meta-llama-Llama-3.2-3B-Instruct
+    meta-llama-Llama-3.3-70B-Instruct microsoft-Phi-3.5-mini-instruct
+    mistralai-Ministral-3-14B-Reasoning-2512 mistralai-Mistral-Nemo-Instruct-2407 moonshotai-Kimi-K2
+    muse-glimmer openai-gpt-oss-120b openbmb-MiniCPM5-1B poolside-Laguna-S-2.1 poolside-Laguna-XS-2.1
+    poolside-Laguna-XS.2 tencent-Hy3 unsloth-Apriel-1.5 unsloth-mistral-Devstral-Small-2507
+    upstage-Solar-Open-100B
+"""
+TEMPLATES = sorted(f"{stem}.jinja" for stem in TEMPLATE_STEMS.split())
 # content that looks like template code or control tokens stays as it is
 JINJA_TEXT = [
     {"role": "user", "content": "{{ bos_token }}{% if true %}x{% endif %}{# c #} <|im_start|>assistant"},
@@ -85,10 +108,6 @@ LAST_MARKERS = {
 }
 
 
-def template_names() -> list[str]:
-    return sorted(p.name for p in (sources.llama_cpp_models() / "templates").glob("*.jinja"))
-
-
 def template_text(name: str) -> str:
     return (sources.llama_cpp_models() / "templates" / name).read_text("utf-8")
 
@@ -104,7 +123,8 @@ def sweep_tokenizers(tmp_path_factory):
         str(real_tokenizer_dir("qwen", None, tmp_path_factory.mktemp("qwen")))
     )
     found: set[str] = set()
-    for name in template_names():
+    assert sorted(p.name for p in (sources.llama_cpp_models() / "templates").glob("*.jinja")) == TEMPLATES
+    for name in TEMPLATES:
         for probe in PROBES:
             for gen in (True, False):
                 try:
@@ -123,7 +143,7 @@ def sweep_tokenizers(tmp_path_factory):
     return ref, load_tokenizer(folder)
 
 
-@pytest.mark.parametrize("name", template_names())
+@pytest.mark.parametrize("name", TEMPLATES)
 def test_renders_like_transformers(name, sweep_tokenizers):
     import jinja2
 
@@ -158,7 +178,7 @@ def control_ids(tok, ids) -> list[int]:
     return [i for i in ids if i in special]
 
 
-@pytest.mark.parametrize("name", template_names())
+@pytest.mark.parametrize("name", TEMPLATES)
 def test_sft_masks_learn_exactly_the_answers(name, sweep_tokenizers):
     from bessemer.errors import DataError
     from bessemer.templates import encode_chat
