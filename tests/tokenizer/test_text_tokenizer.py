@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from bessemer.lean_tokenizer import MODEL_TYPE_TOKENIZER, tokenizer_class
 from bessemer.tokenizer import encode_texts, load_text_tokenizer, load_tokenizer, tokenizer_fingerprint
 
 TEXTS = [
@@ -19,11 +20,15 @@ TEXTS = [
 ]
 
 
-def trained_bpe(folder, config: dict, post_processor: bool = False):
-    """A small byte-level BPE tokenizer.json (GPT-2 style) trained here, with the given tokenizer_config.json."""
+def trained_bpe(folder, config: dict, post_processor: bool = False, files: dict | None = None, gpt2=False):
+    """A small byte-level BPE tokenizer.json (GPT-2 style) trained here, with the given tokenizer_config.json.
+
+    files: other JSON files of the folder by name (special_tokens_map.json, added_tokens.json, config.json).
+    gpt2: the BPE settings GPT2Tokenizer / Qwen2Tokenizer rebuild it with (empty word prefix and suffix)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    tk = Tokenizer(models.BPE())
+    affixes = {"continuing_subword_prefix": "", "end_of_word_suffix": ""} if gpt2 else {}
+    tk = Tokenizer(models.BPE(**affixes))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     if post_processor:
@@ -33,18 +38,29 @@ def trained_bpe(folder, config: dict, post_processor: bool = False):
         special_tokens=["<|endoftext|>", "<s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        **affixes,
     )
     tk.train_from_iterator(TEXTS * 20, trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tk.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for name, data in (files or {}).items():
+        (folder / name).write_text(json.dumps(data))
     return folder
 
 
 def assert_same(folder):
     light, full = load_text_tokenizer(folder), load_tokenizer(folder)
     assert light is not None, folder
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    if (folder / "tokenizer.json").exists() and "auto_map" not in config:  # the class AutoTokenizer picked
+        model_config = (
+            json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        )
+        assert type(full).__name__ == tokenizer_class(folder, config, model_config)
     assert light.backend_tokenizer.to_str() == full.backend_tokenizer.to_str()
+    assert light.special_tokens == full.special_tokens_map
+    assert light.extra_special_tokens == full.extra_special_tokens
     assert (light.bos_token_id, light.eos_token_id, len(light)) == (
         full.bos_token_id,
         full.eos_token_id,
@@ -63,42 +79,211 @@ def test_equals_load_tokenizer_where_it_loads(demo_tokenizer_dir, tmp_path):
         folder.mkdir()
         shutil.copy2(demo_tokenizer_dir / "tokenizer.model", folder / "tokenizer.model")
         (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": add_bos}))
+        # special_tokens_map.json beside a tokenizer.model: load_tokenizer's own conversion does not read it
+        (folder / "special_tokens_map.json").write_text(
+            json.dumps({"eos_token": "</s>", "pad_token": "<unk>"})
+        )
         assert_same(folder)
-    eos = {"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}
-    assert_same(trained_bpe(tmp_path / "bpe", {**eos, "bos_token": None}))  # no post-processor in the file
-    assert_same(trained_bpe(tmp_path / "bpe-pp", eos, post_processor=True))
+
+
+EOS = {"eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+ADDED = {
+    "content": "<|im_start|>",
+    "single_word": False,
+    "lstrip": False,
+    "rstrip": False,
+    "normalized": False,
+}
+# folders as models ship them: (tokenizer_config.json, other files, trained_bpe options)
+SAME_AS_TRANSFORMERS = {
+    "no-post-processor": ({**EOS, "bos_token": None}, {}, {}),
+    "post-processor": (EOS, {}, {"post_processor": True}),
     # a config that adds neither BOS nor EOS, as SmolLM2's says, with and without a post-processor in the file
-    rule = {"bos_token": "<s>", "add_bos_token": False, "add_eos_token": False}
-    assert_same(trained_bpe(tmp_path / "bpe-no-rule", {**eos, **rule}, post_processor=True))
-    assert_same(trained_bpe(tmp_path / "bpe-no-rule-pp", {**eos, **rule}))
-    decoder = {"0": {"content": "<|endoftext|>", "special": True, "normalized": False, "lstrip": False}}
-    assert_same(trained_bpe(tmp_path / "bpe-decoder", {**eos, "added_tokens_decoder": decoder}))
-    # a custom class named by auto_map: load_tokenizer reads the file and the named special tokens only
-    assert_same(trained_bpe(tmp_path / "bpe-auto", {**eos, "tokenizer_class": "X", "auto_map": {"a": "b.X"}}))
-
-
-@pytest.mark.parametrize(
-    "config",
-    [
-        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"},  # a class that may rebuild it
-        {"eos_token": "<|endoftext|>"},  # no class: AutoTokenizer would choose by the model's config
-        {"tokenizer_class": "PreTrainedTokenizerFast", "add_prefix_space": True},
-        {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "bos_token": "<s>"},
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</eos>"},  # transformers would add it
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "hello"},  # in the vocabulary, not added
+    "no-rule": ({**EOS, "bos_token": "<s>", "add_bos_token": False, "add_eos_token": False}, {}, {}),
+    "no-rule-pp": ({**EOS, "bos_token": "<s>", "add_eos_token": False}, {}, {"post_processor": True}),
+    # from_pretrained drops add_bos_token / add_eos_token when it loads a tokenizer.json (transformers 5)
+    "bos-rule": ({**EOS, "add_bos_token": True, "bos_token": "<s>"}, {}, {}),
+    "eos-not-added": ({**EOS, "eos_token": "</eos>"}, {}, {}),  # transformers adds it
+    "eos-in-vocabulary": ({**EOS, "eos_token": "hello"}, {}, {}),  # made an added special token
+    "decoder": (
+        {**EOS, "added_tokens_decoder": {"0": {**ADDED, "content": "<|endoftext|>", "special": True}}},
+        {},
+        {},
+    ),
+    "decoder-reflags": (
+        {**EOS, "added_tokens_decoder": {"1": {"content": "<s>", "special": True, "lstrip": True}}},
+        {},
+        {},
+    ),
+    "decoder-new-token": ({**EOS, "added_tokens_decoder": {"999": {**ADDED, "special": True}}}, {}, {}),
+    "custom-class": ({**EOS, "tokenizer_class": "X", "auto_map": {"a": "b.X"}}, {}, {}),
+    "custom-class-map": (
+        {**EOS, "tokenizer_class": "X", "auto_map": {"a": "b.X"}},
+        {"special_tokens_map.json": {"eos_token": "</s>"}},
+        {},
+    ),
+    # special_tokens_map.json, read when the config has no added_tokens_decoder (Llama-2 / Vicuna era saves)
+    "map-text": (
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<s>"},
+        {"special_tokens_map.json": {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<unk>"}},
+        {},
+    ),
+    "map-objects": (  # Llama-3 / Mistral-7B-Instruct style entries
+        {"tokenizer_class": "PreTrainedTokenizerFast"},
         {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "added_tokens_decoder": {"1": {"content": "<s>", "special": True, "lstrip": True}},
+            "special_tokens_map.json": {
+                "bos_token": {**ADDED, "content": "<s>"},
+                "eos_token": {**ADDED, "content": "</eos>", "lstrip": True},
+                "unk_token": {**ADDED, "content": "<|endoftext|>", "normalized": True},
+            },
+            "config.json": {"model_type": "llama"},
         },
-    ],
-)
-def test_none_where_transformers_may_change_it(config, tmp_path):
-    assert load_text_tokenizer(trained_bpe(tmp_path / "t", config)) is None
+        {},
+    ),
+    "map-ignored": (  # the config's added_tokens_decoder wins: the map is not read
+        {**EOS, "added_tokens_decoder": {"0": {**ADDED, "content": "<|endoftext|>", "special": True}}},
+        {"special_tokens_map.json": {"eos_token": "<s>", "pad_token": "</pad>"}},
+        {},
+    ),
+    "map-additional": (
+        {**EOS, "additional_special_tokens": ["<|im_start|>"]},
+        {"special_tokens_map.json": {"additional_special_tokens": ["<|im_end|>"], "pad_token": "<s>"}},
+        {},
+    ),
+    "map-additional-only": (
+        {"tokenizer_class": "TokenizersBackend"},
+        {
+            "special_tokens_map.json": {
+                "additional_special_tokens": ["<|im_start|>", "<s>"],
+                "eos_token": "<s>",
+            }
+        },
+        {},
+    ),
+    # added_tokens.json (Qwen1.5 / Vicuna era): special where a named or additional token, else normalized
+    "added-tokens": (
+        {**EOS, "additional_special_tokens": ["<|im_start|>"]},
+        {
+            "added_tokens.json": {"<|endoftext|>": 0, "<|im_start|>": 401, "<|im_end|>": 402, "<tool>": 403},
+            "special_tokens_map.json": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        },
+        {},
+    ),
+    # the model's config.json: these model types keep the generic class the tokenizer config names
+    "model-type-llama": (EOS, {"config.json": {"model_type": "llama"}}, {}),
+    "model-type-qwen3": (EOS, {"config.json": {"model_type": "qwen3"}}, {}),
+    "model-type-mistral": (EOS, {"config.json": {"model_type": "mistral"}}, {"post_processor": True}),
+    "llama-class-byte-level": (
+        {**EOS, "tokenizer_class": "LlamaTokenizerFast"},
+        {"config.json": {"model_type": "llama"}},
+        {},
+    ),
+    # classes whose __init__ rebuilds the pipeline over the file's BPE
+    "qwen2-class": (
+        {
+            "tokenizer_class": "Qwen2Tokenizer",
+            "eos_token": "<|im_end|>",
+            "bos_token": None,
+            "errors": "replace",
+        },
+        {},
+        {"gpt2": True},
+    ),
+    "qwen2-class-defaults": (
+        {"tokenizer_class": "Qwen2TokenizerFast", "additional_special_tokens": ["<|im_start|>"]},
+        {"config.json": {"model_type": "qwen2"}},
+        {"gpt2": True, "post_processor": True},
+    ),
+    "qwen2-model-type": (
+        EOS,
+        {"config.json": {"model_type": "qwen2"}},
+        {"gpt2": True},
+    ),  # overrides the class
+    "gpt2-class": (
+        {"tokenizer_class": "GPT2TokenizerFast", "add_prefix_space": True, "pad_token": "<s>"},
+        {"config.json": {"model_type": "gpt2"}},
+        {"gpt2": True},
+    ),
+}
 
 
-def test_none_for_legacy_files_and_missing_folders(demo_tokenizer_dir, tmp_path):
-    folder = tmp_path / "legacy"
+@pytest.mark.parametrize("name", sorted(SAME_AS_TRANSFORMERS))
+def test_equals_transformers_for_folders_as_models_ship_them(name, tmp_path):
+    config, files, options = SAME_AS_TRANSFORMERS[name]
+    assert_same(trained_bpe(tmp_path / name, config, files=files, **options))
+
+
+DECLINED = {
+    "gpt2-other-bpe": ({"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>"}, {}, {}),
+    "qwen2-other-bpe": (EOS, {"config.json": {"model_type": "qwen2"}}, {}),
+    "no-class": ({"eos_token": "<|endoftext|>"}, {}, {}),  # AutoTokenizer would choose by the model's config
+    "prefix-space": ({**EOS, "add_prefix_space": True}, {}, {}),
+    "unknown-key": ({**EOS, "legacy": False}, {}, {}),
+    "model-specific-token": ({**EOS, "image_token": "<image>"}, {}, {}),
+    "mistral-regex-fix": ({**EOS, "fix_mistral_regex": True}, {"config.json": {"model_type": "mistral"}}, {}),
+    "tekken": (EOS, {"tekken.json": {}}, {}),
+    "unknown-model-type": (EOS, {"config.json": {"model_type": "gemma"}}, {}),
+    "unknown-class": ({**EOS, "tokenizer_class": "BertTokenizer"}, {}, {}),
+    "map-unknown-key": (
+        {"tokenizer_class": "PreTrainedTokenizerFast"},
+        {"special_tokens_map.json": {"x": 1}},
+        {},
+    ),
+    "map-additional-objects": (
+        {"tokenizer_class": "PreTrainedTokenizerFast"},
+        {"special_tokens_map.json": {"additional_special_tokens": [ADDED]}},
+        {},
+    ),
+    "config-token-object": ({**EOS, "eos_token": {"content": "<|endoftext|>"}}, {}, {}),  # TypeError there
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECLINED))
+def test_none_where_transformers_may_change_it(name, tmp_path):
+    config, files, options = DECLINED[name]
+    assert load_text_tokenizer(trained_bpe(tmp_path / name, config, files=files, **options)) is None
+
+
+def test_none_for_relative_paths_to_model_specific_classes(tmp_path, monkeypatch):
+    # transformers matches a relative path against model ids it loads with the generic class
+    config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|endoftext|>"}
+    trained_bpe(tmp_path / "qwen", config, gpt2=True)
+    monkeypatch.chdir(tmp_path)
+    assert load_text_tokenizer("qwen") is None
+    assert load_text_tokenizer(tmp_path / "qwen") is not None
+
+
+def test_none_with_transformers_4(demo_tokenizer_dir, monkeypatch):
+    # 4.x merges special tokens differently: its own loader decides there
+    from bessemer import lean_tokenizer
+
+    assert load_text_tokenizer(demo_tokenizer_dir) is not None
+    monkeypatch.setattr(lean_tokenizer, "transformers_major", lambda: 4)
+    assert load_text_tokenizer(demo_tokenizer_dir) is None
+
+
+def test_model_type_table_is_transformers_own():
+    from transformers.models.auto.tokenization_auto import (
+        MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS,
+        TOKENIZER_MAPPING_NAMES,
+    )
+
+    for model_type, (registered, forced) in MODEL_TYPE_TOKENIZER.items():
+        if model_type:
+            assert TOKENIZER_MAPPING_NAMES.get(model_type) == registered, model_type
+            assert (model_type in MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS) == forced, model_type
+
+
+def test_none_for_sentencepiece_style_llama_classes_and_missing_folders(demo_tokenizer_dir, tmp_path):
+    folder = tmp_path / "llama2"  # Llama-2 / Vicuna / Mistral-7B layout: LlamaTokenizer rebuilds the pipeline
     shutil.copytree(demo_tokenizer_dir, folder)
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
     assert load_text_tokenizer(folder) is None
     assert load_text_tokenizer(tmp_path / "missing") is None
