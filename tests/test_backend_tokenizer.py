@@ -7,6 +7,7 @@ apply_chat_template (tokenize=True) for conversations: ids, loss masks, streamed
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -303,3 +304,45 @@ def test_real_tokenizer_folders_load_lean_and_equal(layout, tmp_path):
     lean, ref = load_tokenizer(folder, lean=True), load_tokenizer(folder)
     assert_same_tokenizer(lean, ref)
     assert_same_chats(lean, ref, _with_control_ids(ref) if lean.chat_template else None)
+
+
+def test_generate_on_a_special_tokens_map_folder_does_not_import_transformers(tmp_path):
+    """generate / chat's path (load_for_inference, a chat prompt through the folder's own template, streamed
+    text) over a tokenizer folder with special_tokens_map.json, added_tokens.json and config.json, in a fresh
+    interpreter: the tokenizer comes through `tokenizers` alone."""
+    import subprocess
+    import sys
+
+    from bessemer.models import build_model, get_preset
+    from bessemer.tune.peft_io import write_model_checkpoint
+    from tests.tokenizer.test_text_tokenizer import SAME_AS_TRANSFORMERS
+
+    ckpt = tmp_path / "ckpt"
+    dims = {"n_layers": 1, "dim": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64, "vocab_size": 512}
+    write_model_checkpoint(build_model(get_preset("tiny", **dims), seed=0), ckpt, {"source": "test"})
+    config, files, options = SAME_AS_TRANSFORMERS["added-tokens"]
+    trained_bpe(ckpt / "tokenizer", {**config, "chat_template": CHATML}, files=files, **options)
+    code = (
+        "import sys\n"
+        "from bessemer.backend_tokenizer import BackendTokenizer\n"
+        "from bessemer.infer.generate import stream\n"
+        "from bessemer.infer.loading import load_for_inference\n"
+        "from bessemer.infer.request import build_request\n"
+        "from bessemer.infer.sampling import SamplingParams\n"
+        f"loaded = load_for_inference({str(ckpt)!r}, 'cpu')\n"
+        "assert isinstance(loaded.tokenizer, BackendTokenizer) and loaded.template == 'tokenizer'\n"
+        "params = SamplingParams(max_new_tokens=3, temperature=0.0)\n"
+        "req = build_request(loaded.tokenizer, loaded.template, params, context_len=64,"
+        " messages=[{'role': 'user', 'content': 'hi <|im_end|>'}])\n"
+        "''.join(stream(loaded.model, req.prompt_ids, req.params, loaded.tokenizer))\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
