@@ -137,6 +137,8 @@ def _routed_class(path: Path, config: dict, model_config: dict) -> str:
         raise Declined("no tokenizer_class: AutoTokenizer would choose by the model's config")
     if (path / "tekken.json").exists():
         raise Declined("tekken.json: transformers may load MistralCommonBackend")
+    if (path / "additional_chat_templates").is_dir():
+        raise Declined("additional_chat_templates/: transformers keeps a dict of named templates")
     model_type = model_config.get("model_type") or ""
     if model_type not in MODEL_TYPE_TOKENIZER:
         raise Declined(f"model_type {model_type!r}")
@@ -267,8 +269,10 @@ def rebuild_for_class(backend, cls: str, config: dict):
     if type(model).__name__ != "BPE" or any(getattr(model, k) != v for k, v in wanted.items()):
         raise Declined(f"{cls} rebuilds the BPE with other settings than the file's")
     add_prefix_space = config.get("add_prefix_space")
-    if add_prefix_space not in (None, True, False):
-        raise Declined("add_prefix_space")
+    if add_prefix_space not in (None, True, False) or (
+        cls == "GPT2Tokenizer" and config.get("add_prefix_space", 0) is None
+    ):
+        raise Declined("add_prefix_space")  # GPT2Tokenizer passes a null one on to ByteLevel as it is
     rebuilt = Tokenizer(model)
     if cls == "Qwen2Tokenizer":
         rebuilt.normalizer = normalizers.NFC()

@@ -45,6 +45,7 @@ def trained_bpe(folder, config: dict, post_processor: bool = False, files: dict 
     tk.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     for name, data in (files or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(json.dumps(data))
     return folder
 
@@ -222,6 +223,12 @@ DECLINED = {
     "model-specific-token": ({**EOS, "image_token": "<image>"}, {}, {}),
     "mistral-regex-fix": ({**EOS, "fix_mistral_regex": True}, {"config.json": {"model_type": "mistral"}}, {}),
     "tekken": (EOS, {"tekken.json": {}}, {}),
+    "named-templates": (EOS, {"additional_chat_templates/tool_use.jinja": "{{ messages }}"}, {}),
+    "gpt2-null-prefix-space": (
+        {**EOS, "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": None},
+        {},
+        {"gpt2": True},
+    ),
     "unknown-model-type": (EOS, {"config.json": {"model_type": "gemma"}}, {}),
     "unknown-class": ({**EOS, "tokenizer_class": "BertTokenizer"}, {}, {}),
     "map-unknown-key": (
