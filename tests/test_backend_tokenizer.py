@@ -275,6 +275,10 @@ def _real_folder(layout: str, tmp_path):
         bos = {**LLAMA3_EOT, "content": "<|begin_of_text|>"}
         _write(folder, {"special_tokens_map.json": {"bos_token": bos, "eos_token": LLAMA3_EOT}})
         _write(folder, {"config.json": {"model_type": "llama", "transformers_version": "4.45.0"}})
+    elif layout == "llama3-meta":  # Meta's Llama-3 tokenizer.json takes whole words found in the vocabulary
+        data = json.loads((folder / "tokenizer.json").read_text("utf-8"))
+        data["model"]["ignore_merges"] = True
+        (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), "utf-8")
     elif layout == "llama3-legacy":  # a save without added_tokens_decoder: the map names the tokens
         del config["added_tokens_decoder"]
         _write(
@@ -294,6 +298,7 @@ def _real_folder(layout: str, tmp_path):
         "llama3",
         "llama3-instruct",
         "llama3-legacy",
+        "llama3-meta",
         "mistral",
     ],
 )
@@ -304,6 +309,19 @@ def test_real_tokenizer_folders_load_lean_and_equal(layout, tmp_path):
     lean, ref = load_tokenizer(folder, lean=True), load_tokenizer(folder)
     assert_same_tokenizer(lean, ref)
     assert_same_chats(lean, ref, _with_control_ids(ref) if lean.chat_template else None)
+
+
+@pytest.mark.pypi
+@pytest.mark.parametrize(("layout", "vocab"), [("qwen-2.5", "qwen2"), ("llama3-meta", "llama-bpe")])
+def test_real_lean_tokenizers_give_the_reference_ids_of_llama_cpp(layout, vocab, tmp_path):
+    """llama.cpp's test texts and the ids Qwen2's and Llama-3's own tokenizers give them (.gguf.inp / .out)."""
+    from tests.tokenizer import sources
+
+    lean = load_tokenizer(_real_folder(layout, tmp_path), lean=True)
+    assert isinstance(lean, BackendTokenizer)
+    pairs = sources.reference_pairs(sources.llama_cpp_models() / f"ggml-vocab-{vocab}.gguf")
+    assert len(pairs) > 40
+    assert [(text, lean.encode(text, add_special_tokens=False)) for text, _ in pairs] == pairs
 
 
 def test_generate_on_a_special_tokens_map_folder_does_not_import_transformers(tmp_path):
