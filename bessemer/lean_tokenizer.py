@@ -174,7 +174,6 @@ def special_tokens(
     init = dict(config)
     if "additional_special_tokens" in init and not init.get("extra_special_tokens"):
         init["extra_special_tokens"] = init.pop("additional_special_tokens")
-    init.pop("additional_special_tokens", None)  # ignored when extra_special_tokens is set too
     for key in init:
         if key not in PLAIN_CONFIG_KEYS and key.endswith("_token"):
             raise Declined(f"model-specific special token {key}")
@@ -199,9 +198,7 @@ def special_tokens(
                 elif key == "additional_special_tokens" and isinstance(value, list):
                     if not all(isinstance(t, str) for t in value):
                         raise Declined(f"{stm_file}: additional_special_tokens holds objects")
-                    # set after the config's were renamed: used only where the config names none
-                    if not init.get("extra_special_tokens"):
-                        init["extra_special_tokens"] = value
+                    init[key] = value  # set after the config's were renamed: see below
                 else:
                     raise Declined(f"{stm_file}: key {key}")
         added_file = path / "added_tokens.json"
@@ -220,6 +217,10 @@ def special_tokens(
         # tokenizer.json's added tokens, as AddedToken(**entry): the ones `tokenizers` loaded from it
         for index, token in sorted(backend.get_added_tokens_decoder().items()):
             decoder[index] = by_text_add(by_text, token)
+    # PreTrainedTokenizerBase.__init__ renames additional_special_tokens only where no extra_special_tokens key is
+    # there (even an empty one): else they are ignored
+    if "additional_special_tokens" in init and "extra_special_tokens" not in init:
+        init["extra_special_tokens"] = init.pop("additional_special_tokens")
     named: dict[str, Any] = {}
     for key in NAMED_SPECIALS:
         value = _plain(init.get(key))
@@ -240,10 +241,8 @@ def by_text_add(by_text: dict, token):
 
 def _added_token(value, cls):
     """An added_tokens_decoder / added_tokens entry as from_pretrained makes it (AddedToken(**dict))."""
-    if isinstance(value, dict):
-        fields = {k: v for k, v in value.items() if k != "__type"}
-        if set(fields) <= _ADDED_TOKEN_FIELDS and "content" in fields:
-            return cls(**fields)
+    if isinstance(value, dict) and set(value) <= _ADDED_TOKEN_FIELDS and "content" in value:
+        return cls(**value)
     raise Declined(f"added token {value!r}")
 
 
@@ -253,8 +252,8 @@ def _plain(value):
 
     if value is None or isinstance(value, (str, AddedToken)):
         return value
-    if isinstance(value, dict) and value.get("__type") == "AddedToken":
-        return _added_token(value, AddedToken)
+    if isinstance(value, dict) and value.get("__type") == "AddedToken":  # convert_added_tokens' marker
+        return _added_token({k: v for k, v in value.items() if k != "__type"}, AddedToken)
     raise Declined(f"special token {value!r}")  # transformers 5 raises TypeError on it
 
 

@@ -151,6 +151,19 @@ SAME_AS_TRANSFORMERS = {
         {"special_tokens_map.json": {"additional_special_tokens": ["<|im_end|>"], "pad_token": "<s>"}},
         {},
     ),
+    "map-additional-ignored": (  # an extra_special_tokens key, even empty, keeps the map's out
+        {**EOS, "additional_special_tokens": []},
+        {
+            "special_tokens_map.json": {"additional_special_tokens": ["<|im_end|>"]},
+            "added_tokens.json": {"<|im_end|>": 401},
+        },
+        {},
+    ),
+    "config-token-marked": (
+        {**EOS, "eos_token": {**ADDED, "content": "</eos>", "__type": "AddedToken"}},
+        {},
+        {},
+    ),
     "map-additional-only": (
         {"tokenizer_class": "TokenizersBackend"},
         {
@@ -239,6 +252,11 @@ DECLINED = {
     "map-additional-objects": (
         {"tokenizer_class": "PreTrainedTokenizerFast"},
         {"special_tokens_map.json": {"additional_special_tokens": [ADDED]}},
+        {},
+    ),
+    "decoder-type-marker": (
+        {**EOS, "added_tokens_decoder": {"0": {**ADDED, "__type": "AddedToken"}}},
+        {},
         {},
     ),
     "config-token-object": ({**EOS, "eos_token": {"content": "<|endoftext|>"}}, {}, {}),  # TypeError there
