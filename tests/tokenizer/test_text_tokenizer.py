@@ -314,3 +314,99 @@ def test_none_for_sentencepiece_style_llama_classes_and_missing_folders(demo_tok
     assert load_text_tokenizer(tmp_path / "missing") is None
     (tmp_path / "empty").mkdir()
     assert load_text_tokenizer(tmp_path / "empty") is None
+
+
+# -- any mix of the files and keys above: equal to transformers, or declined -----------------------------------
+
+TOKENS = ["<s>", "<|endoftext|>", "</eos>", "hello", "<|im_start|>", "<|im_end|>"]
+
+
+def _token_strategy():
+    from hypothesis import strategies as st
+
+    flags = st.fixed_dictionaries(
+        {"content": st.sampled_from(TOKENS)},
+        optional={k: st.booleans() for k in ("lstrip", "rstrip", "normalized", "special", "single_word")},
+    )
+    return st.one_of(st.none(), st.sampled_from(TOKENS), flags.map(lambda d: {**d, "__type": "AddedToken"}))
+
+
+def _folder_strategy():
+    from hypothesis import strategies as st
+
+    named = st.dictionaries(
+        st.sampled_from(["bos_token", "eos_token", "unk_token", "pad_token"]), _token_strategy()
+    )
+    entry = st.fixed_dictionaries(
+        {"content": st.sampled_from(TOKENS)},
+        optional={k: st.booleans() for k in ("lstrip", "rstrip", "normalized", "special", "single_word")},
+    )
+    config = st.fixed_dictionaries(
+        {
+            "tokenizer_class": st.sampled_from(
+                [
+                    "PreTrainedTokenizerFast",
+                    "TokenizersBackend",
+                    "Qwen2Tokenizer",
+                    "GPT2TokenizerFast",
+                    "LlamaTokenizerFast",
+                ]
+            )
+        },
+        optional={
+            "added_tokens_decoder": st.dictionaries(
+                st.sampled_from(["0", "1", "400", "401"]), entry, max_size=3
+            ),
+            "additional_special_tokens": st.lists(st.sampled_from(TOKENS), max_size=3, unique=True),
+            "add_bos_token": st.booleans(),
+        },
+    )
+    files = st.fixed_dictionaries(
+        {},
+        optional={
+            "special_tokens_map.json": st.fixed_dictionaries(
+                {},
+                optional={
+                    "bos_token": st.sampled_from(TOKENS),
+                    "eos_token": st.one_of(st.sampled_from(TOKENS), entry),
+                    "pad_token": st.sampled_from(TOKENS),
+                    "additional_special_tokens": st.lists(st.sampled_from(TOKENS), max_size=2, unique=True),
+                },
+            ),
+            "added_tokens.json": st.dictionaries(
+                st.sampled_from(TOKENS), st.sampled_from([0, 1, 400, 401, 402])
+            ),
+            "config.json": st.sampled_from(
+                [{"model_type": t} for t in ("llama", "qwen2", "qwen3", "mistral", "gpt2")]
+            ),
+        },
+    )
+    return st.tuples(named, config, files, st.booleans(), st.booleans())
+
+
+def test_any_mix_of_special_token_files_equals_transformers_or_declines():
+    """Random tokenizer_config.json / special_tokens_map.json / added_tokens.json / config.json mixes over a
+    small byte-level BPE: wherever load_text_tokenizer answers, it is what transformers builds."""
+    import tempfile
+    from pathlib import Path
+
+    from hypothesis import HealthCheck, given, settings
+
+    from bessemer.errors import TokenizerError
+
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(_folder_strategy())
+    def check(case):
+        named, config, files, gpt2, post_processor = case
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = trained_bpe(Path(tmp) / "t", {**config, **named}, post_processor, files, gpt2)
+            light = load_text_tokenizer(folder)
+            try:
+                load_tokenizer(folder)
+            except TokenizerError:
+                assert light is None  # transformers refuses the folder: so do we
+                return
+            if light is not None:
+                assert_same(folder)
+
+    check()
