@@ -8,8 +8,7 @@ renders through bessemer.chat_template. tests/test_backend_tokenizer.py compares
 
 load_tokenizer(path, lean=True) falls back to transformers wherever load_text_tokenizer declines (see
 bessemer.lean_tokenizer): transformers 4.x installed, a tokenizer class or model type whose build is not reproduced
-(LlamaTokenizer over a sentencepiece-style tokenizer.json, ...), config keys transformers acts on, truncation or
-padding in the file.
+(BertTokenizer, GemmaTokenizer, ...), config keys transformers acts on, truncation or padding in the file.
 """
 
 from __future__ import annotations

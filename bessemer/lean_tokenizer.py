@@ -1,7 +1,7 @@
 """The backend transformers 5 builds from a tokenizer folder, rebuilt with `tokenizers` alone (no transformers import).
 
 Read from transformers 5.24's source (models/auto/tokenization_auto.py, tokenization_utils_base.py,
-tokenization_utils_tokenizers.py, models/qwen2 and models/gpt2): which class AutoTokenizer picks, how the
+tokenization_utils_tokenizers.py, models/qwen2, models/gpt2 and models/llama): which class AutoTokenizer picks, how the
 tokenizer_config.json, special_tokens_map.json and added_tokens.json merge, and which `tokenizers` calls the class's
 __init__ then makes. Those same calls are made here, in the same order, on the same `tokenizers` objects, so the
 backend is equal by construction (tests/tokenizer compares `to_str()` and every answer on real folders).
@@ -42,6 +42,11 @@ PLAIN_CONFIG_KEYS = {
     "add_bos_token",
     "add_eos_token",
     "errors",  # GPT-2 / Qwen: bytes decoding of the slow tokenizers; unused by the fast one
+    "legacy",  # LlamaTokenizer's prepend scheme (below); an attribute only for the other classes
+    # kept as attributes only (LlamaTokenizer / Mistral / Vicuna configs)
+    "sp_model_kwargs",
+    "spaces_between_special_tokens",
+    "use_default_system_prompt",
 }
 
 # model_type (config.json) -> (the tokenizer class transformers 5 registers for it, whether it is in
@@ -68,6 +73,8 @@ _CLASSES = {
     "Qwen2TokenizerFast": "Qwen2Tokenizer",
     "GPT2Tokenizer": "GPT2Tokenizer",
     "GPT2TokenizerFast": "GPT2Tokenizer",
+    "LlamaTokenizer": "LlamaTokenizer",
+    "LlamaTokenizerFast": "LlamaTokenizer",
 }
 # Qwen2Tokenizer's split before the byte-level step (transformers' models/qwen2/tokenization_qwen2.py)
 _QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -105,6 +112,7 @@ _CLASS_DEFAULTS = {
         "bos_token": "<|endoftext|>",
         "eos_token": "<|endoftext|>",
     },
+    "LlamaTokenizer": {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
 }
 
 
@@ -144,13 +152,11 @@ def _routed_class(path: Path, config: dict, model_config: dict) -> str:
         raise Declined(f"model_type {model_type!r}")
     registered, forced = MODEL_TYPE_TOKENIZER[model_type]
     base = hub.removesuffix("Fast")
-    if base == "LlamaTokenizer":
-        # a LlamaTokenizer hub class over a byte-level tokenizer.json loads as TokenizersBackend (its own test:
-        # the text '"ByteLevel"' anywhere in the file)
-        mistral = registered == "MistralCommonBackend"
-        if not mistral and not forced and b'"ByteLevel"' in (path / "tokenizer.json").read_bytes():
-            return _GENERIC
-        raise Declined("LlamaTokenizer rebuilds a sentencepiece-style pipeline")
+    # a LlamaTokenizer hub class over a byte-level tokenizer.json (Llama-3 style) loads as TokenizersBackend
+    # (transformers' own test: the text '"ByteLevel"' anywhere in the file)
+    llama = base == "LlamaTokenizer" and registered != "MistralCommonBackend" and not forced
+    if llama and b'"ByteLevel"' in (path / "tokenizer.json").read_bytes():
+        return _GENERIC
     if model_type and registered is not None and registered.removesuffix("Fast") != base:
         if registered not in (_GENERIC, "MistralCommonBackend"):
             name = registered if forced else hub
@@ -257,12 +263,14 @@ def _plain(value):
     raise Declined(f"special token {value!r}")  # transformers 5 raises TypeError on it
 
 
-def rebuild_for_class(backend, cls: str, config: dict):
+def rebuild_for_class(backend, cls: str, config: dict, tokenizer_file: Path):
     """The backend `cls`'s __init__ builds from tokenizer.json (its own pipeline over the file's BPE model)."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 
     if cls == _GENERIC:
         return backend
+    if cls == "LlamaTokenizer":
+        return _llama_rebuild(backend, config, tokenizer_file)
     model = backend.model
     wanted = _REBUILT_BPE[cls]
     if type(model).__name__ != "BPE" or any(getattr(model, k) != v for k, v in wanted.items()):
@@ -284,6 +292,39 @@ def rebuild_for_class(backend, cls: str, config: dict):
     else:
         rebuilt.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(add_prefix_space))
     rebuilt.decoder = decoders.ByteLevel()
+    rebuilt.post_processor = backend.post_processor  # passed on from the file
+    return rebuilt
+
+
+def _llama_rebuild(backend, config: dict, tokenizer_file: Path):
+    """LlamaTokenizer's backend (transformers 5): a byte-fallback BPE of the file's vocabulary and merges, without
+    its unknown token, under a Metaspace pre-tokenizer instead of the file's normaliser."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    if type(backend.model).__name__ != "BPE":
+        raise Declined("LlamaTokenizer over a tokenizer.json model other than BPE")
+    model = json.loads(tokenizer_file.read_text(encoding="utf-8"))["model"]
+    vocab, merges = model["vocab"], model.get("merges")
+    if not isinstance(vocab, dict):
+        raise Declined("LlamaTokenizer over a vocabulary that is not a mapping")
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges or []]
+    add_prefix_space = config.get("add_prefix_space")
+    if add_prefix_space not in (None, True, False):
+        raise Declined("add_prefix_space")
+    add_prefix_space = True if add_prefix_space is None else add_prefix_space
+    # its _get_prepend_scheme: a dummy prefix on every chunk between added tokens with `legacy`, else the first
+    scheme = ("always" if config.get("legacy", False) else "first") if add_prefix_space else "never"
+    rebuilt = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None)
+    )
+    rebuilt.normalizer = None
+    rebuilt.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme, split=False)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix_space:
+        steps.append(decoders.Strip(content=" ", left=1))
+    rebuilt.decoder = decoders.Sequence(steps)
     rebuilt.post_processor = backend.post_processor  # passed on from the file
     return rebuilt
 

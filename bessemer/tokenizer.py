@@ -161,7 +161,7 @@ def _load_text_tokenizer(path: Path, lean) -> TextTokenizer | None:
             raise lean.Declined("add_prefix_space on a generic class")
         backend = Tokenizer.from_file(str(path / "tokenizer.json"))
         named, decoder, extras = lean.special_tokens(path, config, backend, lean._CLASS_DEFAULTS[cls])
-        backend = lean.rebuild_for_class(backend, cls, config)
+        backend = lean.rebuild_for_class(backend, cls, config, path / "tokenizer.json")
     else:
         # load_tokenizer's own constructor calls: the file (or the converted tokenizer.model) and the config's
         # named special tokens; special_tokens_map.json and added_tokens.json are not read

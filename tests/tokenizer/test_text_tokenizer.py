@@ -232,7 +232,7 @@ DECLINED = {
     "qwen2-other-bpe": (EOS, {"config.json": {"model_type": "qwen2"}}, {}),
     "no-class": ({"eos_token": "<|endoftext|>"}, {}, {}),  # AutoTokenizer would choose by the model's config
     "prefix-space": ({**EOS, "add_prefix_space": True}, {}, {}),
-    "unknown-key": ({**EOS, "legacy": False}, {}, {}),
+    "unknown-key": ({**EOS, "do_lower_case": True}, {}, {}),
     "model-specific-token": ({**EOS, "image_token": "<image>"}, {}, {}),
     "mistral-regex-fix": ({**EOS, "fix_mistral_regex": True}, {"config.json": {"model_type": "mistral"}}, {}),
     "tekken": (EOS, {"tekken.json": {}}, {}),
@@ -299,18 +299,62 @@ def test_model_type_table_is_transformers_own():
             assert (model_type in MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS) == forced, model_type
 
 
-def test_none_for_sentencepiece_style_llama_classes_and_missing_folders(demo_tokenizer_dir, tmp_path):
-    folder = tmp_path / "llama2"  # Llama-2 / Vicuna / Mistral-7B layout: LlamaTokenizer rebuilds the pipeline
-    shutil.copytree(demo_tokenizer_dir, folder)
-    config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": True,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
-    assert load_text_tokenizer(folder) is None
+LLAMA2 = {  # Llama-2-7b-chat-hf's tokenizer_config.json (added_tokens_decoder aside)
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "bos_token": "<s>",
+    "clean_up_tokenization_spaces": False,
+    "eos_token": "</s>",
+    "legacy": False,
+    "model_max_length": 1000000000000000019884624838656,
+    "pad_token": None,
+    "padding_side": "right",
+    "sp_model_kwargs": {},
+    "tokenizer_class": "LlamaTokenizer",
+    "unk_token": "<unk>",
+}
+SENTENCEPIECE_LAYOUTS = {  # (tokenizer_config.json, other files) over a sentencepiece-converted tokenizer.json
+    "llama2": (
+        LLAMA2,
+        {"special_tokens_map.json": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}},
+    ),
+    "llama2-model-type": (LLAMA2, {"config.json": {"model_type": "llama"}}),
+    # Mistral-7B-Instruct-v0.2: legacy, extra keys; model_type mistral keeps the file as it is (no tekken.json)
+    "mistral-7b-instruct": (
+        {
+            **LLAMA2,
+            "legacy": True,
+            "additional_special_tokens": [],
+            "spaces_between_special_tokens": False,
+            "use_default_system_prompt": False,
+        },
+        {"config.json": {"model_type": "mistral"}, "special_tokens_map.json": {"bos_token": "<s>"}},
+    ),
+    "vicuna-fast": (
+        {**LLAMA2, "tokenizer_class": "LlamaTokenizerFast", "legacy": None, "pad_token": "<unk>"},
+        {},
+    ),
+    "no-prefix-space": ({"tokenizer_class": "LlamaTokenizer", "add_prefix_space": False}, {}),
+    "legacy-added-tokens": (
+        {"tokenizer_class": "LlamaTokenizer", "legacy": True},
+        {"added_tokens.json": {"<pad>": 32000}, "special_tokens_map.json": {"pad_token": "<pad>"}},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SENTENCEPIECE_LAYOUTS))
+def test_equals_transformers_for_llama_tokenizer_layouts(name, demo_tokenizer_dir, tmp_path):
+    """Llama-2 / Mistral-7B / Vicuna folders: LlamaTokenizer rebuilds its own pipeline over the file's BPE."""
+    config, files = SENTENCEPIECE_LAYOUTS[name]
+    folder = tmp_path / name
+    folder.mkdir()
+    shutil.copy2(demo_tokenizer_dir / "tokenizer.json", folder / "tokenizer.json")
+    for file, data in {"tokenizer_config.json": config, **files}.items():
+        (folder / file).write_text(json.dumps(data))
+    assert_same(folder)
+
+
+def test_none_for_missing_folders(tmp_path):
     assert load_text_tokenizer(tmp_path / "missing") is None
     (tmp_path / "empty").mkdir()
     assert load_text_tokenizer(tmp_path / "empty") is None
