@@ -403,6 +403,8 @@ def _folder_strategy():
             ),
             "additional_special_tokens": st.lists(st.sampled_from(TOKENS), max_size=3, unique=True),
             "add_bos_token": st.booleans(),
+            "legacy": st.one_of(st.none(), st.booleans()),
+            "add_prefix_space": st.one_of(st.none(), st.booleans()),
         },
     )
     files = st.fixed_dictionaries(
@@ -425,12 +427,14 @@ def _folder_strategy():
             ),
         },
     )
-    return st.tuples(named, config, files, st.booleans(), st.booleans())
+    base = st.sampled_from(["byte-level", "byte-level-gpt2", "sentencepiece"])  # the tokenizer.json under it
+    return st.tuples(named, config, files, base, st.booleans())
 
 
-def test_any_mix_of_special_token_files_equals_transformers_or_declines():
+def test_any_mix_of_special_token_files_equals_transformers_or_declines(demo_tokenizer_dir):
     """Random tokenizer_config.json / special_tokens_map.json / added_tokens.json / config.json mixes over a
-    small byte-level BPE: wherever load_text_tokenizer answers, it is what transformers builds."""
+    small byte-level BPE or the sentencepiece-converted demo tokenizer.json: wherever load_text_tokenizer
+    answers, it is what transformers builds."""
     import tempfile
     from pathlib import Path
 
@@ -441,9 +445,13 @@ def test_any_mix_of_special_token_files_equals_transformers_or_declines():
     @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(_folder_strategy())
     def check(case):
-        named, config, files, gpt2, post_processor = case
+        named, config, files, base, post_processor = case
         with tempfile.TemporaryDirectory() as tmp:
-            folder = trained_bpe(Path(tmp) / "t", {**config, **named}, post_processor, files, gpt2)
+            folder = trained_bpe(
+                Path(tmp) / "t", {**config, **named}, post_processor, files, base.endswith("gpt2")
+            )
+            if base == "sentencepiece":
+                shutil.copy2(demo_tokenizer_dir / "tokenizer.json", folder / "tokenizer.json")
             light = load_text_tokenizer(folder)
             try:
                 load_tokenizer(folder)
