@@ -442,7 +442,7 @@ def test_any_mix_of_special_token_files_equals_transformers_or_declines(demo_tok
 
     from bessemer.errors import TokenizerError
 
-    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(_folder_strategy())
     def check(case):
         named, config, files, base, post_processor = case
