@@ -316,7 +316,8 @@ def test_real_tokenizer_folders_load_lean_and_equal(layout, tmp_path, demo_token
     folder = _real_folder(layout, tmp_path, demo_tokenizer_dir / "tokenizer.json")
     lean, ref = load_tokenizer(folder, lean=True), load_tokenizer(folder)
     assert_same_tokenizer(lean, ref)
-    assert_same_chats(lean, ref, _with_control_ids(ref) if lean.chat_template else None)
+    if layout in ("qwen", "llama3", "llama2-hf"):  # the other layouts change no template nor token it reads
+        assert_same_chats(lean, ref, _with_control_ids(ref) if lean.chat_template else None)
 
 
 @pytest.mark.pypi
