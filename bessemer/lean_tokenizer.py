@@ -6,15 +6,17 @@ tokenizer_config.json, special_tokens_map.json and added_tokens.json merge, and 
 __init__ then makes. Those same calls are made here, in the same order, on the same `tokenizers` objects, so the
 backend is equal by construction (tests/tokenizer compares `to_str()` and every answer on real folders).
 
-transformers 4.x merges and re-adds tokens differently (and 4.x PreTrainedTokenizerFast acts on add_prefix_space):
-we follow the installed version, and with 4.x installed every folder is declined, so load_tokenizer's transformers
-path decides there. Anything not read here (a key, a class, a model type) declines too.
+Releases differ (5.17 has no byte-level LlamaTokenizer route and renames additional_special_tokens otherwise; 4.x
+merges and re-adds tokens differently and acts on add_prefix_space): we follow the installed release where its
+loader was read and tested (RULES: 5.17 and 5.24) and decline every folder under any other, so load_tokenizer's
+transformers path decides there. Anything not read here (a key, a class, a model type) declines too.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,26 +122,52 @@ class Declined(Exception):
     """The folder holds something this module does not reproduce: load through transformers."""
 
 
-def transformers_major() -> int | None:
-    """The installed transformers' major version, read from its __init__.py without importing it (~1 ms)."""
+@dataclass(frozen=True)
+class LoaderRules:
+    """What differs between the transformers releases whose tokenizer loader was read."""
+
+    llama_byte_level_is_generic: (
+        bool  # AutoTokenizer loads a byte-level tokenizer.json named LlamaTokenizer as
+    )
+    # TokenizersBackend (5.24; 5.17 builds LlamaTokenizer)
+    additional_renamed_if_extra_empty: (
+        bool  # additional_special_tokens -> extra_special_tokens unless a non-empty
+    )
+    # extra_special_tokens is set (5.24); 5.17 always drops them and keeps an extra_special_tokens key as it is
+    mistral_registered: str  # the class registered for model_type mistral / mixtral
+
+
+RULES = {
+    (5, 17): LoaderRules(False, False, "TokenizersBackend"),
+    (5, 24): LoaderRules(True, True, "MistralCommonBackend"),
+}
+
+
+def transformers_version() -> tuple[int, int] | None:
+    """The installed transformers' (major, minor), read from its __init__.py without importing it (~1 ms)."""
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.origin:
         return None
     with open(spec.origin, encoding="utf-8") as f:
-        found = re.search(r"""^__version__\s*=\s*["'](\d+)\.""", f.read(), re.M)
-    return int(found.group(1)) if found else None
+        found = re.search(r"""^__version__\s*=\s*["'](\d+)\.(\d+)""", f.read(), re.M)
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def tokenizer_class(path: Path, config: dict, model_config: dict) -> str:
+def installed_rules() -> LoaderRules | None:
+    """The rules of the installed transformers release, or None where its loader was not read."""
+    return RULES.get(transformers_version())
+
+
+def tokenizer_class(path: Path, config: dict, model_config: dict, rules: LoaderRules) -> str:
     """The class AutoTokenizer.from_pretrained (transformers 5, no auto_map) instantiates for this folder."""
-    cls = _routed_class(path, config, model_config)
+    cls = _routed_class(path, config, model_config, rules)
     if cls != _GENERIC and not path.is_absolute():
         # transformers first matches the path against a table of model ids it loads as TokenizersBackend
         raise Declined("a relative path")
     return cls
 
 
-def _routed_class(path: Path, config: dict, model_config: dict) -> str:
+def _routed_class(path: Path, config: dict, model_config: dict, rules: LoaderRules) -> str:
     hub = config.get("tokenizer_class")
     if not isinstance(hub, str):
         raise Declined("no tokenizer_class: AutoTokenizer would choose by the model's config")
@@ -151,11 +179,17 @@ def _routed_class(path: Path, config: dict, model_config: dict) -> str:
     if model_type not in MODEL_TYPE_TOKENIZER:
         raise Declined(f"model_type {model_type!r}")
     registered, forced = MODEL_TYPE_TOKENIZER[model_type]
+    if registered == "MistralCommonBackend":
+        registered = rules.mistral_registered
     base = hub.removesuffix("Fast")
     # a LlamaTokenizer hub class over a byte-level tokenizer.json (Llama-3 style) loads as TokenizersBackend
     # (transformers' own test: the text '"ByteLevel"' anywhere in the file)
     llama = base == "LlamaTokenizer" and registered != "MistralCommonBackend" and not forced
-    if llama and b'"ByteLevel"' in (path / "tokenizer.json").read_bytes():
+    if (
+        llama
+        and rules.llama_byte_level_is_generic
+        and b'"ByteLevel"' in (path / "tokenizer.json").read_bytes()
+    ):
         return _GENERIC
     if model_type and registered is not None and registered.removesuffix("Fast") != base:
         if registered not in (_GENERIC, "MistralCommonBackend"):
@@ -170,7 +204,7 @@ def _routed_class(path: Path, config: dict, model_config: dict) -> str:
 
 
 def special_tokens(
-    path: Path, config: dict, backend, defaults: dict[str, str]
+    path: Path, config: dict, backend, defaults: dict[str, str], rules: LoaderRules
 ) -> tuple[dict[str, Any], dict[int, Any], list[Any]]:
     """(named special tokens, added_tokens_decoder, extra special tokens) as from_pretrained (transformers 5) merges
     tokenizer_config.json, special_tokens_map.json, added_tokens.json and tokenizer.json's added tokens (those of
@@ -178,8 +212,11 @@ def special_tokens(
     from tokenizers import AddedToken
 
     init = dict(config)
-    if "additional_special_tokens" in init and not init.get("extra_special_tokens"):
-        init["extra_special_tokens"] = init.pop("additional_special_tokens")
+    if rules.additional_renamed_if_extra_empty:
+        if "additional_special_tokens" in init and not init.get("extra_special_tokens"):
+            init["extra_special_tokens"] = init.pop("additional_special_tokens")
+    elif "additional_special_tokens" in init:
+        init.setdefault("extra_special_tokens", init.pop("additional_special_tokens"))
     for key in init:
         if key not in PLAIN_CONFIG_KEYS and key.endswith("_token"):
             raise Declined(f"model-specific special token {key}")

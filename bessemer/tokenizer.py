@@ -130,15 +130,17 @@ class TextTokenizer:
 
 def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
     """The tokenizer `load_tokenizer(path)` gives, without importing transformers; None where this cannot show it
-    equal (bessemer.lean_tokenizer: a class, key or file it does not reproduce, transformers 4.x installed), and
+    equal (bessemer.lean_tokenizer: a class, key or file it does not reproduce, a transformers release whose
+    loader it has not read), and
     for any folder `load_tokenizer` refuses: then call that. tests/tokenizer compares both on many folders."""
     from bessemer import lean_tokenizer as lean
 
     path = Path(path)
-    if not path.is_dir() or lean.transformers_major() != 5:
+    rules = lean.installed_rules()
+    if not path.is_dir() or rules is None:
         return None
     try:
-        return _load_text_tokenizer(path, lean)
+        return _load_text_tokenizer(path, lean, rules)
     except lean.Declined as why:
         log.debug("%s: tokenizer loaded through transformers (%s)", path, why)
         return None
@@ -148,7 +150,7 @@ def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
         return None  # load_tokenizer names the problem
 
 
-def _load_text_tokenizer(path: Path, lean) -> TextTokenizer | None:
+def _load_text_tokenizer(path: Path, lean, rules) -> TextTokenizer | None:
     from tokenizers import Tokenizer
 
     config = _read_json(path / "tokenizer_config.json")
@@ -156,11 +158,11 @@ def _load_text_tokenizer(path: Path, lean) -> TextTokenizer | None:
         # AutoTokenizer.from_pretrained: its class, the merged special-token files, that class's __init__
         if set(config) - lean.PLAIN_CONFIG_KEYS - {"add_prefix_space"}:
             raise lean.Declined(f"tokenizer_config.json keys {sorted(set(config) - lean.PLAIN_CONFIG_KEYS)}")
-        cls = lean.tokenizer_class(path, config, _read_json(path / "config.json"))
+        cls = lean.tokenizer_class(path, config, _read_json(path / "config.json"), rules)
         if cls == "TokenizersBackend" and config.get("add_prefix_space"):
             raise lean.Declined("add_prefix_space on a generic class")
         backend = Tokenizer.from_file(str(path / "tokenizer.json"))
-        named, decoder, extras = lean.special_tokens(path, config, backend, lean._CLASS_DEFAULTS[cls])
+        named, decoder, extras = lean.special_tokens(path, config, backend, lean._CLASS_DEFAULTS[cls], rules)
         backend = lean.rebuild_for_class(backend, cls, config, path / "tokenizer.json")
     else:
         # load_tokenizer's own constructor calls: the file (or the converted tokenizer.model) and the config's

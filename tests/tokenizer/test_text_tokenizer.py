@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bessemer.lean_tokenizer import MODEL_TYPE_TOKENIZER, tokenizer_class
+from bessemer.lean_tokenizer import MODEL_TYPE_TOKENIZER, installed_rules, tokenizer_class
 from bessemer.tokenizer import encode_texts, load_text_tokenizer, load_tokenizer, tokenizer_fingerprint
 
 TEXTS = [
@@ -58,7 +58,7 @@ def assert_same(folder):
         model_config = (
             json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
         )
-        assert type(full).__name__ == tokenizer_class(folder, config, model_config)
+        assert type(full).__name__ == tokenizer_class(folder, config, model_config, installed_rules())
     assert light.backend_tokenizer.to_str() == full.backend_tokenizer.to_str()
     assert light.special_tokens == full.special_tokens_map
     assert light.extra_special_tokens == full.extra_special_tokens
@@ -157,6 +157,17 @@ SAME_AS_TRANSFORMERS = {
             "special_tokens_map.json": {"additional_special_tokens": ["<|im_end|>"]},
             "added_tokens.json": {"<|im_end|>": 401},
         },
+        {},
+    ),
+    # releases differ here: 5.24 renames additional_special_tokens over an empty extra_special_tokens, 5.17 not
+    "extra-empty-and-additional": (
+        {**EOS, "additional_special_tokens": ["<|im_start|>"], "extra_special_tokens": []},
+        {},
+        {},
+    ),
+    "extra-and-additional": (
+        {**EOS, "additional_special_tokens": ["<s>"], "extra_special_tokens": ["<|im_end|>"]},
+        {},
         {},
     ),
     "config-token-marked": (
@@ -278,13 +289,14 @@ def test_none_for_relative_paths_to_model_specific_classes(tmp_path, monkeypatch
     assert load_text_tokenizer(tmp_path / "qwen") is not None
 
 
-def test_none_with_transformers_4(demo_tokenizer_dir, monkeypatch):
-    # 4.x merges special tokens differently: its own loader decides there
+def test_none_under_transformers_releases_not_read(demo_tokenizer_dir, monkeypatch):
+    # 4.x merges special tokens differently, and 5.x releases differ: an unread release's own loader decides
     from bessemer import lean_tokenizer
 
     assert load_text_tokenizer(demo_tokenizer_dir) is not None
-    monkeypatch.setattr(lean_tokenizer, "transformers_major", lambda: 4)
-    assert load_text_tokenizer(demo_tokenizer_dir) is None
+    for version in [(4, 57), (5, 20), (6, 0)]:
+        monkeypatch.setattr(lean_tokenizer, "transformers_version", lambda v=version: v)
+        assert load_text_tokenizer(demo_tokenizer_dir) is None
 
 
 def test_model_type_table_is_transformers_own():
@@ -294,6 +306,8 @@ def test_model_type_table_is_transformers_own():
     )
 
     for model_type, (registered, forced) in MODEL_TYPE_TOKENIZER.items():
+        if registered == "MistralCommonBackend":
+            registered = installed_rules().mistral_registered
         if model_type:
             assert TOKENIZER_MAPPING_NAMES.get(model_type) == registered, model_type
             assert (model_type in MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS) == forced, model_type
