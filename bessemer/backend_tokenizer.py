@@ -6,10 +6,9 @@ every call below is what transformers' fast tokenizer does with that same backen
 to it, special-token text stays text (`split_special_tokens`, as load_tokenizer sets it), and the chat template
 renders through bessemer.chat_template. tests/test_backend_tokenizer.py compares both on real folders.
 
-load_tokenizer(path, lean=True) falls back to transformers wherever load_text_tokenizer declines: a
-special_tokens_map.json or added_tokens.json, a model-specific tokenizer class or config keys transformers acts
-on, named special tokens it would add or re-flag, a BOS/EOS rule in the config, a vocabulary over 100k with a
-pre-tokenizer (transformers may rewrite it), truncation or padding in the file.
+load_tokenizer(path, lean=True) falls back to transformers wherever load_text_tokenizer declines (see
+bessemer.lean_tokenizer): transformers 4.x installed, a tokenizer class or model type whose build is not reproduced
+(BertTokenizer, GemmaTokenizer, ...), config keys transformers acts on, truncation or padding in the file.
 """
 
 from __future__ import annotations
@@ -17,10 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bessemer.lean_tokenizer import NAMED_SPECIALS  # transformers' named special tokens, in its order
 from bessemer.tokenizer import TextTokenizer, chat_template_in
-
-# transformers' named special tokens, in its order (its special_tokens_map / all_special_tokens)
-NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 # transformers' clean_up_tokenization (for WordPiece-style decoders; it skips BPE models): (text, replacement)
 _CLEAN_UP = (
@@ -51,6 +48,9 @@ class BackendTokenizer:
         self.special_tokens_map = {
             k: text.special_tokens[k] for k in NAMED_SPECIALS if k in text.special_tokens
         }
+        self.extra_special_tokens = list(
+            text.extra_special_tokens
+        )  # transformers 5's name for additional ones
         self.chat_template = chat_template
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
 
@@ -82,7 +82,7 @@ class BackendTokenizer:
 
     @property
     def all_special_tokens(self) -> list[str]:
-        return list(dict.fromkeys(self.special_tokens_map.values()))
+        return list(dict.fromkeys([*self.special_tokens_map.values(), *self.extra_special_tokens]))
 
     @property
     def all_special_ids(self) -> list[int]:

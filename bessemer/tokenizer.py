@@ -106,36 +106,12 @@ def load_tokenizer(path: str | Path, *, lean: bool = False):
     return tok
 
 
-# tokenizer_config.json keys that do not change the tokenizer AutoTokenizer builds from a tokenizer.json
-_PLAIN_CONFIG_KEYS = {
-    "tokenizer_class",
-    "backend",
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "pad_token",
-    "added_tokens_decoder",
-    "model_max_length",
-    "clean_up_tokenization_spaces",
-    "chat_template",
-    "padding_side",
-    "truncation_side",
-    "model_input_names",
-    "split_special_tokens",
-    "add_bos_token",  # when false: as if absent (transformers 5 keeps the file's post-processor, or adds none)
-    "add_eos_token",
-}
-_GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
-_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
-_ADDED_TOKEN_FLAGS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
-
-
 @dataclass
 class TextTokenizer:
     """A tokenizer folder loaded through `tokenizers` alone, for encoding plain text (pretrain `prepare`).
 
     Importing transformers takes seconds (it imports torch), longer than encoding tens of MB of text: where the
-    folder's tokenizer is one transformers would build without changing it, this is that tokenizer, with the
+    folder's tokenizer is one transformers would build the same way, this is that tokenizer, with the
     attributes `prepare` uses (`backend_tokenizer`, `bos_token_id`, `eos_token_id`, `len`, `get_vocab`).
     """
 
@@ -143,6 +119,7 @@ class TextTokenizer:
     bos_token_id: int | None
     eos_token_id: int | None
     special_tokens: dict[str, str] = field(default_factory=dict)  # the named ones' text: {"bos_token": "<s>"}
+    extra_special_tokens: list[str] = field(default_factory=list)  # additional_special_tokens, in order
 
     def __len__(self) -> int:
         return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
@@ -152,76 +129,86 @@ class TextTokenizer:
 
 
 def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
-    """The tokenizer `load_tokenizer(path)` gives, without importing transformers; None where transformers could
-    change it (a model-specific tokenizer class, config keys it acts on, special tokens it would add, ...), and for
-    any folder `load_tokenizer` refuses: then call that. tests/tokenizer compares both on many folders."""
-    from tokenizers import Tokenizer
+    """The tokenizer `load_tokenizer(path)` gives, without importing transformers; None where this cannot show it
+    equal (bessemer.lean_tokenizer: a class, key or file it does not reproduce, a transformers release whose
+    loader it has not read), and
+    for any folder `load_tokenizer` refuses: then call that. tests/tokenizer compares both on many folders."""
+    from bessemer import lean_tokenizer as lean
 
     path = Path(path)
-    if not path.is_dir() or any(
-        (path / n).exists() for n in ("special_tokens_map.json", "added_tokens.json")
-    ):
+    rules = lean.installed_rules()
+    if not path.is_dir() or rules is None:
         return None
-    config = _read_json(path / "tokenizer_config.json")
-    specials = {k: config[k] for k in _NAMED_SPECIALS if config.get(k) is not None}
     try:
+        return _load_text_tokenizer(path, lean, rules)
+    except lean.Declined as why:
+        log.debug("%s: tokenizer loaded through transformers (%s)", path, why)
+        return None
+    except TokenizerError:
+        raise
+    except Exception:
+        return None  # load_tokenizer names the problem
+
+
+def _load_text_tokenizer(path: Path, lean, rules) -> TextTokenizer | None:
+    from tokenizers import Tokenizer
+
+    config = _read_json(path / "tokenizer_config.json")
+    if (path / "tokenizer.json").exists() and "auto_map" not in config:
+        # AutoTokenizer.from_pretrained: its class, the merged special-token files, that class's __init__
+        if set(config) - lean.PLAIN_CONFIG_KEYS - {"add_prefix_space"}:
+            raise lean.Declined(f"tokenizer_config.json keys {sorted(set(config) - lean.PLAIN_CONFIG_KEYS)}")
+        cls = lean.tokenizer_class(path, config, _read_json(path / "config.json"), rules)
+        if cls == "TokenizersBackend" and config.get("add_prefix_space"):
+            raise lean.Declined("add_prefix_space on a generic class")
+        backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+        named, decoder, extras = lean.special_tokens(path, config, backend, lean._CLASS_DEFAULTS[cls], rules)
+        backend = lean.rebuild_for_class(backend, cls, config, path / "tokenizer.json")
+    else:
+        # load_tokenizer's own constructor calls: the file (or the converted tokenizer.model) and the config's
+        # named special tokens; special_tokens_map.json and added_tokens.json are not read
+        specials = {k: _token_text(config[k]) for k in _NAMED_SPECIALS if config.get(k) is not None}
         if (path / "tokenizer.json").exists():
-            if "auto_map" not in config:  # AutoTokenizer.from_pretrained acts on the whole config
-                if config.get("tokenizer_class") not in _GENERIC_CLASSES or set(config) - _PLAIN_CONFIG_KEYS:
-                    return None
-            else:  # load_tokenizer builds it from the file and the named special tokens only
-                config = {}
             backend = Tokenizer.from_file(str(path / "tokenizer.json"))
         elif (path / "tokenizer.model").exists():
             specials.setdefault("bos_token", "<s>")
             specials.setdefault("eos_token", "</s>")
             specials.setdefault("unk_token", "<unk>")
             bos = specials["bos_token"] if config.get("add_bos_token", True) else None
-            backend = sentencepiece_to_tokenizers(path / "tokenizer.model", _token_text(bos) if bos else None)
-            config = {}
+            backend = sentencepiece_to_tokenizers(path / "tokenizer.model", bos)
         else:
             return None
-    except TokenizerError:
-        raise
-    except Exception:
-        return None  # load_tokenizer names the problem
+        named, decoder, extras, cls = specials, {}, [], None
     if backend.truncation or backend.padding:
-        return None
-    # transformers rewrites the pre-tokenizer of vocabularies over 100k entries (a Mistral regex fix)
-    if backend.get_vocab_size() > 100_000 and backend.pre_tokenizer is not None:
-        return None
-    added = backend.get_added_tokens_decoder()
-    by_text = {t.content: (i, t) for i, t in added.items()}
-    for value in specials.values():
-        # transformers (re-)adds each named special token, a plain string as special, not normalised, not
-        # stripped: it must be so already
-        plain = {"content": value, "special": True, "normalized": False, "lstrip": False, "rstrip": False}
-        wanted = value if isinstance(value, dict) else {**plain, "single_word": False}
-        have = by_text.get(wanted["content"])
-        if have is None or any(
-            getattr(have[1], k) != v for k, v in wanted.items() if k in _ADDED_TOKEN_FLAGS
-        ):
-            return None
-    for key, value in (config.get("added_tokens_decoder") or {}).items():
-        have = added.get(int(key))
-        if have is None or any(getattr(have, k) != value.get(k) for k in _ADDED_TOKEN_FLAGS if k in value):
-            return None
-    if config.get("add_bos_token") or config.get("add_eos_token"):
-        return None  # transformers' BOS/EOS rule for tokenizer.json (left to it)
+        raise lean.Declined("truncation or padding in tokenizer.json")
+    lean.add_tokens_as_init(backend, decoder, named, extras)
+    if cls == "Qwen2Tokenizer":  # its __init__ ends by (re-)adding every special token, plain, as special
+        from tokenizers import AddedToken
+
+        backend.add_tokens([AddedToken(t, special=True) for t in lean.all_special_tokens(named, extras)])
     if backend.post_processor is None:
-        # what transformers sets when the file has none and the config asks for neither BOS nor EOS
+        # what transformers sets when the file has none (from_pretrained drops add_bos_token / add_eos_token)
         from tokenizers import processors
 
         backend.post_processor = processors.TemplateProcessing(
             single="$A:0", pair="$A:0 $B:1", special_tokens=[]
         )
     backend.encode_special_tokens = True  # text is text, as load_tokenizer sets it
+    named_text = {k: str(v) for k, v in named.items()}
 
     def token_id(key: str) -> int | None:
-        return backend.token_to_id(_token_text(specials[key])) if key in specials else None
+        return backend.token_to_id(named_text[key]) if key in named_text else None
 
-    named = {k: _token_text(v) for k, v in specials.items()}
-    return TextTokenizer(backend, token_id("bos_token"), token_id("eos_token"), named)
+    return TextTokenizer(
+        backend,
+        token_id("bos_token"),
+        token_id("eos_token"),
+        named_text,
+        list(dict.fromkeys(map(str, extras))),
+    )
+
+
+_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 def chat_template_in(path: str | Path) -> str | None:

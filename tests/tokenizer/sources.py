@@ -66,7 +66,12 @@ def pypi_files(spec: str, pattern: str, *, sdist: bool = False) -> Path:
 
 def llama_cpp_models() -> Path:
     """llama.cpp's models/ folder: vocab-only GGUFs with .inp/.out pairs and templates/*.jinja."""
-    root = pypi_files(LLAMA_CPP, r"models/(ggml-vocab-(llama-spm|baichuan|aquila)|templates/)", sdist=True)
+    pairs = (
+        r"ggml-vocab-(qwen2|llama-bpe)\.gguf\.(inp|out)"  # the ids of Qwen2's and Llama-3's own tokenizers
+    )
+    root = pypi_files(
+        LLAMA_CPP, rf"models/(ggml-vocab-(llama-spm|baichuan|aquila)|{pairs}|templates/)", sdist=True
+    )
     return next(root.glob("*/" + LLAMA_CPP_MODELS))
 
 
