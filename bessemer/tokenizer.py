@@ -130,17 +130,16 @@ class TextTokenizer:
 
 def load_text_tokenizer(path: str | Path) -> TextTokenizer | None:
     """The tokenizer `load_tokenizer(path)` gives, without importing transformers; None where this cannot show it
-    equal (bessemer.lean_tokenizer: a class, key or file it does not reproduce, a transformers release whose
-    loader it has not read), and
-    for any folder `load_tokenizer` refuses: then call that. tests/tokenizer compares both on many folders."""
+    equal (bessemer.lean_tokenizer: a class, key or file it does not reproduce, an AutoTokenizer folder under a
+    transformers release whose loader it has not read), and for any folder `load_tokenizer` refuses: then call
+    that. tests/tokenizer compares both on many folders."""
     from bessemer import lean_tokenizer as lean
 
     path = Path(path)
-    rules = lean.installed_rules()
-    if not path.is_dir() or rules is None:
+    if not path.is_dir():
         return None
     try:
-        return _load_text_tokenizer(path, lean, rules)
+        return _load_text_tokenizer(path, lean, lean.installed_rules())
     except lean.Declined as why:
         log.debug("%s: tokenizer loaded through transformers (%s)", path, why)
         return None
@@ -155,7 +154,10 @@ def _load_text_tokenizer(path: Path, lean, rules) -> TextTokenizer | None:
 
     config = _read_json(path / "tokenizer_config.json")
     if (path / "tokenizer.json").exists() and "auto_map" not in config:
-        # AutoTokenizer.from_pretrained: its class, the merged special-token files, that class's __init__
+        # AutoTokenizer.from_pretrained: its class, the merged special-token files, that class's __init__; the
+        # other branch is load_tokenizer's own constructor calls, the same under any transformers release
+        if rules is None:
+            rules = _rules_for_unread_release(path, config, lean)
         if set(config) - lean.PLAIN_CONFIG_KEYS - {"add_prefix_space"}:
             raise lean.Declined(f"tokenizer_config.json keys {sorted(set(config) - lean.PLAIN_CONFIG_KEYS)}")
         cls = lean.tokenizer_class(path, config, _read_json(path / "config.json"), rules)
@@ -209,6 +211,19 @@ def _load_text_tokenizer(path: Path, lean, rules) -> TextTokenizer | None:
 
 
 _NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def _rules_for_unread_release(path: Path, config: dict, lean):
+    """Under a transformers release whose loader was not read, only the plainest folders stay lean: a generic
+    class over tokenizer.json with no special-token files beside it, which every release read so far builds
+    alike (the file, its added tokens, the named special tokens); the newest rules read then apply."""
+    if config.get("tokenizer_class") not in ("PreTrainedTokenizerFast", "TokenizersBackend") or any(
+        (path / n).exists() for n in ("special_tokens_map.json", "added_tokens.json")
+    ):
+        raise lean.Declined(
+            f"transformers {lean.transformers_version()}: a release whose loader was not read"
+        )
+    return lean.RULES[max(lean.RULES)]
 
 
 def chat_template_in(path: str | Path) -> str | None:

@@ -293,3 +293,20 @@ def test_byte_level_word_cache_equals_tokenizers(digits, real_text, monkeypatch)
     monkeypatch.setattr(WordCache, "MAX_WORDS", 50)  # a new generation mid-way gives the same ids
     texts = real_text["python-files"][:100]
     assert words.encode(texts) == [e.ids for e in tk.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_an_unread_transformers_release_keeps_only_plain_folders_lean(
+    demo_tokenizer_dir, tmp_path, monkeypatch
+):
+    # a release bessemer.lean_tokenizer has no rules for (say the next one): the plainest folders stay lean and
+    # equal; a folder with special-token files beside its tokenizer.json goes through transformers
+    import bessemer.lean_tokenizer as lean_rules
+
+    monkeypatch.setattr(lean_rules, "installed_rules", lambda: None)
+    ours, lean = load_tokenizer(demo_tokenizer_dir), load_tokenizer(demo_tokenizer_dir, lean=True)
+    assert type(lean).__name__ == "BackendTokenizer"
+    assert lean.backend_tokenizer.to_str() == ours.backend_tokenizer.to_str()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((demo_tokenizer_dir / name).read_bytes())
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    assert type(load_tokenizer(tmp_path, lean=True)).__name__ != "BackendTokenizer"
