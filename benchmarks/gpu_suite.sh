@@ -11,7 +11,8 @@
 # Results go to $OUT (the device tool's folder, which comes back) or else build/gpu_suite: <step>.log for each
 # step and summary.txt (each step's command, last lines, status and time), 8 files at most. Each step is cut at
 # LIMIT seconds, and no step outlives BUDGET seconds from the start (later steps are then skipped, not run).
-# PY: the python to use (default .venv/bin/python if there, else python3).
+# PY: the python to use (default .venv/bin/python if there, else python3). On the lent GPU machine, whose python3
+# lacks the server's packages, carry the wheels benchmarks/gpu_wheels.sh fetches (README, "On a lent GPU").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z ${PY:-} ]]; then
@@ -82,7 +83,7 @@ full)
 quick)
     bench=(--preset llama-1b --seq-len 4096 --batch 1 --dtype bfloat16 --compile --steps 8 --warmup 3)
     vs_hf=(--preset llama-1b --seq-len 4096 --batch 1 --dtype bfloat16 --compile --steps 6 --warmup 3)
-    decode=(--preset llama2-7b --compile --new-tokens 128 --repeats 2)
+    decode=(--preset llama2-7b --compile --new-tokens 128 --repeats 2 --server)
     attention=(--repeats 2)
     ;;
 smoke)
@@ -92,6 +93,15 @@ smoke)
     attention=(--device cpu --seq 256 512 --window 128 --heads 2 --head-dim 16 --repeats 1)
     ;;
 esac
+
+# decode's --server needs packages the GPU machine lacks: benchmarks/gpu_wheels.sh fetches them for `carry`
+if [[ -z ${LIST:-} ]] && ! "$PY" -c "import fastapi, uvicorn, mistral_common" 2>/dev/null; then
+    kept=()
+    for arg in "${decode[@]}"; do [[ $arg == --server ]] || kept+=("$arg"); done
+    decode=("${kept[@]}")
+    echo "decode_7b runs without --server: no fastapi/uvicorn/mistral-common (benchmarks/gpu_wheels.sh)" |
+        tee -a "$SUMMARY"
+fi
 
 step device 60 "$PY" -c "import torch, transformers, bessemer.device as d; x = d.default_device(); \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__); \
