@@ -93,7 +93,7 @@ def measure(fn, device: torch.device, repeats: int) -> tuple[float, int]:
     return statistics.median(times), mem.peak
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--seq", type=int, nargs="+", help="lengths (default 4096 8192 32768; CPU 1024 2048 4096)")
@@ -104,7 +104,11 @@ def main() -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default bfloat16 (CPU float32)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-dense-above", type=int, default=0, help="skip the dense path above this length")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     device = devices.pick_device(args.device)
     accel = devices.supports_flex_attention(device)
     if not devices.is_accelerator(device):

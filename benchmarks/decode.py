@@ -267,7 +267,7 @@ def bench_server(model, cfg, streams: list[int], new_tokens: int, prompt_text: s
     return results
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto: the accelerator if there is one, else cpu")
     p.add_argument("--preset", help="model preset (default: llama2-7b on GPU, a ~60M model on CPU)")
@@ -278,7 +278,11 @@ def main() -> int:
     p.add_argument("--server", action="store_true", help="also measure the server at 1, 8, 32 streams")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     p.add_argument("--quantize", choices=["int8"], help="also time Bessemer with int8 weights")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     device = devices.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

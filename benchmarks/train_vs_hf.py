@@ -145,7 +145,7 @@ def bessemer_step(trainer):
     return step, losses
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", help="shape to start from; the flags below override it")
     p.add_argument("--hidden", type=int, help="model width (model.dim)")
@@ -163,9 +163,14 @@ def main() -> None:
     p.add_argument(
         "--litgpt", action="store_true", help="also train litgpt 0.5.13's GPT (fetched into build/)"
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.steps <= args.warmup:
         p.error(f"--steps={args.steps} must exceed --warmup={args.warmup}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     over = [
         f"model.preset={args.preset!r}",

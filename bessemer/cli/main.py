@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The verb's arguments; exits with a usage line on a bad one (as `main` does)."""
     parser = build_parser()
     # verbs that take a config accept dotted overrides such as --optim.lr=3e-4 after their own options
     args, extra = parser.parse_known_args(argv)
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     verbose = args.verbose or os.environ.get("BESSEMER_DEBUG") == "1"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
     try:

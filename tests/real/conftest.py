@@ -26,7 +26,20 @@ def reference_model(smollm2):
 
 @pytest.fixture(scope="session")
 def reference_tokenizer(smollm2):
-    """transformers' tokenizer built from the same GGUF file."""
+    """transformers' tokenizer built from the same GGUF file, with the special tokens the file itself names.
+
+    transformers 5.17 (the GPU machine's) reads this file's eos as its bos (<|im_start|>) and sets no pad; later
+    releases read them as written (eos and pad <|im_end|>). The file's own ids, read with `gguf`, are the truth.
+    """
+    from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm2.gguf.parent, gguf_file=smollm2.gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2.gguf.parent, gguf_file=smollm2.gguf.name)
+    fields = GGUFReader(smollm2.gguf).fields
+    for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+        field = fields.get(f"tokenizer.ggml.{key}_token_id")
+        if field is not None:
+            token = tokenizer.convert_ids_to_tokens(int(field.parts[field.data[0]][0]))
+            if getattr(tokenizer, f"{role}_token") != token:
+                setattr(tokenizer, f"{role}_token", token)
+    return tokenizer
