@@ -266,7 +266,10 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
             saved.add(next(n for n, m in SAVABLE.items() if m == ours))
             tensors[ours + ".weight"] = tensor
         else:
-            raise ConversionError(f"{where}: tensor {key!r} matches no module of the {family} base {base}")
+            raise ConversionError(
+                f"{where}: tensor {key!r} matches no module of the {family} base {base}; pass the --base the "
+                "adapter was made for (its keys name that model's Hugging Face modules)"
+            )
     if head is not None:
         # PEFT saves a tied head beside the embeddings it is tied to; alone or different, it cannot be tied
         embeddings = tensors.get(SAVABLE["embeddings"] + ".weight")

@@ -94,6 +94,17 @@ def test_adapter_of_another_rank_or_base_is_refused(lora_run, base_run, tmp_path
     with pytest.raises(ConversionError, match="another rank or base model"):
         import_peft(folder, base_run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    from safetensors.torch import load_file, save_file
+
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    tensors = load_file(folder / "adapter_model.safetensors")
+    key = next(k for k in tensors if ".mlp.down_proj.lora_A" in k)
+    tensors[key.replace("down_proj", "fc2")] = tensors.pop(key)  # a GPT-2 style module name
+    save_file(tensors, folder / "adapter_model.safetensors")
+    with pytest.raises(
+        ConversionError, match=r"'base_model\.model\..*fc2.lora_A.weight' matches no module .* --base"
+    ):
+        import_peft(folder, base_run, tmp_path / "out")
     (tmp_path / "not-peft").mkdir()
     with pytest.raises(ConversionError, match="not a PEFT adapter folder"):
         import_peft(tmp_path / "not-peft", base_run, tmp_path / "out2")
