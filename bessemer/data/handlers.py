@@ -5,8 +5,11 @@
 - alpaca: instruction, input (optional, appended to the instruction after a blank line), output; optional system
   and history (a list of [user, assistant] pairs before this exchange).
 - sharegpt: conversations, a list of {"from": human|user|gpt|assistant|system, "value": text}; optional system.
+  Answers before the first human turn are dropped, as FastChat's training does: ShareGPT splits long
+  conversations, so a piece can open with the answer to a question it does not hold.
 - messages: OpenAI style, a list of {"role": system|user|assistant, "content": text}.
 SFT handlers learn every assistant turn (its answer and end marker); the rest of the conversation has mask 0.
+A conversation without a non-empty answer is a bad row (it would teach nothing but the end marker).
 """
 
 from __future__ import annotations
@@ -123,7 +126,8 @@ class Handler:
             ids, mask = encode_chat(self.tokenizer, self.template, messages)
         except DataError as exc:
             raise DataError(f"bad conversation: {exc}") from None
-        if not any(mask):
+        # an empty answer still learns its end marker: a row of only such answers would teach silence
+        if not any(mask) or not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             raise DataError("no answer tokens: the conversation has no non-empty assistant turn")
         return ids, mask
 
@@ -161,6 +165,10 @@ class Handler:
         turns = row["conversations"]
         if not isinstance(turns, list):
             raise DataError("bad conversations: must be a list of {from, value}")
+        if not turns:
+            raise DataError(
+                "empty conversation: 'conversations' holds no turns; remove the row or pass --skip-bad"
+            )
         messages = []
         if row.get("system"):
             messages.append({"role": "system", "content": _text(row["system"], "system")})
@@ -173,6 +181,11 @@ class Handler:
                     f"bad conversations: turn {k} is from {_short(turn['from'])}; use human, gpt or system"
                 )
             messages.append({"role": role, "content": _text(turn["value"], "value")})
+        first = 1 if messages and messages[0]["role"] == "system" else 0
+        while first < len(messages) and messages[first]["role"] == "assistant":
+            del messages[first]
+        if len(messages) == first:
+            raise DataError("no answer tokens: the conversation has no turn after its leading answers")
         return messages
 
     def _messages(self, row: dict) -> list[dict]:

@@ -378,7 +378,8 @@ class Trainer:
         if not groups:
             if local == 0:
                 raise TrainingError(
-                    f"step {self.step + 1}: no target tokens in the batch (every label is masked)"
+                    f"step {self.step + 1}: no target tokens in the batch (every label is masked: its windows "
+                    "of long SFT conversations hold prompts only); raise train.seq_len or the batch size"
                 )
             return float(local)
         cdev = devices.collective_device(self.device)

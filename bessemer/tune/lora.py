@@ -98,6 +98,12 @@ def apply_lora(model: nn.Module, cfg: LoRASection, seed: int = 0) -> None:
     adapter's name (PEFT's init: A Kaiming-uniform, B zero), so every layout and rank gets the same numbers.
     """
     check_lora_config(cfg)
+    if "head" in cfg.modules_to_save and getattr(getattr(model, "config", None), "tie_embeddings", False):
+        # the head is the embedding matrix here: "head" would match no parameter and train nothing
+        raise ConfigError(
+            "lora.modules_to_save: 'head' is the embedding matrix in this model (tie_embeddings); "
+            "name 'embeddings' to train the shared matrix"
+        )
     for layer, block in model.layers.items():
         for target in cfg.targets:
             path = TARGETS[target]

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PEFT_PREFIX = "base_model.model."
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+TIED_HEAD = "lm_head.weight"  # the HF head of a model whose head is its embedding matrix
 
 
 # -- reading a LoRA checkpoint ------------------------------------------------------------------------------
@@ -158,6 +159,12 @@ def export_peft(run: str | Path, out: str | Path, overwrite: bool = False) -> Pa
     hf = _weight_names(shaped.config, family)
     targets = sorted({_hf_module(hf[f"layers.0.{TARGETS[t]}.weight"]) for t in cfg.targets})
     saved = [_hf_module(hf[SAVABLE[m] + ".weight"]) for m in cfg.modules_to_save]
+    out_tensors = {names[k]: v.contiguous() for k, v in tensors.items()}
+    tied = shaped.config.tie_embeddings and "embeddings" in cfg.modules_to_save
+    if tied:
+        # the trained matrix is the head too: PEFT ties its head copy to the embeddings' only when told to,
+        # and wants the head's tensor in the file as its own save_pretrained writes it
+        out_tensors[PEFT_PREFIX + TIED_HEAD] = out_tensors[names[SAVABLE["embeddings"] + ".weight"]].clone()
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -173,8 +180,10 @@ def export_peft(run: str | Path, out: str | Path, overwrite: bool = False) -> Pa
         "inference_mode": True,
         "base_model_name_or_path": str(base),
     }
+    if tied:
+        config["ensure_weight_tying"] = True
     with staged_output(out, overwrite, "convert --to-peft", (ckpt,)) as tmp:
-        save_file({names[k]: v.contiguous() for k, v in tensors.items()}, str(tmp / ADAPTER_FILE))
+        save_file(out_tensors, str(tmp / ADAPTER_FILE))
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     log.info("%s -> %s: %d adapter tensors", ckpt, out, len(tensors))
     return out
@@ -242,6 +251,7 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
     to_ours = {PEFT_PREFIX + h.removesuffix(".weight"): o.removesuffix(".weight") for o, h in hf.items()}
     role = {path: short for short, path in TARGETS.items()}
     tensors, targets, saved = {}, set(), set()
+    head = stored.pop(PEFT_PREFIX + TIED_HEAD, None) if model_cfg.tie_embeddings else None
     for key, tensor in stored.items():
         module, _, kind = key.removesuffix(".weight").rpartition(".")
         if kind in ("lora_A", "lora_B") and module in to_ours:
@@ -256,7 +266,19 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
             saved.add(next(n for n, m in SAVABLE.items() if m == ours))
             tensors[ours + ".weight"] = tensor
         else:
-            raise ConversionError(f"{where}: tensor {key!r} matches no module of the {family} base {base}")
+            raise ConversionError(
+                f"{where}: tensor {key!r} matches no module of the {family} base {base}; pass the --base the "
+                "adapter was made for (its keys name that model's Hugging Face modules)"
+            )
+    if head is not None:
+        # PEFT saves a tied head beside the embeddings it is tied to; alone or different, it cannot be tied
+        embeddings = tensors.get(SAVABLE["embeddings"] + ".weight")
+        if embeddings is None or not torch.equal(head, embeddings):
+            raise ConversionError(
+                f"{where}: tensor {PEFT_PREFIX + TIED_HEAD!r} differs from the embeddings, but the base {base} "
+                "ties its head to them; save the adapter with modules_to_save=['embed_tokens'] and "
+                "ensure_weight_tying=True"
+            )
     cfg.targets = [t for t in TARGETS if t in targets]
     cfg.modules_to_save = [m for m in SAVABLE if m in saved]
     unknown = targets - set(TARGETS)

@@ -72,6 +72,31 @@ def test_sharegpt_learns_every_assistant_turn(tokenizer):
     assert answers(tokenizer, ids, mask) == ["Hello.<|im_end|>", "Goodbye.<|im_end|>"]
 
 
+def test_sharegpt_drops_answers_before_the_first_question(tokenizer):
+    # ShareGPT V3 splits long conversations: about a third of its pieces open with a gpt turn (the answer to a
+    # question in the previous piece); FastChat drops it, and so do we, instead of learning an answer to nothing
+    h = Handler("sharegpt", tokenizer, template="chatml")
+    turns = [{"from": "gpt", "value": "Orphan answer."}, {"from": "human", "value": "Hi"}]
+    [(ids, mask)] = h.encode([("s:1", {"conversations": [*turns, {"from": "gpt", "value": "Hello."}]})])
+    assert answers(tokenizer, ids, mask) == ["Hello.<|im_end|>"]
+    assert "Orphan" not in tokenizer.decode(ids)
+    rows = [
+        ("s:2", {"conversations": []}),
+        ("s:3", {"conversations": [{"from": "gpt", "value": "Orphan answer."}]}),
+        ("s:4", {"conversations": [*turns, {"from": "gpt", "value": "  "}]}),  # the only answer is empty
+    ]
+    empty, orphan, blank = h.encode(rows, skip_bad=True)
+    assert (empty.reason, orphan.reason, blank.reason) == (
+        "empty conversation",
+        "no answer tokens",
+        "no answer tokens",
+    )
+    with pytest.raises(
+        DataError, match="s:2: empty conversation: 'conversations' holds no turns; .* --skip-bad"
+    ):
+        h.encode(rows[:1])
+
+
 def test_messages(tokenizer):
     h = Handler("messages", tokenizer, template="llama2")
     row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}

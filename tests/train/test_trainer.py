@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,3 +201,16 @@ def test_non_finite_step_is_checked_only_at_log_and_checkpoint_steps(
     with pytest.raises(TrainingError, match="step 2: loss nan"):
         trainer.train_step(log_metrics=True)  # step 4 is logged: the flag is read there
     assert seen["checks"] == [4]
+
+
+def test_a_batch_of_prompts_only_names_the_fix(tmp_path):
+    # real ShareGPT rows under SmolLM2's long default system prompt: 64-token windows can hold no answer at all
+    from tests.data.conftest import write_dataset
+
+    docs = [np.arange(3, 200) % 500 for _ in range(4)]
+    prefix = write_dataset(tmp_path / "sft", docs, masks=[np.zeros(len(d), np.uint8) for d in docs])
+    trainer = Trainer(load_config(None, tiny_overrides(prefix, tmp_path / "run", **{"train.steps": 1})))
+    with pytest.raises(
+        TrainingError, match=r"step 1: no target tokens .* raise train.seq_len or the batch size"
+    ):
+        trainer.train()

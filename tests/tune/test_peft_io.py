@@ -13,6 +13,7 @@ from bessemer.errors import ConversionError
 from bessemer.hf import convert_to_hf
 from bessemer.train.trainer import Trainer
 from bessemer.tune.peft_io import export_peft, import_peft, load_adapted, merge_lora
+from tests.train.conftest import tiny_overrides
 from tests.tune.conftest import lora_overrides
 
 
@@ -93,6 +94,17 @@ def test_adapter_of_another_rank_or_base_is_refused(lora_run, base_run, tmp_path
     with pytest.raises(ConversionError, match="another rank or base model"):
         import_peft(folder, base_run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    from safetensors.torch import load_file, save_file
+
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    tensors = load_file(folder / "adapter_model.safetensors")
+    key = next(k for k in tensors if ".mlp.down_proj.lora_A" in k)
+    tensors[key.replace("down_proj", "fc2")] = tensors.pop(key)  # a GPT-2 style module name
+    save_file(tensors, folder / "adapter_model.safetensors")
+    with pytest.raises(
+        ConversionError, match=r"'base_model\.model\..*fc2.lora_A.weight' matches no module .* --base"
+    ):
+        import_peft(folder, base_run, tmp_path / "out")
     (tmp_path / "not-peft").mkdir()
     with pytest.raises(ConversionError, match="not a PEFT adapter folder"):
         import_peft(tmp_path / "not-peft", base_run, tmp_path / "out2")
@@ -126,3 +138,41 @@ def test_cli_round_trip_and_inference_loading(lora_run, base_run, tmp_path, demo
     loaded = load_for_inference(ckpt, device="cpu", dtype="float32")
     with torch.no_grad():
         assert torch.equal(loaded.model(TOKENS), load_adapted(lora_run)[0](TOKENS))
+
+
+def test_tied_embeddings_train_export_and_import_as_peft_ties_them(synthetic_dataset, tmp_path):
+    # SmolLM2's head is its embedding matrix: PEFT then needs the head's tensor and ensure_weight_tying, else it
+    # trains a copy of the embeddings and keeps the old head (logits off by 2.3 on SmolLM2-135M)
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from bessemer.errors import ConfigError
+
+    tied = {"model.tie_embeddings": "true", "train.steps": 1}
+    base = tmp_path / "base"
+    Trainer(load_config(None, tiny_overrides(synthetic_dataset, base, **tied))).train()
+    overrides = lora_overrides(synthetic_dataset, base, tmp_path / "run", **tied)
+    with pytest.raises(
+        ConfigError,
+        match=r"'head' is the embedding matrix in this model \(tie_embeddings\); name 'embeddings'",
+    ):
+        Trainer(load_config(None, [*overrides, 'lora.modules_to_save=["head"]']))
+    run = tmp_path / "run"
+    Trainer(load_config(None, [*overrides, 'lora.modules_to_save=["embeddings"]', "optim.lr=5e-2"])).train()
+    ours, _ = load_adapted(run)
+    folder = export_peft(run, tmp_path / "peft")
+    hf = AutoModelForCausalLM.from_pretrained(convert_to_hf(base, tmp_path / "hf").out, dtype=torch.float32)
+    theirs = peft.PeftModel.from_pretrained(hf, folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(TOKENS), theirs(TOKENS).logits, rtol=0, atol=1e-5)
+    imported = import_peft(folder, base, tmp_path / "imported")
+    with torch.no_grad():
+        assert torch.equal(load_adapted(imported)[0](TOKENS), ours(TOKENS))
+    tensors = load_file(folder / "adapter_model.safetensors")
+    tensors["base_model.model.lm_head.weight"] += 1  # a head that is not the embeddings cannot be tied
+    save_file(tensors, folder / "adapter_model.safetensors")
+    with pytest.raises(
+        ConversionError, match="'base_model.model.lm_head.weight' differs from the embeddings"
+    ):
+        import_peft(folder, base, tmp_path / "refused")
