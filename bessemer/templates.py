@@ -442,7 +442,18 @@ def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tu
             at = full.find(content, cursor) if content and m["role"] == "user" else -1
             cursor = at + len(content) if at >= 0 else cursor
             continue
-        before, through = render(messages[:i], True), render(messages[: i + 1], False)
+        through = render(messages[: i + 1], False)
+        if i == 0:  # an opening answer (a greeting): templates render no empty conversation to start it after
+            if not content or not full.startswith(through) or content not in through:
+                raise ConfigError(
+                    "message 0: the conversation opens with an answer the chat_template does not render as its "
+                    "start; begin with a system or user message"
+                )
+            start = through.rfind(content)
+            cursor = _turn_end(full, len(through), start + len(content), specials, eos)
+            spans.append((start, cursor))
+            continue
+        before = render(messages[:i], True)
         opens = cursor <= len(before) and full.startswith(before)
         if opens and through.startswith(before) and full.startswith(through):
             start, stop = len(before), len(through)

@@ -44,6 +44,15 @@ def chat_tokenizer(tokenizer):  # noqa: F811
     tokenizer.chat_template = None
 
 
+def test_a_conversation_may_open_with_an_answer(chat_tokenizer):
+    # a greeting before the first question (messages rows): learned like any answer, header not included
+    greeting = [{"role": "assistant", "content": "Welcome."}, *CONVERSATION[-2:]]
+    for messages in (greeting, [CONVERSATION[0], *greeting]):  # without and with a system message
+        ids, mask = encode_chat(chat_tokenizer, "tokenizer", messages)
+        answers = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
+        assert [chat_tokenizer.decode(s) for s in spans(ids, mask)] == answers
+
+
 @pytest.mark.parametrize("template", TEMPLATE_NAMES)
 def test_mask_decodes_to_answers_plus_end(chat_tokenizer, template):
     tok = chat_tokenizer
