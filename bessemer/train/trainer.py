@@ -372,16 +372,17 @@ class Trainer:
         """The step's target tokens over the data-parallel ranks (the loss is their mean), counted in the host
         batches. With data parallelism the counts are summed on the device, where the loss divides by them, and
         nothing waits for the sum: a step with no target on any rank then has a non-finite loss (0 / 0), which
-        the NaN policy handles; one process checks its count on the spot."""
+        the NaN policy handles; one process checks its count on the spot (under `stop`: it names the cause)."""
         local = sum(int((b["labels"] != IGNORE).sum()) for b in micro)  # host batches: no device sync
         groups = collectives.groups_of(self.mesh, "dp")
         if not groups:
-            if local == 0:
+            if local == 0 and self.cfg.train.nan_policy != "skip":
                 raise TrainingError(
                     f"step {self.step + 1}: no target tokens in the batch (every label is masked: its windows "
-                    "of long SFT conversations hold prompts only); raise train.seq_len or the batch size"
+                    "of long SFT conversations hold prompts only); raise train.seq_len or the batch size, or "
+                    "set train.nan_policy=skip to skip such steps"
                 )
-            return float(local)
+            return float(local)  # under `skip`, 0: the loss is 0 / 0 and the step is skipped, as with dp
         cdev = devices.collective_device(self.device)
         count = torch.full((), float(local), dtype=torch.float64, device=cdev)  # exact beyond 2**24 tokens
         return collectives.reduce_(count, groups).to(self.device, non_blocking=True)

@@ -203,7 +203,7 @@ def test_non_finite_step_is_checked_only_at_log_and_checkpoint_steps(
     assert seen["checks"] == [4]
 
 
-def test_a_batch_of_prompts_only_names_the_fix(tmp_path):
+def test_a_batch_of_prompts_only_names_the_fix_or_is_skipped(tmp_path):
     # real ShareGPT rows under SmolLM2's long default system prompt: 64-token windows can hold no answer at all
     from tests.data.conftest import write_dataset
 
@@ -214,3 +214,10 @@ def test_a_batch_of_prompts_only_names_the_fix(tmp_path):
         TrainingError, match=r"step 1: no target tokens .* raise train.seq_len or the batch size"
     ):
         trainer.train()
+    # under nan_policy=skip one process skips such steps, as data-parallel ranks do (their loss is 0 / 0)
+    overrides = tiny_overrides(prefix, tmp_path / "skip", **{"train.steps": 2, "train.nan_policy": '"skip"'})
+    trainer = Trainer(load_config(None, overrides))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert trainer.skipped_steps == 2
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
