@@ -8,6 +8,11 @@ import torch.distributed as dist
 from bessemer.parallel.instances import is_dtensor
 
 
+def _unreduced(key: tuple) -> bool:
+    """Whether a (mesh, placements) group key holds Partial (not yet summed) DTensor gradients."""
+    return len(key) == 2 and any(p.is_partial() for p in key[1])
+
+
 @torch.no_grad()
 def clip_grad_norm(
     params: list[torch.nn.Parameter], max_norm: float, pp_group: dist.ProcessGroup | None = None
@@ -36,6 +41,10 @@ def clip_grad_norm(
         total = total**2
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=pp_group)
         total = total.sqrt()
-    for group in groups.values():
-        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    for key, group in groups.items():
+        # Partial gradients (LoRA adapters under tp) are scaled one by one: torch 2.11's DTensor runs an in-place
+        # foreach op on them on a reduced copy and drops the result, leaving them unclipped; mul_ is right on all
+        torch.nn.utils.clip_grads_with_norm_(
+            group, max_norm, total, foreach=False if _unreduced(key) else None
+        )
     return total
