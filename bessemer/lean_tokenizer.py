@@ -81,26 +81,16 @@ _CLASSES = {
 # Qwen2Tokenizer's split before the byte-level step (transformers' models/qwen2/tokenization_qwen2.py)
 _QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 # the BPE a class builds from tokenizer.json's vocab and merges: the file's model must have these settings
-_REBUILT_BPE = {
-    "Qwen2Tokenizer": {
-        "dropout": None,
-        "unk_token": None,
-        "continuing_subword_prefix": "",
-        "end_of_word_suffix": "",
-        "fuse_unk": False,
-        "byte_fallback": False,
-        "ignore_merges": False,
-    },
-    "GPT2Tokenizer": {
-        "dropout": None,
-        "unk_token": None,
-        "continuing_subword_prefix": "",
-        "end_of_word_suffix": "",
-        "fuse_unk": False,
-        "byte_fallback": False,
-        "ignore_merges": False,
-    },
+_BYTE_LEVEL_BPE = {
+    "dropout": None,
+    "unk_token": None,
+    "continuing_subword_prefix": "",
+    "end_of_word_suffix": "",
+    "fuse_unk": False,
+    "byte_fallback": False,
+    "ignore_merges": False,
 }
+_REBUILT_BPE = {"Qwen2Tokenizer": _BYTE_LEVEL_BPE, "GPT2Tokenizer": _BYTE_LEVEL_BPE}
 # the class's defaults for named tokens the folder leaves out
 _CLASS_DEFAULTS = {
     _GENERIC: {},
