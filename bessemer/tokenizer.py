@@ -214,16 +214,19 @@ _NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 def _rules_for_unread_release(path: Path, config: dict, lean):
-    """Under a transformers release whose loader was not read, only the plainest folders stay lean: a generic
-    class over tokenizer.json with no special-token files beside it, which every release read so far builds
-    alike (the file, its added tokens, the named special tokens); the newest rules read then apply."""
-    if config.get("tokenizer_class") not in ("PreTrainedTokenizerFast", "TokenizersBackend") or any(
-        (path / n).exists() for n in ("special_tokens_map.json", "added_tokens.json")
+    """Under a transformers release whose loader was not read, of the major version of those read, only the
+    plainest folders stay lean: a generic class over tokenizer.json with no special-token files beside it,
+    which every release read so far builds alike (the file, its added tokens, the named special tokens); the
+    newest rules read then apply. Under another major version transformers loads every such folder."""
+    version, newest = lean.transformers_version(), max(lean.RULES)
+    if (
+        version is None
+        or version[0] != newest[0]
+        or config.get("tokenizer_class") not in ("PreTrainedTokenizerFast", "TokenizersBackend")
+        or any((path / n).exists() for n in ("special_tokens_map.json", "added_tokens.json"))
     ):
-        raise lean.Declined(
-            f"transformers {lean.transformers_version()}: a release whose loader was not read"
-        )
-    return lean.RULES[max(lean.RULES)]
+        raise lean.Declined(f"transformers {version}: a release whose loader was not read")
+    return lean.RULES[newest]
 
 
 def chat_template_in(path: str | Path) -> str | None:

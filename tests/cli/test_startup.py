@@ -188,6 +188,10 @@ def chat_checkpoint(tmp_path_factory, demo_tokenizer_dir):
     write_model_checkpoint(model, ckpt, {"source": "test", "family": "llama2"})
     shutil.copytree(demo_tokenizer_dir, ckpt / "tokenizer")
     (ckpt / "tokenizer" / "chat_template.jinja").write_text(CHATML)
+    from bessemer.tokenizer import load_text_tokenizer
+
+    if load_text_tokenizer(ckpt / "tokenizer") is None:  # bessemer.lean_tokenizer has not read this release
+        pytest.skip("this transformers release's tokenizer loader is not reproduced: transformers loads it")
     return ckpt
 
 
