@@ -389,10 +389,13 @@ def _encode_with_tokenizer_template(
             ) from exc
 
     full = render(messages, gen)
+    specials = _special_tokens(tokenizer)  # read once per conversation: transformers rebuilds it on each read
+    markers = sorted(specials, key=len, reverse=True)  # longest first, where one is the start of another
+    eos = getattr(tokenizer, "eos_token", None)
     if need_mask:
-        full += _unrendered_end_marker(tokenizer, full, messages, gen, render)
-    spans = _answer_spans(tokenizer, full, messages, render) if need_mask else []
-    ids, offsets = _encode_rendered(tokenizer, full, _content_spans(tokenizer, full, messages))
+        full += _unrendered_end_marker(full, messages, gen, render, markers, eos)
+    spans = _answer_spans(full, messages, render, markers, eos) if need_mask else []
+    ids, offsets = _encode_rendered(tokenizer, full, specials, _content_spans(full, messages, specials))
     mask = [0] * len(ids)
     for k, (start, stop) in enumerate(offsets):
         if any(a <= start < b or (start == stop and a < start <= b) for a, b in spans):
@@ -400,7 +403,9 @@ def _encode_with_tokenizer_template(
     return ids, mask
 
 
-def _unrendered_end_marker(tokenizer, full: str, messages: list[dict], gen: bool, render) -> str:
+def _unrendered_end_marker(
+    full: str, messages: list[dict], gen: bool, render, markers: list[str], eos: str | None
+) -> str:
     """The end-of-turn marker of a last answer that the template renders without one, else "".
 
     Some templates (Apertus, GLM-4, Hunyuan) render a conversation's last answer as a prompt to be continued,
@@ -417,12 +422,12 @@ def _unrendered_end_marker(tokenizer, full: str, messages: list[dict], gen: bool
         return ""
     if not more.startswith(full):
         return ""
-    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
-    end = _turn_end(more, len(full), len(full), specials, getattr(tokenizer, "eos_token", None))
-    return more[len(full) : end]
+    return more[len(full) : _turn_end(more, len(full), len(full), markers, eos)]
 
 
-def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tuple[int, int]]:
+def _answer_spans(
+    full: str, messages: list[dict], render, markers: list[str], eos: str | None
+) -> list[tuple[int, int]]:
     """Character spans of `full` the model learns: each assistant turn and its end-of-turn marker.
 
     A turn starts where the generation prompt of the conversation before it ends, when the template renders
@@ -431,8 +436,6 @@ def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tu
     whole conversation, the turn is that text; else (templates that rewrite earlier answers) it is its answer.
     Either way it ends with its end-of-turn marker (_turn_end).
     """
-    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
-    eos = getattr(tokenizer, "eos_token", None)
     spans, cursor = [], 0
     for i, m in enumerate(messages):
         content = m["content"]
@@ -450,7 +453,7 @@ def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tu
                     "start; begin with a system or user message"
                 )
             start = through.rfind(content)
-            cursor = _turn_end(full, len(through), start + len(content), specials, eos)
+            cursor = _turn_end(full, len(through), start + len(content), markers, eos)
             spans.append((start, cursor))
             continue
         before = render(messages[:i], True)
@@ -467,12 +470,12 @@ def _answer_spans(tokenizer, full: str, messages: list[dict], render) -> list[tu
                 )
             start, stop = (len(before) if opens else at), at + len(content)
         answer_end = full.rfind(content, start, stop) + len(content) if content in full[start:stop] else start
-        cursor = _turn_end(full, stop, answer_end, specials, eos)
+        cursor = _turn_end(full, stop, answer_end, markers, eos)
         spans.append((start, cursor))
     return spans
 
 
-def _turn_end(full: str, stop: int, answer_end: int, specials: list[str], eos: str | None) -> int:
+def _turn_end(full: str, stop: int, answer_end: int, markers: list[str], eos: str | None) -> int:
     """Where a turn that the template renders up to `stop`, its answer up to `answer_end`, ends for the loss.
 
     A turn the template closes with a marker of its own ends there, without the whitespace after it (the newline
@@ -488,7 +491,7 @@ def _turn_end(full: str, stop: int, answer_end: int, specials: list[str], eos: s
     while pos < len(full) and full[pos].isspace():
         pos += 1
     first = None
-    while (token := next((s for s in specials if full.startswith(s, pos)), None)) is not None:
+    while (token := next((s for s in markers if full.startswith(s, pos)), None)) is not None:
         pos += len(token)
         if token == eos:
             return pos
@@ -502,9 +505,8 @@ def _special_tokens(tokenizer) -> dict:
     return {t.content: (i, t) for i, t in decoder.items() if getattr(t, "special", False) and t.content}
 
 
-def _content_spans(tokenizer, full: str, messages: list[dict]) -> list[tuple[int, int]]:
+def _content_spans(full: str, messages: list[dict], specials: dict) -> list[tuple[int, int]]:
     """Where in the rendered text the contents that hold special-token text sit (those must stay text)."""
-    specials = _special_tokens(tokenizer)
     spans, cursor = [], 0
     for i, m in enumerate(messages):
         content = m["content"]
@@ -524,10 +526,10 @@ def _content_spans(tokenizer, full: str, messages: list[dict]) -> list[tuple[int
     return spans
 
 
-def _encode_rendered(tokenizer, full: str, text_spans: list[tuple[int, int]]):
-    """(ids, offsets) of a rendered conversation: the template's special tokens become their ids, as
-    `transformers` does, while special-token text inside `text_spans` (message contents) stays text."""
-    specials = _special_tokens(tokenizer)
+def _encode_rendered(tokenizer, full: str, specials: dict, text_spans: list[tuple[int, int]]):
+    """(ids, offsets) of a rendered conversation: the template's special tokens (`specials`, _special_tokens)
+    become their ids, as `transformers` does, while special-token text inside `text_spans` (message contents)
+    stays text."""
     ids: list[int] = []
     offsets: list[tuple[int, int]] = []
     backend = tokenizer.backend_tokenizer
