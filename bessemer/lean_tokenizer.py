@@ -8,8 +8,10 @@ backend is equal by construction (tests/tokenizer compares `to_str()` and every 
 
 Releases differ (5.17 has no byte-level LlamaTokenizer route and renames additional_special_tokens otherwise; 4.x
 merges and re-adds tokens differently and acts on add_prefix_space): we follow the installed release where its
-loader was read and tested (RULES: 5.17 and 5.24) and decline every folder under any other, so load_tokenizer's
-transformers path decides there. Anything not read here (a key, a class, a model type) declines too.
+loader was read and tested (RULES: 5.17 and 5.24). Under another 5.x release only a generic class with no
+special-token files stays lean (bessemer.tokenizer._rules_for_unread_release); under 4.x or 6.x every folder
+declines, so load_tokenizer's transformers path decides there. Anything not read here (a key, a class, a model
+type) declines too.
 """
 
 from __future__ import annotations
@@ -116,14 +118,12 @@ class Declined(Exception):
 class LoaderRules:
     """What differs between the transformers releases whose tokenizer loader was read."""
 
-    llama_byte_level_is_generic: (
-        bool  # AutoTokenizer loads a byte-level tokenizer.json named LlamaTokenizer as
-    )
-    # TokenizersBackend (5.24; 5.17 builds LlamaTokenizer)
-    additional_renamed_if_extra_empty: (
-        bool  # additional_special_tokens -> extra_special_tokens unless a non-empty
-    )
-    # extra_special_tokens is set (5.24); 5.17 always drops them and keeps an extra_special_tokens key as it is
+    # AutoTokenizer loads a byte-level tokenizer.json named LlamaTokenizer as TokenizersBackend (5.24; 5.17
+    # builds LlamaTokenizer)
+    llama_byte_level_is_generic: bool
+    # additional_special_tokens -> extra_special_tokens unless a non-empty extra_special_tokens is set (5.24);
+    # 5.17 always drops them and keeps an extra_special_tokens key as it is
+    additional_renamed_if_extra_empty: bool
     mistral_registered: str  # the class registered for model_type mistral / mixtral
 
 
@@ -194,12 +194,16 @@ def _routed_class(path: Path, config: dict, model_config: dict, rules: LoaderRul
 
 
 def special_tokens(
-    path: Path, config: dict, backend, defaults: dict[str, str], rules: LoaderRules
+    path: Path, config: dict, backend, cls: str, rules: LoaderRules
 ) -> tuple[dict[str, Any], dict[int, Any], list[Any]]:
     """(named special tokens, added_tokens_decoder, extra special tokens) as from_pretrained (transformers 5) merges
     tokenizer_config.json, special_tokens_map.json, added_tokens.json and tokenizer.json's added tokens (those of
-    `backend`, loaded from it); `defaults`: the class's for named tokens the folder leaves out."""
+    `backend`, loaded from it); the class `cls` (tokenizer_class) supplies named tokens the folder leaves out."""
     from tokenizers import AddedToken
+
+    from bessemer.tokenizer import _read_json
+
+    defaults = _CLASS_DEFAULTS[cls]
 
     init = dict(config)
     if rules.additional_renamed_if_extra_empty:
@@ -218,8 +222,6 @@ def special_tokens(
     else:
         stm_file = path / "special_tokens_map.json"
         if stm_file.exists():
-            from bessemer.tokenizer import _read_json
-
             for key, value in _read_json(stm_file).items():
                 if key in NAMED_SPECIALS and isinstance(value, dict):
                     fields = {k: v for k, v in value.items() if k != "special"}
@@ -236,8 +238,6 @@ def special_tokens(
                     raise Declined(f"{stm_file}: key {key}")
         added_file = path / "added_tokens.json"
         if added_file.exists():
-            from bessemer.tokenizer import _read_json
-
             # as there: before dicts marked "__type" become AddedTokens (such a dict's text is its repr)
             named = {str(init[k]) for k in NAMED_SPECIALS if init.get(k)}
             named.update(str(t) for t in init.get("extra_special_tokens") or [])

@@ -164,7 +164,7 @@ def _load_text_tokenizer(path: Path, lean, rules) -> TextTokenizer | None:
         if cls == "TokenizersBackend" and config.get("add_prefix_space"):
             raise lean.Declined("add_prefix_space on a generic class")
         backend = Tokenizer.from_file(str(path / "tokenizer.json"))
-        named, decoder, extras = lean.special_tokens(path, config, backend, lean._CLASS_DEFAULTS[cls], rules)
+        named, decoder, extras = lean.special_tokens(path, config, backend, cls, rules)
         backend = lean.rebuild_for_class(backend, cls, config, path / "tokenizer.json")
     else:
         # load_tokenizer's own constructor calls: the file (or the converted tokenizer.model) and the config's
