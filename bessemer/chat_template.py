@@ -43,11 +43,18 @@ REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
 def _with_reasoning_aliases(message: dict) -> dict:
-    """The message with its reasoning under both names templates read, as transformers passes it."""
+    """The message with its reasoning under both names templates read, as transformers 5.24 passes it.
+
+    Key order matters to templates that dump a message as JSON: `thinking` leads unless the message has it, the
+    message's own keys follow, and `reasoning_content` comes last unless the message has it.
+    """
     reasoning = next((message[k] for k in REASONING_FIELDS if message.get(k) is not None), None)
     if reasoning is None:
         return message
-    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    aliased = {"thinking": reasoning}
+    aliased.update(message)
+    aliased["reasoning_content"] = reasoning
+    return aliased
 
 
 @lru_cache(maxsize=16)
