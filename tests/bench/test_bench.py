@@ -17,7 +17,9 @@ def test_bench_tiny_prints_throughput(capsys):
     tps = float(re.search(r"tokens/s/device\s+([\d,]+)", out)[1].replace(",", ""))
     step = float(re.search(r"step time\s+([\d.]+) s", out)[1])
     assert tps > 0 and step > 0
-    assert abs(tps - 2 * 64 / step) / tps < 0.01  # tokens per step / step time, one device
+    # tokens per step / step time, one device; tokens/s is printed as a whole number (a loaded machine's 15 tokens/s
+    # is 14.5 rounded), the step time to 4 decimals
+    assert abs(tps - 2 * 64 / step) <= 0.5 + 0.01 * tps
     assert "MFU              n/a" in out  # no made-up peak for a CPU
     assert re.search(r"peak memory\s+[\d.]+ GiB", out)
 
