@@ -132,7 +132,9 @@ def stop_strings(template: str, tokenizer=None) -> list[str]:
 def encode_prompt(tokenizer, template: str, messages: list[dict]) -> list[int]:
     """Token ids of `messages` followed by the assistant header: what generation continues from."""
     if template == "tokenizer":  # no answer mask needed, so any chat_template the model ships will do
-        return _encode_with_tokenizer_template(tokenizer, _checked(messages), True, need_mask=False)[0]
+        return _encode_with_tokenizer_template(
+            tokenizer, _checked(messages, strip=False), True, need_mask=False
+        )[0]
     return encode_chat(tokenizer, template, messages, add_generation_prompt=True)[0]
 
 
@@ -141,14 +143,16 @@ def encode_chat(
 ) -> tuple[list[int], list[int]]:
     """Encode a conversation; returns (ids, loss_mask) with 1 exactly on the assistant answers and their end marker."""
     check_template(template)
-    messages = _checked(messages)
+    # the model's own template gets the contents as given, as transformers hands them over (a template that trims
+    # does so itself); the named templates strip them, as Meta's Llama-2 chat format does
+    messages = _checked(messages, strip=template != "tokenizer")
     if template == "tokenizer":
         return _encode_with_tokenizer_template(tokenizer, messages, add_generation_prompt)
     pieces = _BUILDERS[template](tokenizer, messages, add_generation_prompt)
     return _encode_pieces(tokenizer, pieces)
 
 
-def _checked(messages: list[dict]) -> list[dict]:
+def _checked(messages: list[dict], *, strip: bool) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise DataError("a conversation must be a non-empty list of {role, content} messages")
     out = []
@@ -164,7 +168,7 @@ def _checked(messages: list[dict]) -> list[dict]:
             content = ""
         if not isinstance(content, str):
             raise DataError(f"message {i} content must be text; got {type(content).__name__}")
-        out.append({"role": role, "content": content.strip()})
+        out.append({"role": role, "content": content.strip() if strip else content})
     return out
 
 
@@ -413,8 +417,8 @@ def _unrendered_end_marker(
     marker the template writes after the same answer when the conversation goes on is added (training only:
     these ids then extend transformers' rendering by that marker).
     """
-    last = messages[-1]
-    if gen or last["role"] != "assistant" or not last["content"] or not full.endswith(last["content"]):
+    last, answer = messages[-1], _needle(messages[-1])
+    if gen or last["role"] != "assistant" or not answer or not full.rstrip().endswith(answer):
         return ""
     try:
         more = render([*messages, {"role": "user", "content": "?"}], False)
@@ -423,6 +427,12 @@ def _unrendered_end_marker(
     if not more.startswith(full):
         return ""
     return more[len(full) : _turn_end(more, len(full), len(full), markers, eos)]
+
+
+def _needle(message: dict) -> str:
+    """The text a message's content is found by in the rendered conversation: without the whitespace at its ends,
+    which some templates trim (Llama-3's) and others keep (ChatML's)."""
+    return message["content"].strip()
 
 
 def _answer_spans(
@@ -438,7 +448,7 @@ def _answer_spans(
     """
     spans, cursor = [], 0
     for i, m in enumerate(messages):
-        content = m["content"]
+        content = _needle(m)
         if m["role"] != "assistant":
             # past each question, so an answer is never found inside one; a system message stays put, as some
             # templates move it into a later user turn
@@ -468,7 +478,12 @@ def _answer_spans(
                     "<think> part of earlier answers), so its loss mask cannot be located; end the conversation at "
                     f"that answer or pick a named template: {', '.join(TEMPLATE_NAMES[:-1])}"
                 )
-            start, stop = (len(before) if opens else at), at + len(content)
+            lead = m["content"][: len(m["content"]) - len(m["content"].lstrip())]
+            if lead and full.endswith(
+                lead, 0, at
+            ):  # the answer's own leading whitespace, where rendered, is learned
+                at -= len(lead)
+            start, stop = (len(before) if opens else at), at + len(lead) + len(content)
         answer_end = full.rfind(content, start, stop) + len(content) if content in full[start:stop] else start
         cursor = _turn_end(full, stop, answer_end, markers, eos)
         spans.append((start, cursor))
@@ -509,7 +524,7 @@ def _content_spans(full: str, messages: list[dict], specials: dict) -> list[tupl
     """Where in the rendered text the contents that hold special-token text sit (those must stay text)."""
     spans, cursor = [], 0
     for i, m in enumerate(messages):
-        content = m["content"]
+        content = _needle(m)
         if not content:
             continue
         at = full.find(content, cursor)

@@ -188,15 +188,17 @@ def learned_turns(ref, tok, messages, gen, full, ids, mask):
     assert len(learned) == len(turns), (learned, turns)
     out = []
     for text, i in zip(learned, turns):
-        answer = messages[i]["content"]
+        content = messages[i]["content"]
+        answer = content.strip()  # a template may trim the whitespace at its ends, or keep it
         assert answer in text, (text, answer)
         head, tail = text.split(answer, 1)
-        if (
-            head
-        ):  # the template's own text between the generation prompt and the answer ("<think>\n\n</think>\n\n")
+        lead = content[: len(content) - len(content.lstrip())]
+        head = head.removesuffix(lead)  # the answer's own leading whitespace, where rendered
+        # the template's own text between the generation prompt and the answer ("<think>\n\n</think>\n\n")
+        if head:
             before = ref.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
             assert full.startswith(before)
-            between = full[len(before) : full.index(answer, len(before))]
+            between = full[len(before) : full.index(answer, len(before))].removesuffix(lead)
             # a token that runs across the prompt's end ("\n\n" after "<think>\n") stays with the prompt
             assert between.endswith(head) and not between[: len(between) - len(head)].strip(), (between, head)
         out.append((i == len(messages) - 1, tail))
