@@ -61,6 +61,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--txt-mode", default="line", choices=TXT_MODES, help=".txt: one document per line/paragraph"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files at --out that `prepare` did not write"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -74,7 +77,7 @@ def run(args) -> int:
     if args.merge:
         if args.input:
             raise ConfigError("--merge and --input are separate modes; pass one of them")
-        meta = merge(args.merge, args.out, command=command)
+        meta = merge(args.merge, args.out, command=command, overwrite=args.overwrite)
         _report(Console(highlight=False), args.out, meta)
         return 0
     if not args.input:
@@ -102,6 +105,7 @@ def run(args) -> int:
             max_length=args.max_length,
             skip_bad=args.skip_bad,
             command=command,
+            overwrite=args.overwrite,
         )
         print(f"wrote {args.out}: {meta['pairs']} pairs, {meta['truncated']} cut to --max-length")
         return 0
@@ -115,7 +119,13 @@ def run(args) -> int:
         skip_bad=args.skip_bad,
         allow_special_in_text=args.allow_special_in_text,
     )
-    kwargs = dict(workers=args.workers, shard_size=args.shard_size, txt_mode=args.txt_mode, command=command)
+    kwargs = dict(
+        workers=args.workers,
+        shard_size=args.shard_size,
+        txt_mode=args.txt_mode,
+        command=command,
+        overwrite=args.overwrite,
+    )
     # a plain `kill` cleans up like Ctrl-C: workers ended, partial files removed
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
