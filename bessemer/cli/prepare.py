@@ -182,4 +182,4 @@ def _report(console, out: str, meta: dict) -> None:
         s = meta["seconds"]
         lines.append(f"time: {s:.1f}s  {meta['tokens'] / max(s, 1e-9):,.0f} tokens/s")
     lines.append(f"report: {out}.meta.json")
-    console.print("\n".join(lines), highlight=False)
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)  # a long path is not cut into two lines

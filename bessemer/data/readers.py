@@ -1,9 +1,10 @@
 """Stream rows out of corpus files: parquet, csv, jsonl, json (one list), txt; optionally gzip-compressed.
 
 Nothing reads a whole corpus into memory except a .json file, which is one JSON value by definition (use .jsonl
-for large data). Parquet and csv stream through pyarrow in record batches. jsonl and txt stream line by line
-(lines end at "\\n"; a trailing "\\r" is dropped), each line decoded and parsed on its own, so a bad line (invalid
-UTF-8, malformed or over-deep JSON, not an object) is one bad row named by file and line, counted by `skip_bad`,
+for large data). Parquet streams through pyarrow in record batches, csv through Python's csv module row by row.
+jsonl and txt stream line by line (lines end at "\\n"; a trailing "\\r" is dropped), each line decoded and parsed
+on its own, so a bad line (invalid UTF-8, malformed or over-deep JSON, not an object; in csv, a row that is not
+UTF-8 or has the wrong number of fields) is one bad row named by file and line, counted by `skip_bad`,
 and rows whose fields change type from line to line are fine. A .txt file holds one document per line
 (txt_mode="line", blank lines skipped) or one per blank-line-separated paragraph (txt_mode="paragraph").
 
@@ -12,7 +13,8 @@ boundaries of uncompressed jsonl/txt files, runs of row groups of parquet files,
 (gzip, csv, json); `iter_unit_rows` reads one. Reading the units in order gives exactly the rows of `iter_rows`.
 A damaged file (truncated or corrupt gzip, unreadable, malformed csv) stops the run with one line naming it.
 
-Each row comes with its location ("file:line 12" or "file:row 12", 1-based) for error messages.
+Each row comes with its location ("file:line 12", "file:row 12" in parquet, "file:row 12 (line 14)" in csv; 1-based)
+for error messages.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ _SUFFIXES = {
 TXT_MODES = ("line", "paragraph")
 PARQUET_BATCH_ROWS = 1024
 _READ_BLOCK = 8 << 20
+_CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB) would refuse a long document
 # errors of a damaged or unreadable input file (gzip.BadGzipFile is an OSError)
 _FILE_ERRORS = (OSError, EOFError, zlib.error)
 
@@ -227,7 +230,7 @@ def iter_unit_rows(unit: Unit, skip_bad: bool, stats: ReadStats) -> Iterator[tup
     if fmt == "parquet":
         rows = _parquet(path, unit)
     elif fmt in ("csv", "tsv"):
-        rows = _csv(path, "\t" if fmt == "tsv" else ",")
+        rows = _csv(path, "\t" if fmt == "tsv" else ",", skip_bad, stats)
     elif fmt == "jsonl":
         rows = _jsonl(path, unit, skip_bad, stats)
     elif fmt == "json":
@@ -299,7 +302,8 @@ def _jsonl(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            _bad_row(skip_bad, stats, loc, "malformed JSON", f"not valid JSON ({exc.msg})")
+            where = f"{exc.msg.removesuffix(' at')} at character {exc.colno}"  # "Invalid control character at"
+            _bad_row(skip_bad, stats, loc, "malformed JSON", f"not valid JSON ({where})")
             continue
         except RecursionError:
             _bad_row(skip_bad, stats, loc, "malformed JSON", "JSON nested too deeply")
@@ -385,35 +389,54 @@ def _parquet(path: Path, unit: Unit):
         raise DataError(f"{path}: damaged parquet file ({_first_line(exc)}); check the file") from exc
 
 
-def _csv(path: Path, delimiter: str):
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
+def _csv(path: Path, delimiter: str, skip_bad: bool, stats: ReadStats):
+    """Rows of a csv/tsv file with a header, every value as text (as written; an empty field is "").
 
-    # every column as text: type inference on the first block would fail on a later row that differs
-    try:
-        with _open_text(path) as f:
-            header = next(csv.reader(f, delimiter=delimiter), None)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from exc
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed csv header ({exc}); fix the file") from exc
-    if not header:
-        raise DataError(f"{path}: empty; a csv input needs a header row naming its columns")
-    compression = "gzip" if path.suffix.lower() == ".gz" else None
-    try:
-        stream = pa.input_stream(str(path), compression=compression)
-        reader = pcsv.open_csv(
-            stream,
-            read_options=pcsv.ReadOptions(block_size=1 << 22),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pcsv.ConvertOptions(
-                column_types={name: pa.string() for name in header}, strings_can_be_null=False
-            ),
-        )
-        n = 0
-        for batch in reader:
-            for row in batch.to_pylist():
-                n += 1
-                yield f"{path}:row {n}", row
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{path}: malformed csv ({_first_line(exc)}); fix the file") from exc
+    Python's csv module, not pyarrow's: each row comes with its line, so a row that is not UTF-8 or has the wrong
+    number of fields is one bad row named by row and line (skipped with --skip-bad); pyarrow's reader fails a whole
+    block without saying which row. Quoted fields may hold newlines and delimiters; no field size limit applies.
+    """
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    # surrogateescape: an undecodable byte becomes a lone surrogate, found in the row that holds it
+    with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise DataError(f"{path}: malformed csv header ({exc}); fix the file") from exc
+        if not header:
+            raise DataError(f"{path}: empty; a csv input needs a header row naming its columns")
+        if _undecodable(header):
+            raise DataError(f"{path}: the header is not UTF-8 text; convert the file to UTF-8")
+        n, line = 0, reader.line_num
+        while True:
+            try:
+                fields = next(reader, None)
+            except csv.Error as exc:
+                raise DataError(f"{path}:line {line + 1}: malformed csv ({exc}); fix the file") from exc
+            if fields is None:
+                return
+            loc = f"{path}:row {n + 1} (line {line + 1})"
+            n, line = n + 1, reader.line_num
+            if not fields:  # a blank line
+                n -= 1
+                continue
+            if len(fields) != len(header):
+                _bad_row(skip_bad, stats, loc, "wrong number of csv fields",
+                         f"{len(fields)} fields where the header has {len(header)}")  # fmt: skip
+            elif _undecodable(fields):
+                _bad_row(skip_bad, stats, loc, "not UTF-8", "not UTF-8 text")
+            else:
+                yield loc, dict(zip(header, fields))
+
+
+def _undecodable(fields: list[str]) -> bool:
+    """Whether a field holds bytes that were not UTF-8 (decoded as lone surrogates)."""
+    for value in fields:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False

@@ -1,4 +1,5 @@
 import contextlib
+import csv
 import gzip
 import json
 import random
@@ -177,10 +178,12 @@ def test_truncated_gzip_is_one_line(tmp_path, name):
 
 def test_bad_csv_json_and_links_are_one_line(tmp_path):
     (tmp_path / "c.csv").write_bytes(b"text\n" + b"ok\n" * 20_000 + b"bad \xff\n")
-    with pytest.raises(DataError, match=r"c\.csv: malformed csv \(.*UTF8.*\); fix the file"):
+    with pytest.raises(
+        DataError, match=r"c\.csv:row 20001 \(line 20002\): not UTF-8 text; fix the row or pass"
+    ):
         list(iter_rows([tmp_path / "c.csv"]))
     (tmp_path / "h.csv").write_bytes(b"te\xffxt\nok\n")
-    with pytest.raises(DataError, match=r"h\.csv: not UTF-8 text"):
+    with pytest.raises(DataError, match=r"h\.csv: the header is not UTF-8 text"):
         list(iter_rows([tmp_path / "h.csv"]))
     (tmp_path / "d.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DataError, match=r"d\.json: JSON nested too deeply"):
@@ -275,3 +278,27 @@ def test_line_readers_stream(tmp_path):
         finally:
             tracemalloc.stop()
         assert rows == 4000 and peak < 256 << 10, (name, peak)
+
+
+def test_csv_rows_are_the_csv_modules_and_bad_rows_are_named(tmp_path):
+    # quoted newlines (CRLF kept), delimiters and quotes in fields, a BOM, a blank line, a long field
+    long = "word " * 40_000  # over the csv module's default field limit
+    body = f'text,n\r\n"a\r\nb",1\r\n"c, ""d""",2\r\n\r\n{long},3\r\nonly,4,extra\r\n"bad \udcff",5\r\nlast,6'
+    path = tmp_path / "t.csv"
+    path.write_bytes(BOM + body.encode("utf-8", "surrogateescape"))
+    with pytest.raises(
+        DataError, match=r"t\.csv:row 4 \(line 7\): 3 fields where the header has 2; fix the row"
+    ):
+        list(iter_rows([path]))
+    stats = ReadStats()
+    got = [(loc.rsplit(":", 1)[1], row) for loc, row in iter_rows([path], skip_bad=True, stats=stats)]
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        want = [r for r in csv.DictReader(f) if None not in r and "\ufffd" not in r["text"]]
+    assert [row for _, row in got] == want and want[0]["text"] == "a\r\nb" and want[2]["text"] == long
+    assert [loc for loc, _ in got] == ["row 1 (line 2)", "row 2 (line 4)", "row 3 (line 6)", "row 6 (line 9)"]
+    assert stats.skipped == {"wrong number of csv fields": 1, "not UTF-8": 1}
+    (tmp_path / "q.csv").write_text('text\nok\n"open\nnever closed\n')
+    with pytest.raises(
+        DataError, match=r"q\.csv:line 3: malformed csv \(unexpected end of data\); fix the file"
+    ):
+        list(iter_rows([tmp_path / "q.csv"]))
