@@ -302,7 +302,9 @@ def _jsonl(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            where = f"{exc.msg.removesuffix(' at')} at character {exc.colno}"  # "Invalid control character at"
+            where = (
+                f"{exc.msg.removesuffix(' at')} at character {exc.colno}"  # "Invalid control character at"
+            )
             _bad_row(skip_bad, stats, loc, "malformed JSON", f"not valid JSON ({where})")
             continue
         except RecursionError:
