@@ -1,4 +1,4 @@
-"""Stream rows out of corpus files: parquet, csv, jsonl, json (one list), txt; optionally gzip-compressed.
+"""Stream rows out of corpus files: parquet, csv, jsonl, json (one list), txt; optionally compressed (gzip, zstd, bz2).
 
 Nothing reads a whole corpus into memory except a .json file, which is one JSON value by definition (use .jsonl
 for large data). Parquet streams through pyarrow in record batches, csv through Python's csv module row by row.
@@ -10,8 +10,8 @@ and rows whose fields change type from line to line are fine. A .txt file holds 
 
 `plan_units` cuts the inputs into units that processes read independently: byte ranges on line (or paragraph)
 boundaries of uncompressed jsonl/txt files, runs of row groups of parquet files, and whole files for the rest
-(gzip, csv, json); `iter_unit_rows` reads one. Reading the units in order gives exactly the rows of `iter_rows`.
-A damaged file (truncated or corrupt gzip, unreadable, malformed csv) stops the run with one line naming it.
+(compressed, csv, json); `iter_unit_rows` reads one. Reading the units in order gives exactly the rows of `iter_rows`.
+A damaged file (truncated or corrupt compression, unreadable, malformed csv) stops the run with one line naming it.
 
 Each row comes with its location ("file:line 12", "file:row 12" in parquet, "file:row 12 (line 14)" in csv; 1-based)
 for error messages.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
+import io
 import json
 import os
 import zlib
@@ -44,6 +45,7 @@ _SUFFIXES = {
     ".txt": "txt",
     ".text": "txt",
 }
+_COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 TXT_MODES = ("line", "paragraph")
 PARQUET_BATCH_ROWS = 1024
 _READ_BLOCK = 8 << 20
@@ -78,16 +80,35 @@ class Unit:
 
 
 def file_format(path: str | Path) -> str:
-    """The format of `path` from its suffix (a trailing .gz is looked through)."""
+    """The format of `path` from its suffix (a trailing .gz, .zst or .bz2 is looked through)."""
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix == ".gz":
+    if suffix in _COMPRESSIONS:
         suffix = Path(p.stem).suffix.lower()
     if suffix not in _SUFFIXES:
         raise DataError(
-            f"{path}: unknown file type {suffix or '(none)'!r}; use one of .parquet .csv .tsv .jsonl .json .txt (.gz)"
+            f"{path}: unknown file type {suffix or '(none)'!r}; use one of .parquet .csv .tsv .jsonl .json .txt "
+            "(compressed: .gz .zst .bz2)"
         )
     return _SUFFIXES[suffix]
+
+
+def compression(path: str | Path) -> str | None:
+    """The compression of `path` from its suffix ("gzip", "zstd", "bz2"), or None."""
+    return _COMPRESSIONS.get(Path(path).suffix.lower())
+
+
+def _open_binary(path: Path):
+    """`path` opened for reading bytes, decompressed on the fly: gzip by the standard library, zstd and bz2 by
+    pyarrow's codecs (so no extra package)."""
+    kind = compression(path)
+    if kind is None:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    if kind == "gzip":
+        return gzip.open(path, "rb")
+    import pyarrow as pa
+
+    return io.BufferedReader(pa.input_stream(str(path), compression=kind), _READ_BLOCK)
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -162,13 +183,13 @@ def plan_units(inputs: list[str | Path], *, target_bytes: int, txt_mode: str = "
     units: list[Unit] = []
     for path in expand_inputs(inputs):
         fmt = file_format(path)
-        gz = path.suffix.lower() == ".gz"
+        packed = compression(path) is not None
         try:
-            if fmt in ("jsonl", "txt") and not gz:
+            if fmt in ("jsonl", "txt") and not packed:
                 paragraph = fmt == "txt" and txt_mode == "paragraph"
                 for start, stop, first in _line_ranges(path, target_bytes, paragraph):
                     units.append(Unit(str(path), fmt, start, stop, first, txt_mode))
-            elif fmt == "parquet" and not gz:
+            elif fmt == "parquet" and not packed:
                 units += _row_group_units(path, target_bytes)
             else:
                 units.append(Unit(str(path), fmt, txt_mode=txt_mode))
@@ -247,7 +268,9 @@ def iter_unit_rows(unit: Unit, skip_bad: bool, stats: ReadStats) -> Iterator[tup
 
 def _file_error(path: Path, exc: BaseException) -> DataError:
     why = getattr(exc, "strerror", None) or _first_line(exc) or type(exc).__name__
-    return DataError(f"{path}: cannot be read ({why}); check the file (a truncated or corrupt .gz?)")
+    return DataError(
+        f"{path}: cannot be read ({why}); check the file (truncated or corrupt compressed data?)"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -256,8 +279,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _lines(path: Path, unit: Unit) -> Iterator[tuple[int, bytes]]:
     """(line number, line without its end) over the unit's byte range (the whole file when compressed)."""
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rb") as f:
+    with _open_binary(path) as f:
         if unit.start:
             f.seek(unit.start)
         left = unit.stop - unit.start if unit.stop >= 0 else -1
@@ -302,10 +324,7 @@ def _jsonl(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            where = (
-                f"{exc.msg.removesuffix(' at')} at character {exc.colno}"  # "Invalid control character at"
-            )
-            _bad_row(skip_bad, stats, loc, "malformed JSON", f"not valid JSON ({where})")
+            _bad_row(skip_bad, stats, loc, "malformed JSON", f"not valid JSON ({_where(exc)})")
             continue
         except RecursionError:
             _bad_row(skip_bad, stats, loc, "malformed JSON", "JSON nested too deeply")
@@ -323,11 +342,14 @@ def _is_object(row, loc: str, skip_bad: bool, stats: ReadStats) -> bool:
 
 
 def _json(path: Path, skip_bad: bool, stats: ReadStats):
+    if _holds_json_lines(path):  # a common misnaming, read as Hugging Face's json loader reads it
+        yield from _jsonl(path, Unit(str(path), "jsonl"), skip_bad, stats)
+        return
     try:
         with _open_text(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:line {exc.lineno}: not valid JSON ({exc.msg}); fix the file") from exc
+        raise DataError(f"{path}:line {exc.lineno}: not valid JSON ({_where(exc)}); fix the file") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from exc
     except RecursionError:
@@ -344,10 +366,25 @@ def _json(path: Path, skip_bad: bool, stats: ReadStats):
             yield loc, row
 
 
-def _open_text(path: Path):
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+def _where(exc: json.JSONDecodeError) -> str:
+    return f"{exc.msg.removesuffix(' at')} at character {exc.colno}"  # "Invalid control character at"
+
+
+def _holds_json_lines(path: Path) -> bool:
+    """Whether a .json file holds JSON Lines: its first line is a whole object and more follows."""
+    with _open_binary(path) as f:
+        first = next((line for line in f if line.strip()), b"")
+        if not first.lstrip(b"\xef\xbb\xbf \t").startswith(b"{"):
+            return False
+        try:
+            json.loads(first.decode("utf-8-sig"))
+        except (ValueError, RecursionError):  # invalid UTF-8 too: then the whole file is judged as one value
+            return False
+        return any(line.strip() for line in f)
+
+
+def _open_text(path: Path, errors: str = "strict"):
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", errors=errors, newline="")
 
 
 def _txt(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
@@ -374,8 +411,8 @@ def _txt(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
 def _parquet(path: Path, unit: Unit):
     import pyarrow.parquet as pq
 
-    if path.suffix.lower() == ".gz":
-        raise DataError(f"{path}: parquet files compress internally; decompress the .gz first")
+    if compression(path) is not None:
+        raise DataError(f"{path}: parquet files compress internally; decompress {path.suffix} first")
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:
@@ -399,9 +436,8 @@ def _csv(path: Path, delimiter: str, skip_bad: bool, stats: ReadStats):
     block without saying which row. Quoted fields may hold newlines and delimiters; no field size limit applies.
     """
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
     # surrogateescape: an undecodable byte becomes a lone surrogate, found in the row that holds it
-    with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    with _open_text(path, errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
         try:
             header = next(reader, None)

@@ -302,3 +302,27 @@ def test_csv_rows_are_the_csv_modules_and_bad_rows_are_named(tmp_path):
         DataError, match=r"q\.csv:line 3: malformed csv \(unexpected end of data\); fix the file"
     ):
         list(iter_rows([tmp_path / "q.csv"]))
+
+
+def test_zstd_bz2_and_json_lines_in_a_json_file(tmp_path):
+    import bz2
+
+    lines = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    with pa.output_stream(str(tmp_path / "a.jsonl.zst"), compression="zstd") as f:
+        f.write(lines)
+    (tmp_path / "b.json.bz2").write_bytes(bz2.compress(json.dumps(ROWS).encode()))
+    with pa.output_stream(str(tmp_path / "c.csv.zst"), compression="zstd") as f:
+        f.write(b'text,n\nfirst,1\n"second, with a comma",2\n"third\nline",3\n')
+    (tmp_path / "d.json").write_bytes(BOM + lines)  # JSON Lines under a .json name, as HF's json loader reads
+    for name in ("a.jsonl.zst", "b.json.bz2", "c.csv.zst", "d.json"):
+        assert [r["text"] for _, r in iter_rows([tmp_path / name])] == [r["text"] for r in ROWS], name
+    assert [u.fmt for u in plan_units([tmp_path], target_bytes=1)] == ["jsonl", "json", "csv", "json"]
+    assert [loc for loc, _ in iter_rows([tmp_path / "d.json"])][-1] == f"{tmp_path / 'd.json'}:line 3"
+    (tmp_path / "e.jsonl.zst").write_bytes((tmp_path / "a.jsonl.zst").read_bytes()[:-4])
+    with pytest.raises(DataError, match=r"e\.jsonl\.zst: cannot be read \(Truncated compressed stream\)"):
+        list(iter_rows([tmp_path / "e.jsonl.zst"]))
+    (tmp_path / "f.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "nul \x00"}\n')
+    with pytest.raises(
+        DataError, match=r"f\.jsonl:line 2: not valid JSON \(Invalid control character at character 15\)"
+    ):
+        list(iter_rows([tmp_path / "f.jsonl"]))
