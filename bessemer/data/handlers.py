@@ -31,6 +31,11 @@ SHAREGPT_ROLES = {
     "bing": "assistant",
     "system": "system",
 }
+_SFT_COLUMNS = {
+    "alpaca": (("instruction", "output"), ("input", "system", "history")),
+    "sharegpt": (("conversations",), ("system",)),
+    "messages": (("messages",), ()),
+}
 TOOL_TURNS = ("tool", "function", "function_call", "observation")  # LLaMA-Factory's and others' tool turns
 
 
@@ -72,6 +77,13 @@ class Handler:
             self.template = template or default_template("", tokenizer)
         else:
             self.template = None  # pretrain text uses no template
+
+    @property
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) columns this handler reads: a "a.b" field needs column a (or one named "a.b")."""
+        if self.name == "pretrain":
+            return tuple(f.split(".")[0] for f in self.fields), tuple(f for f in self.fields if "." in f)
+        return _SFT_COLUMNS[self.name]
 
     def encode(self, rows: list[tuple[str, dict]], *, skip_bad: bool = False) -> list[tuple | Skip]:
         """(ids, mask or None) for each row, or a Skip; bad rows raise DataError unless `skip_bad`."""

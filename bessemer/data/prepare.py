@@ -318,7 +318,8 @@ def encode_unit(encoder: Encoder, unit: Unit, paths: tuple[str, str], progress=N
     lengths: list[np.ndarray] = []
     sft = encoder.handler.is_sft
     with open(paths[0], "wb") as fb, open(paths[1], "wb") if sft else contextlib.nullcontext() as fm:
-        for rows in _batches(iter_unit_rows(unit, encoder.options.skip_bad, stats), BATCH_ROWS):
+        rows_in = iter_unit_rows(unit, encoder.options.skip_bad, stats, encoder.handler.columns)
+        for rows in _batches(rows_in, BATCH_ROWS):
             chunk = encoder(rows)
             report.add_chunk(chunk)
             fb.write(memoryview(chunk.ids).cast("B"))
@@ -463,6 +464,7 @@ class _Router:
                 if out.mask is not None:
                     out.mask.add_documents(np.frombuffer(fm.read(count), dtype=np.uint8), lengths)
                 out.report.add_documents(ids, lengths)
+                out.report.documents_read += hi - lo  # a shard's rows are its documents (skips count overall)
                 lo = hi
 
     def _output(self) -> _Output:

@@ -244,12 +244,20 @@ def _row_group_units(path: Path, target: int) -> list[Unit]:
     return units or [Unit(str(path), "parquet", 0, 0, 1)]
 
 
-def iter_unit_rows(unit: Unit, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[str, dict]]:
-    """Yield (location, row dict) for the rows of one unit, counting them (and bad rows) in `stats`."""
+def iter_unit_rows(
+    unit: Unit,
+    skip_bad: bool,
+    stats: ReadStats,
+    columns: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+) -> Iterator[tuple[str, dict]]:
+    """Yield (location, row dict) for the rows of one unit, counting them (and bad rows) in `stats`.
+
+    `columns`: (required, optional) column names, the only ones the caller reads; parquet files then decode just
+    those (other columns, embeddings say, can cost more to turn into Python objects than the text itself)."""
     path = Path(unit.path)
     fmt = unit.fmt
     if fmt == "parquet":
-        rows = _parquet(path, unit)
+        rows = _parquet(path, unit, columns)
     elif fmt in ("csv", "tsv"):
         rows = _csv(path, "\t" if fmt == "tsv" else ",", skip_bad, stats)
     elif fmt == "jsonl":
@@ -408,7 +416,18 @@ def _txt(path: Path, unit: Unit, skip_bad: bool, stats: ReadStats):
         yield f"{path}:line {start}", {"text": "\n".join(para)}
 
 
-def _parquet(path: Path, unit: Unit):
+def _projection(
+    names: list[str], columns: tuple[tuple[str, ...], tuple[str, ...]] | None
+) -> list[str] | None:
+    """The columns to decode: the caller's, in file order; all when a required one is missing, so that the row's
+    error names the columns the file has."""
+    if columns is None or not set(columns[0]) <= set(names):
+        return None
+    wanted = set(columns[0]) | set(columns[1])
+    return [n for n in names if n in wanted]
+
+
+def _parquet(path: Path, unit: Unit, columns: tuple[tuple[str, ...], tuple[str, ...]] | None = None):
     import pyarrow.parquet as pq
 
     if compression(path) is not None:
@@ -420,7 +439,8 @@ def _parquet(path: Path, unit: Unit):
     groups = range(unit.start, unit.stop if unit.stop >= 0 else pf.metadata.num_row_groups)
     n = unit.first - 1
     try:
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=list(groups)):
+        read = _projection(pf.schema_arrow.names, columns)
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=list(groups), columns=read):
             for row in batch.to_pylist():
                 n += 1
                 yield f"{path}:row {n}", row

@@ -326,3 +326,27 @@ def test_zstd_bz2_and_json_lines_in_a_json_file(tmp_path):
         DataError, match=r"f\.jsonl:line 2: not valid JSON \(Invalid control character at character 15\)"
     ):
         list(iter_rows([tmp_path / "f.jsonl"]))
+
+
+def test_parquet_text_kinds_and_projection(tmp_path):
+    # large_string, dictionary-encoded and nested (struct) text, nulls, several row groups; only the handler's
+    # columns are decoded (an embedding column is never turned into Python lists)
+    texts = ["a b", None, "c d", "a b"]
+    table = pa.table(
+        {
+            "text": pa.array(texts, pa.large_string()),
+            "d": pa.array(texts).dictionary_encode(),
+            "meta": pa.array([{"body": t} for t in texts]),
+            "embedding": pa.array([[0.5] * 8] * 4, pa.list_(pa.float32())),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=3)
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    [unit] = plan_units([tmp_path / "t.parquet"], target_bytes=1 << 20)
+    rows = [r for _, r in iter_unit_rows(unit, False, ReadStats(), (("meta",), ("meta.body",)))]
+    assert rows == [{"meta": {"body": t}} for t in texts]
+    rows = [r for _, r in iter_unit_rows(unit, False, ReadStats(), (("text", "d"), ()))]
+    assert rows == [{"text": t, "d": t} for t in texts]
+    rows = [r for _, r in iter_unit_rows(unit, False, ReadStats(), (("body",), ()))]  # missing: read whole
+    assert list(rows[0]) == ["text", "d", "meta", "embedding"]
+    assert list(iter_rows([tmp_path / "empty.parquet"])) == []
