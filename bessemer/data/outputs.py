@@ -34,7 +34,7 @@ def shard_prefix(prefix: str | Path, k: int) -> str:
     return f"{prefix}_{k:05d}"
 
 
-def _prepare_report(prefix: str | Path) -> dict | None:
+def prepare_report(prefix: str | Path) -> dict | None:
     """PREFIX.meta.json when `bessemer prepare` wrote it (a report of documents written), else None."""
     try:
         meta = json.loads(meta_path(prefix).read_text(encoding="utf-8"))
@@ -50,7 +50,7 @@ class OutputClaim:
     def __init__(self, prefix: str | Path, overwrite: bool = False):
         self.prefix = str(prefix)
         self.overwrite = overwrite
-        report = _prepare_report(self.prefix)
+        report = prepare_report(self.prefix)
         self.earlier: set[Path] = set()  # files of an earlier prepare run here (or, with overwrite, any)
         if report is not None or overwrite:
             self.earlier.update(dataset_files(self.prefix))

@@ -119,13 +119,17 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         if p.is_file():
             files.append(p)
         elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _known(f))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _known(f) and not _report(f))
             if not found:
                 raise DataError(f"{p}: directory holds no .parquet/.csv/.jsonl/.json/.txt files")
             files += found
         elif any(c in str(item) for c in "*?["):
             found = _distinct(
-                sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+                sorted(
+                    Path(f)
+                    for f in glob.glob(str(item), recursive=True)
+                    if Path(f).is_file() and not _report(f)
+                )
             )
             if not found:
                 raise DataError(f"{item}: the pattern matches no files; check the path")
@@ -151,6 +155,19 @@ def _distinct(files: list[Path]) -> list[Path]:
             seen.add(real)
             out.append(f)
     return out
+
+
+def _report(path: str | Path) -> bool:
+    """Whether `path` is a file of a `prepare` output (its meta.json report, tokens, index or mask): a corpus
+    folder or pattern that also holds the prepared data (`--input data --out data/tok`) is read without them."""
+    from bessemer.data.outputs import prepare_report
+
+    name = str(path)
+    for suffix in (".meta.json", ".bin", ".idx"):
+        if name.endswith(suffix):
+            prefix = name.removesuffix(suffix)
+            return any(prepare_report(p) is not None for p in {prefix, prefix.removesuffix("_mask")})
+    return False
 
 
 def _known(path: Path) -> bool:
