@@ -62,6 +62,12 @@ def add_arguments(parser) -> None:
         "--txt-mode", default="line", choices=TXT_MODES, help=".txt: one document per line/paragraph"
     )
     parser.add_argument(
+        "--delimiter",
+        default=None,
+        metavar="CHAR",
+        help="csv field separator (default: ',' for .csv, tab for .tsv)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace files at --out that `prepare` did not write"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -106,6 +112,7 @@ def run(args) -> int:
             skip_bad=args.skip_bad,
             command=command,
             overwrite=args.overwrite,
+            delimiter=_delimiter(args.delimiter),
         )
         print(f"wrote {args.out}: {meta['pairs']} pairs, {meta['truncated']} cut to --max-length")
         return 0
@@ -123,6 +130,7 @@ def run(args) -> int:
         workers=args.workers,
         shard_size=args.shard_size,
         txt_mode=args.txt_mode,
+        delimiter=_delimiter(args.delimiter),
         command=command,
         overwrite=args.overwrite,
     )
@@ -137,6 +145,11 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, previous)
     _report(Console(highlight=False), args.out, meta)
     return 0
+
+
+def _delimiter(text: str | None) -> str | None:
+    """--delimiter as typed: "\\t" or "tab" is a tab (a shell passes the two characters)."""
+    return "\t" if text in ("\\t", "tab") else text
 
 
 def _interrupt(signum, frame) -> None:

@@ -115,6 +115,7 @@ def prepare_preference(
     skip_bad: bool = False,
     command: str | None = None,
     overwrite: bool = False,
+    delimiter: str | None = None,
 ) -> dict:
     """Write the pairs of `inputs` as one dataset at prefix `out` (tokens and loss mask); returns its meta."""
     from bessemer.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -130,7 +131,7 @@ def prepare_preference(
     tokens = IndexedDatasetWriter(out, dtype)
     masks = IndexedDatasetWriter(mask_prefix(out), np.uint8)
     try:
-        for loc, row in iter_rows(inputs, skip_bad=skip_bad):
+        for loc, row in iter_rows(inputs, skip_bad=skip_bad, delimiter=delimiter):
             read += 1
             try:
                 prompt, chosen, rejected = encode_pair(tokenizer, template, row, loc)

@@ -510,6 +510,7 @@ def prepare(
     workers: int = 1,
     shard_size: int | None = None,
     txt_mode: str = "line",
+    delimiter: str | None = None,
     command: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
@@ -531,7 +532,7 @@ def prepare(
     sft = encoder.handler.is_sft
     total_bytes = sum(Path(f).stat().st_size for f in _input_files(inputs))
     target = int(np.clip(total_bytes // max(1, workers * UNITS_PER_WORKER), MIN_UNIT_BYTES, MAX_UNIT_BYTES))
-    units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode)
+    units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode, delimiter=delimiter)
     # the Rust batch encoder (no WordCache) gets two threads per process: on 2 loaded cores, two one-thread
     # workers took 25% more CPU and longer than one process running two threads
     used = plan_workers(workers, len(units), total_bytes, min_threads=1 if encoder.words else RUST_THREADS)

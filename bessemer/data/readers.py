@@ -77,6 +77,7 @@ class Unit:
     stop: int = -1
     first: int = 1
     txt_mode: str = "line"
+    delimiter: str | None = None  # csv: the field separator (None: "," for .csv, tab for .tsv)
 
 
 def file_format(path: str | Path) -> str:
@@ -184,19 +185,30 @@ def iter_rows(
     skip_bad: bool = False,
     stats: ReadStats | None = None,
     txt_mode: str = "line",
+    delimiter: str | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """Yield (location, row dict) for every row of every input file, in order."""
-    if txt_mode not in TXT_MODES:
-        raise DataError(f"txt mode {txt_mode!r} is unknown; use one of: {', '.join(TXT_MODES)}")
+    _check_modes(txt_mode, delimiter)
     stats = stats if stats is not None else ReadStats()
     for path in expand_inputs(inputs):
-        yield from iter_unit_rows(Unit(str(path), file_format(path), txt_mode=txt_mode), skip_bad, stats)
+        unit = Unit(str(path), file_format(path), txt_mode=txt_mode, delimiter=delimiter)
+        yield from iter_unit_rows(unit, skip_bad, stats)
 
 
-def plan_units(inputs: list[str | Path], *, target_bytes: int, txt_mode: str = "line") -> list[Unit]:
-    """Cut the inputs into units of about `target_bytes` (see the module docstring), in input order."""
+def _check_modes(txt_mode: str, delimiter: str | None) -> None:
     if txt_mode not in TXT_MODES:
         raise DataError(f"txt mode {txt_mode!r} is unknown; use one of: {', '.join(TXT_MODES)}")
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        raise DataError(
+            f"csv delimiter {delimiter!r}: use one character such as ';' or '|' (not a quote or newline)"
+        )
+
+
+def plan_units(
+    inputs: list[str | Path], *, target_bytes: int, txt_mode: str = "line", delimiter: str | None = None
+) -> list[Unit]:
+    """Cut the inputs into units of about `target_bytes` (see the module docstring), in input order."""
+    _check_modes(txt_mode, delimiter)
     units: list[Unit] = []
     for path in expand_inputs(inputs):
         fmt = file_format(path)
@@ -209,7 +221,7 @@ def plan_units(inputs: list[str | Path], *, target_bytes: int, txt_mode: str = "
             elif fmt == "parquet" and not packed:
                 units += _row_group_units(path, target_bytes)
             else:
-                units.append(Unit(str(path), fmt, txt_mode=txt_mode))
+                units.append(Unit(str(path), fmt, txt_mode=txt_mode, delimiter=delimiter))
         except _FILE_ERRORS as exc:
             raise _file_error(path, exc) from exc
     return units
@@ -276,7 +288,7 @@ def iter_unit_rows(
     if fmt == "parquet":
         rows = _parquet(path, unit, columns)
     elif fmt in ("csv", "tsv"):
-        rows = _csv(path, "\t" if fmt == "tsv" else ",", skip_bad, stats)
+        rows = _csv(path, unit.delimiter or ("\t" if fmt == "tsv" else ","), skip_bad, stats)
     elif fmt == "jsonl":
         rows = _jsonl(path, unit, skip_bad, stats)
     elif fmt == "json":

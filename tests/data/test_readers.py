@@ -297,6 +297,10 @@ def test_csv_rows_are_the_csv_modules_and_bad_rows_are_named(tmp_path):
     assert [row for _, row in got] == want and want[0]["text"] == "a\r\nb" and want[2]["text"] == long
     assert [loc for loc, _ in got] == ["row 1 (line 2)", "row 2 (line 4)", "row 3 (line 6)", "row 6 (line 9)"]
     assert stats.skipped == {"wrong number of csv fields": 1, "not UTF-8": 1}
+    (tmp_path / "s.csv").write_text('text;n\n"a; b";1\n')  # --delimiter
+    assert [r for _, r in iter_rows([tmp_path / "s.csv"], delimiter=";")] == [{"text": "a; b", "n": "1"}]
+    with pytest.raises(DataError, match=r"csv delimiter ';;': use one character"):
+        list(iter_rows([tmp_path / "s.csv"], delimiter=";;"))
     (tmp_path / "q.csv").write_text('text\nok\n"open\nnever closed\n')
     with pytest.raises(
         DataError, match=r"q\.csv:line 3: malformed csv \(unexpected end of data\); fix the file"
