@@ -78,7 +78,7 @@ def test_an_earlier_runs_files_are_replaced_and_its_leftovers_removed(tokenizer_
 
 def test_a_corpus_folder_holding_its_prepared_data_is_read_without_it(tokenizer_dir, corpus, tmp_path):
     out = tmp_path / "tok"
-    for _ in range(2):  # the second run must not read tok.meta.json (a .json) or trip over tok.bin
-        assert prepare(tokenizer_dir, tmp_path, out) == 0
-        assert prepare(tokenizer_dir, tmp_path / "*", out) == 0
+    # the later runs must not read tok.meta.json (a .json) or trip over tok.bin
+    for inputs in (tmp_path, tmp_path, tmp_path / "*"):
+        assert prepare(tokenizer_dir, inputs, out) == 0
     assert json.loads((tmp_path / "tok.meta.json").read_text())["documents_read"] == 5
