@@ -36,7 +36,9 @@ def add_arguments(parser) -> None:
         help=f"chat template for SFT handlers: {', '.join(TEMPLATE_NAMES)}",
     )
     parser.add_argument(
-        "--fields", default="text", help="pretrain: comma-separated text columns (default: text)"
+        "--fields",
+        default="text",
+        help="pretrain: comma-separated text columns (default: text; a.b: field b of column a)",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="tokenizer processes (output is the same for any N)"
@@ -102,6 +104,11 @@ def run(args) -> int:
         )
     if args.handler == "preference":  # DPO pairs: bessemer/data/preference.py
         from bessemer.data.preference import prepare_preference
+
+        unused = [flag for flag, used in (("--workers", args.workers != 1), ("--shard-size", args.shard_size),
+                  ("--append-eod", args.append_eod), ("--fields", args.fields != "text")) if used]  # fmt: skip
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: not used by --handler preference; drop them")
 
         meta = prepare_preference(
             args.input,

@@ -84,6 +84,8 @@ def test_missing_rejected_names_file_and_line_and_writes_nothing(tmp_path, demo_
     args = ["prepare", "--handler", "preference", "--input", str(src), "--tokenizer", str(demo_tokenizer_dir)]
     assert main([*args, "--out", str(tmp_path / "out")]) != 0
     assert "missing 'rejected'" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "ok"), "--skip-bad", "--shard-size", "1"]) != 0
+    assert "--shard-size: not used by --handler preference; drop them" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "ok"), "--skip-bad"]) == 0
     assert json.loads((tmp_path / "ok.meta.json").read_text())["pairs"] == 1
     no_chosen = write_rows(tmp_path / "c.jsonl", [{"prompt": "p", "rejected": "r"}])
