@@ -50,21 +50,21 @@ class OutputClaim:
     def __init__(self, prefix: str | Path, overwrite: bool = False):
         self.prefix = str(prefix)
         self.overwrite = overwrite
-        report = prepare_report(self.prefix)
-        self.earlier: set[Path] = set()  # files of an earlier prepare run here (or, with overwrite, any)
-        if report is not None or overwrite:
-            self.earlier.update(dataset_files(self.prefix))
-            shards = (report or {}).get("shards") or []
-            for k in range(len(shards) if isinstance(shards, list) else 0):
-                self.earlier.update(dataset_files(shard_prefix(self.prefix, k)))
+        self.earlier: set[Path] = set()  # files of earlier prepare runs here (or, with overwrite, any)
         self.check(self.prefix)
 
     def check(self, prefix: str | Path) -> None:
         """Refuse when a file of the dataset at `prefix` (the output or one of its shards) is in the way."""
+        report = prepare_report(prefix)
+        if report is not None or self.overwrite:  # a dataset (or shard) prepare wrote: its files may go
+            self.earlier.update(dataset_files(prefix))
+            shards = (report or {}).get("shards") or []
+            for k in range(len(shards) if isinstance(shards, list) else 0):
+                self.earlier.update(dataset_files(shard_prefix(prefix, k)))
         for path in dataset_files(prefix):
             if path.is_dir():
                 raise DataError(f"{path}: is a folder, in the way of the output; choose another --out")
-            if path.exists() and path not in self.earlier and not self.overwrite:
+            if path.exists() and path not in self.earlier:
                 raise DataError(
                     f"{path}: exists and was not written by `bessemer prepare`; choose another --out, "
                     "or pass --overwrite to replace it"

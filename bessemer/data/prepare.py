@@ -641,10 +641,18 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _shards_of(prefix: str) -> list[str]:
+    """The shards of a sharded `prepare` output (its meta.json lists them), else the prefix itself."""
+    shards = read_meta(prefix).get("shards") if not indexed.exists(prefix) else None
+    return [shard_prefix(prefix, k) for k in range(len(shards))] if isinstance(shards, list) else [prefix]
+
+
 def merge(prefixes: list[str], out: str, *, command: str | None = None, overwrite: bool = False) -> dict:
-    """Join prepared datasets (same tokenizer) into `out`, in order, with their masks; returns the meta written."""
+    """Join prepared datasets (same tokenizer; a sharded one counts as its shards) into `out`, in order, with
+    their masks; returns the meta written."""
     if not prefixes:
         raise DataError("--merge needs at least one dataset prefix")
+    prefixes = [s for p in prefixes for s in _shards_of(str(p))]
     metas = [read_meta(p) for p in prefixes]
     prints = {m.get("tokenizer_fingerprint") for m in metas} - {None}
     if len(prints) > 1:

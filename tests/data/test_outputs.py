@@ -74,11 +74,9 @@ def test_an_earlier_runs_files_are_replaced_and_its_leftovers_removed(tokenizer_
     (tmp_path / "d_00002.idx").write_bytes(b"")  # not prepare's: a sharded run that reaches it stops
     assert prepare(tokenizer_dir, corpus, out, "--shard-size", "2") != 0
     assert (tmp_path / "d_00002.idx").read_bytes() == b"" and len(IndexedDataset(out)) == 5
-
-
-def test_a_corpus_folder_holding_its_prepared_data_is_read_without_it(tokenizer_dir, corpus, tmp_path):
-    out = tmp_path / "tok"
-    # the later runs must not read tok.meta.json (a .json) or trip over tok.bin
-    for inputs in (tmp_path, tmp_path, tmp_path / "*"):
-        assert prepare(tokenizer_dir, inputs, out) == 0
-    assert json.loads((tmp_path / "tok.meta.json").read_text())["documents_read"] == 5
+    # a sharded prefix merges as its shards; its unsharded d.bin of before is gone
+    assert prepare(tokenizer_dir, corpus, out, "--shard-size", "4") == 0
+    assert main(["prepare", "--merge", str(out), "--out", str(tmp_path / "m")]) == 0
+    shards = [IndexedDataset(f"{out}_{k:05d}").tokens.tolist() for k in range(2)]
+    assert IndexedDataset(tmp_path / "m").tokens.tolist() == shards[0] + shards[1]
+    assert not (tmp_path / "d.bin").exists()
