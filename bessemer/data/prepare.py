@@ -264,10 +264,10 @@ class Encoder:
                 keep = o.max_length - len(eod)
                 ids = ids[:keep]
                 mask = mask[:keep] if mask is not None else None
-                truncated += 1
                 if mask is not None and not any(mask):
                     skipped.append(("no answer tokens after truncation", loc))
                     continue
+                truncated += 1  # documents written cut short
             ids_parts.append(ids)
             if eod:
                 ids_parts.append(eod)

@@ -278,6 +278,12 @@ def test_truncation_and_eod(stories, tokenizer_dir, tmp_path):
     ds = IndexedDataset(out)
     assert int(ds.sequence_lengths.max()) == 20 and meta["truncated"] > 500
     assert all(ds[i][-1] == 2 for i in range(len(ds)))
+    # SFT: a row whose answer the cut removes is skipped, not counted as truncated
+    rows = [{"instruction": "word " * 40, "output": "Yes."}, {"instruction": "Hi", "output": "Hello " * 30}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = PrepareOptions(tokenizer=str(tokenizer_dir), handler="alpaca", template="alpaca", max_length=40)
+    meta = prepare([str(tmp_path / "a.jsonl")], str(tmp_path / "s"), opts)
+    assert (meta["truncated"], meta["skipped"]) == (1, {"no answer tokens after truncation": 1})
 
 
 def test_skip_bad_counts_and_strict_mode_fails(tokenizer_dir, tmp_path, capsys):
