@@ -409,10 +409,11 @@ def _where(exc: json.JSONDecodeError) -> str:
 
 def _holds_json_lines(path: Path) -> bool:
     """Whether a .json file holds JSON Lines: its first line is a whole object and more follows."""
+    with _open_binary(path) as f:  # a JSON list on one long line: only its start is read here
+        if not f.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+            return False
     with _open_binary(path) as f:
         first = next((line for line in f if line.strip()), b"")
-        if not first.lstrip(b"\xef\xbb\xbf \t").startswith(b"{"):
-            return False
         try:
             json.loads(first.decode("utf-8-sig"))
         except (ValueError, RecursionError):  # invalid UTF-8 too: then the whole file is judged as one value
