@@ -36,7 +36,9 @@ def add_arguments(parser) -> None:
         help=f"chat template for SFT handlers: {', '.join(TEMPLATE_NAMES)}",
     )
     parser.add_argument(
-        "--fields", default="text", help="pretrain: comma-separated text columns (default: text)"
+        "--fields",
+        default="text",
+        help="pretrain: comma-separated text columns (default: text; a.b: field b of column a)",
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="tokenizer processes (output is the same for any N)"
@@ -61,6 +63,15 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--txt-mode", default="line", choices=TXT_MODES, help=".txt: one document per line/paragraph"
     )
+    parser.add_argument(
+        "--delimiter",
+        default=None,
+        metavar="CHAR",
+        help="csv field separator (default: ',' for .csv, tab for .tsv)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace files at --out that `prepare` did not write"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -74,7 +85,7 @@ def run(args) -> int:
     if args.merge:
         if args.input:
             raise ConfigError("--merge and --input are separate modes; pass one of them")
-        meta = merge(args.merge, args.out, command=command)
+        meta = merge(args.merge, args.out, command=command, overwrite=args.overwrite)
         _report(Console(highlight=False), args.out, meta)
         return 0
     if not args.input:
@@ -94,6 +105,11 @@ def run(args) -> int:
     if args.handler == "preference":  # DPO pairs: bessemer/data/preference.py
         from bessemer.data.preference import prepare_preference
 
+        unused = [flag for flag, used in (("--workers", args.workers != 1), ("--shard-size", args.shard_size),
+                  ("--append-eod", args.append_eod), ("--fields", args.fields != "text")) if used]  # fmt: skip
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: not used by --handler preference; drop them")
+
         meta = prepare_preference(
             args.input,
             args.out,
@@ -102,6 +118,8 @@ def run(args) -> int:
             max_length=args.max_length,
             skip_bad=args.skip_bad,
             command=command,
+            overwrite=args.overwrite,
+            delimiter=_delimiter(args.delimiter),
         )
         print(f"wrote {args.out}: {meta['pairs']} pairs, {meta['truncated']} cut to --max-length")
         return 0
@@ -115,7 +133,14 @@ def run(args) -> int:
         skip_bad=args.skip_bad,
         allow_special_in_text=args.allow_special_in_text,
     )
-    kwargs = dict(workers=args.workers, shard_size=args.shard_size, txt_mode=args.txt_mode, command=command)
+    kwargs = dict(
+        workers=args.workers,
+        shard_size=args.shard_size,
+        txt_mode=args.txt_mode,
+        delimiter=_delimiter(args.delimiter),
+        command=command,
+        overwrite=args.overwrite,
+    )
     # a plain `kill` cleans up like Ctrl-C: workers ended, partial files removed
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -127,6 +152,11 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, previous)
     _report(Console(highlight=False), args.out, meta)
     return 0
+
+
+def _delimiter(text: str | None) -> str | None:
+    """--delimiter as typed: "\\t" or "tab" is a tab (a shell passes the two characters)."""
+    return "\t" if text in ("\\t", "tab") else text
 
 
 def _interrupt(signum, frame) -> None:
@@ -172,4 +202,4 @@ def _report(console, out: str, meta: dict) -> None:
         s = meta["seconds"]
         lines.append(f"time: {s:.1f}s  {meta['tokens'] / max(s, 1e-9):,.0f} tokens/s")
     lines.append(f"report: {out}.meta.json")
-    console.print("\n".join(lines), highlight=False)
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)  # a long path is not cut into two lines

@@ -1,13 +1,14 @@
 """Turn rows into token ids and loss masks: pretrain text, or SFT conversations through a chat template.
 
-- pretrain: the text fields (default "text") joined by a blank line, encoded with the tokenizer's special tokens
-  (a BOS for LLaMA-style tokenizers); no loss mask (every token is learned).
+- pretrain: the text fields (default "text"; "a.b" is field b of a nested column a) joined by a blank line,
+  encoded with the tokenizer's special tokens (a BOS for LLaMA-style tokenizers); no loss mask.
 - alpaca: instruction, input (optional, appended to the instruction after a blank line), output; optional system
   and history (a list of [user, assistant] pairs before this exchange).
 - sharegpt: conversations, a list of {"from": human|user|gpt|assistant|system, "value": text}; optional system.
   Answers before the first human turn are dropped, as FastChat's training does: ShareGPT splits long
   conversations, so a piece can open with the answer to a question it does not hold.
-- messages: OpenAI style, a list of {"role": system|user|assistant, "content": text}.
+- messages: OpenAI style, a list of {"role": system|user|assistant, "content": text or a list of text parts}.
+  Tool calls and tool turns are bad rows: the templates here do not render them.
 SFT handlers learn every assistant turn (its answer and end marker); the rest of the conversation has mask 0.
 A conversation without a non-empty answer is a bad row (it would teach nothing but the end marker).
 """
@@ -30,6 +31,12 @@ SHAREGPT_ROLES = {
     "bing": "assistant",
     "system": "system",
 }
+_SFT_COLUMNS = {
+    "alpaca": (("instruction", "output"), ("input", "system", "history")),
+    "sharegpt": (("conversations",), ("system",)),
+    "messages": (("messages",), ()),
+}
+TOOL_TURNS = ("tool", "function", "function_call", "observation")  # LLaMA-Factory's and others' tool turns
 
 
 @dataclass
@@ -71,6 +78,13 @@ class Handler:
         else:
             self.template = None  # pretrain text uses no template
 
+    @property
+    def columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) columns this handler reads: a "a.b" field needs column a (or one named "a.b")."""
+        if self.name == "pretrain":
+            return tuple(f.split(".")[0] for f in self.fields), tuple(f for f in self.fields if "." in f)
+        return _SFT_COLUMNS[self.name]
+
     def encode(self, rows: list[tuple[str, dict]], *, skip_bad: bool = False) -> list[tuple | Skip]:
         """(ids, mask or None) for each row, or a Skip; bad rows raise DataError unless `skip_bad`."""
         if self.is_sft:
@@ -106,17 +120,14 @@ class Handler:
         except DataError as exc:
             reason, _, detail = str(exc).partition(": ")
             if not skip_bad:
-                raise DataError(f"{loc}: {exc}") from None
+                fix = "" if "; " in str(exc) else "; fix the row or pass --skip-bad"
+                raise DataError(f"{loc}: {exc}{fix}") from None
             return Skip(loc, reason, detail)
 
     def _text(self, row: dict) -> str:
         parts = []
         for f in self.fields:
-            if f not in row:
-                raise DataError(
-                    f"missing column {f!r}: the row has {_columns(row)}; choose them with --fields"
-                )
-            parts.append(_text(row[f], f"column {f!r}"))
+            parts.append(_text(_field(row, f), f"column {f!r}"))
         # empty fields are left out; whitespace is text like any other (Megatron encodes it too)
         return "\n\n".join(p for p in parts if p)
 
@@ -176,6 +187,11 @@ class Handler:
             if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
                 raise DataError(f"bad conversations: turn {k} must be a dict with 'from' and 'value'")
             role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+            if str(turn["from"]).lower() in TOOL_TURNS:
+                raise DataError(
+                    f"bad conversations: turn {k} is a tool turn ({turn['from']!r}), which the chat templates "
+                    "here do not render; remove the row or pass --skip-bad"
+                )
             if role is None:
                 raise DataError(
                     f"bad conversations: turn {k} is from {_short(turn['from'])}; use human, gpt or system"
@@ -197,7 +213,28 @@ class Handler:
         for k, turn in enumerate(turns):
             if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
                 raise DataError(f"bad messages: message {k} must be a dict with 'role' and 'content'")
-        return [{"role": t["role"], "content": _text(t["content"], "content")} for t in turns]
+            if turn.get("tool_calls") or turn.get("function_call"):
+                # dropped, the answer would teach the model to say nothing where it called a tool
+                raise DataError(
+                    f"bad messages: message {k} calls tools, which the chat templates here do not render; "
+                    "remove the row or pass --skip-bad"
+                )
+        return [{"role": t["role"], "content": _content(t["content"], k)} for k, t in enumerate(turns)]
+
+
+def _field(row: dict, name: str):
+    """The value of column `name`; "a.b" names field b of a nested column a (a parquet struct, a JSON object)
+    when the row has no column "a.b" itself."""
+    if name in row:
+        return row[name]
+    value = row
+    for key in name.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise DataError(
+                f"missing column {name!r}: the row has {_columns(row)}; choose them with --fields"
+            )
+        value = value[key]
+    return value
 
 
 def _columns(row: dict) -> str:
@@ -218,6 +255,23 @@ def _text(value, key: str) -> str:
                 f"bad {key}: not valid Unicode (a lone surrogate {value[exc.start]!r} at character {exc.start})"
             ) from None
     return value
+
+
+def _content(value, k: int) -> str:
+    """A message's content: text, or a list of OpenAI-style text parts, concatenated as chat templates render
+    them ({"type": "text", "text": ...}; any other part is a bad row)."""
+    if not isinstance(value, list):
+        return _text(value, "content")
+    texts = []
+    for part in value:
+        if not isinstance(part, dict) or part.get("type") != "text" or "text" not in part:
+            kind = part.get("type") if isinstance(part, dict) else _json_kind(part)
+            raise DataError(
+                f"bad content: message {k} holds a {kind!r} part; only text parts can be trained; "
+                "remove the row or pass --skip-bad"
+            )
+        texts.append(_text(part["text"], "content"))
+    return "".join(texts)
 
 
 def _json_kind(value) -> str:

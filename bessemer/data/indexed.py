@@ -89,6 +89,7 @@ class IndexedDatasetWriter:
             raise DataError(f"{self.prefix}: dtype {self.dtype} has no Megatron code; use uint16 or int32")
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self._bin_tmp = _tmp(bin_path(self.prefix))
+        self._idx_tmp = _tmp(idx_path(self.prefix))
         self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in finalize/abort
         self._lengths: list[np.ndarray] = []
         self._done = False
@@ -127,18 +128,31 @@ class IndexedDatasetWriter:
 
     def finalize(self) -> None:
         """Write the index and move PREFIX.bin and PREFIX.idx into place."""
+        self.close()
+        self.commit()
+
+    def close(self) -> None:
+        """Finish writing: the tokens and the index wait under temporary names for `commit` (or `abort`)."""
+        if self._file.closed:
+            return
         self._file.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
-        idx_tmp = _tmp(idx_path(self.prefix))
-        write_index(idx_tmp, self.dtype, lengths)
+        self._lengths = [lengths]
+        write_index(self._idx_tmp, self.dtype, lengths)
+
+    def commit(self) -> None:
+        """Move the closed PREFIX.bin and PREFIX.idx into place."""
+        # the old index goes first: stopped in between, the dataset fails to open rather than pair old and new
+        idx_path(self.prefix).unlink(missing_ok=True)
         os.replace(self._bin_tmp, bin_path(self.prefix))
-        os.replace(idx_tmp, idx_path(self.prefix))
+        os.replace(self._idx_tmp, idx_path(self.prefix))
         self._done = True
 
     def abort(self) -> None:
         """Drop what was written; nothing appears under the final names."""
         self._file.close()
         self._bin_tmp.unlink(missing_ok=True)
+        self._idx_tmp.unlink(missing_ok=True)
         self._done = True
 
     def __enter__(self):

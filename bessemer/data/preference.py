@@ -1,8 +1,11 @@
 """Preference pairs for DPO: `prepare --handler preference`.
 
-Rows are either `prompt` / `chosen` / `rejected` texts (optional `system`), or `chosen` / `rejected`
-conversations (lists of {role, content}) that share every turn but the last assistant one, as in
-UltraFeedback. Both are rendered with the SFT template table. Each pair becomes two documents in one dataset,
+Rows are either `prompt` / `chosen` / `rejected` texts (optional `system`), or conversations (lists of
+{role, content}) in TRL's two layouts: an explicit `prompt` list with `chosen` / `rejected` lists holding the
+answer, or `chosen` / `rejected` conversations alone that share every turn but the last assistant one, as in
+UltraFeedback. Both are rendered with the SFT template table, so conversations give TRL's DPOTrainer ids
+and completion masks (message contents stripped, as for SFT); a text row is rendered as a user turn and its
+answer, where TRL's "standard" text rows are concatenated as they are. Each pair becomes two documents in one dataset,
 prompt + chosen then prompt + rejected, whose loss mask is 1 on the final answer only (earlier turns are
 prompt). Documents 2k and 2k + 1 are pair k; meta.json says `"handler": "preference"` and counts the pairs.
 With --max-length the answers keep their start and the prompt keeps its end; the pairs cut are counted.
@@ -18,6 +21,7 @@ import numpy as np
 
 from bessemer.data.handlers import Handler
 from bessemer.data.indexed import IndexedDatasetWriter, best_dtype, mask_prefix, meta_path
+from bessemer.data.outputs import OutputClaim, check_output
 from bessemer.data.readers import iter_rows
 from bessemer.errors import DataError
 from bessemer.templates import encode_chat
@@ -43,11 +47,17 @@ def _messages(row: dict, loc: str) -> tuple[list[dict], list[dict]]:
                 f"{loc}: missing {key!r}; preference rows need chosen and rejected (and a prompt)"
             )
     chosen, rejected = row["chosen"], row["rejected"]
+    prompt = row.get("prompt")
     if isinstance(chosen, list) and isinstance(rejected, list):
-        return chosen, rejected
+        if prompt is None:  # implicit prompt: both conversations hold it
+            return chosen, rejected
+        if not isinstance(prompt, list):
+            raise DataError(
+                f"{loc}: 'prompt' must be a list of messages when chosen and rejected are; fix the row"
+            )
+        return prompt + chosen, prompt + rejected  # explicit prompt (TRL's conversational format)
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         raise DataError(f"{loc}: chosen and rejected must both be texts or both be lists of messages")
-    prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{loc}: missing 'prompt' text; text pairs need prompt, chosen and rejected")
     head = [{"role": "system", "content": row["system"]}] if row.get("system") else []
@@ -104,11 +114,15 @@ def prepare_preference(
     max_length: int | None = None,
     skip_bad: bool = False,
     command: str | None = None,
+    overwrite: bool = False,
+    delimiter: str | None = None,
 ) -> dict:
     """Write the pairs of `inputs` as one dataset at prefix `out` (tokens and loss mask); returns its meta."""
     from bessemer.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     start = time.perf_counter()
+    check_output(out)
+    claim = OutputClaim(out, overwrite)
     tokenizer = load_tokenizer(tokenizer_dir)
     template = Handler("alpaca", tokenizer, template=template).template  # the SFT rule for the default
     dtype = best_dtype(len(tokenizer))
@@ -117,7 +131,7 @@ def prepare_preference(
     tokens = IndexedDatasetWriter(out, dtype)
     masks = IndexedDatasetWriter(mask_prefix(out), np.uint8)
     try:
-        for loc, row in iter_rows(inputs, skip_bad=skip_bad):
+        for loc, row in iter_rows(inputs, skip_bad=skip_bad, delimiter=delimiter):
             read += 1
             try:
                 prompt, chosen, rejected = encode_pair(tokenizer, template, row, loc)
@@ -136,8 +150,11 @@ def prepare_preference(
             pairs += 1
         if pairs == 0:
             raise DataError(f"{', '.join(map(str, inputs))}: no preference pairs; check the rows' keys")
-        tokens.finalize()
-        masks.finalize()
+        tokens.close()
+        masks.close()
+        claim.retire()
+        tokens.commit()
+        masks.commit()
     except BaseException:
         tokens.abort()
         masks.abort()
@@ -166,4 +183,5 @@ def prepare_preference(
     from bessemer.checkpoint.files import atomic_write_text
 
     atomic_write_text(meta_path(out), json.dumps(meta, indent=2) + "\n")
+    claim.clean([out], mask=True)
     return meta

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import glob
 import itertools
 import json
 import logging
@@ -60,6 +59,7 @@ import numpy as np
 from bessemer.data import indexed
 from bessemer.data.handlers import Handler, Skip
 from bessemer.data.indexed import IndexedDatasetWriter, best_dtype, mask_prefix, meta_path, read_meta
+from bessemer.data.outputs import OutputClaim, check_output, remove_stale_temps, shard_prefix
 from bessemer.data.readers import ReadStats, Unit, iter_unit_rows, plan_units
 from bessemer.errors import DataError
 
@@ -264,10 +264,10 @@ class Encoder:
                 keep = o.max_length - len(eod)
                 ids = ids[:keep]
                 mask = mask[:keep] if mask is not None else None
-                truncated += 1
                 if mask is not None and not any(mask):
                     skipped.append(("no answer tokens after truncation", loc))
                     continue
+                truncated += 1  # documents written cut short
             ids_parts.append(ids)
             if eod:
                 ids_parts.append(eod)
@@ -318,7 +318,8 @@ def encode_unit(encoder: Encoder, unit: Unit, paths: tuple[str, str], progress=N
     lengths: list[np.ndarray] = []
     sft = encoder.handler.is_sft
     with open(paths[0], "wb") as fb, open(paths[1], "wb") if sft else contextlib.nullcontext() as fm:
-        for rows in _batches(iter_unit_rows(unit, encoder.options.skip_bad, stats), BATCH_ROWS):
+        rows_in = iter_unit_rows(unit, encoder.options.skip_bad, stats, encoder.handler.columns)
+        for rows in _batches(rows_in, BATCH_ROWS):
             chunk = encoder(rows)
             report.add_chunk(chunk)
             fb.write(memoryview(chunk.ids).cast("B"))
@@ -423,22 +424,18 @@ class _Output:
         self.mask = IndexedDatasetWriter(mask_prefix(prefix), np.uint8) if sft else None
         self.report = Report()
 
-    def finalize(self) -> None:
-        if self.mask is not None:
-            self.mask.finalize()
-        self.tokens.finalize()
-
-    def abort(self) -> None:
-        self.tokens.abort()
-        if self.mask is not None:
-            self.mask.abort()
+    def writers(self) -> list[IndexedDatasetWriter]:
+        return [self.tokens] + ([self.mask] if self.mask is not None else [])
 
 
 class _Router:
-    """Appends parts, in order, to the output dataset (or to its shards of `shard_size` documents)."""
+    """Appends parts, in order, to the output dataset (or to its shards of `shard_size` documents).
 
-    def __init__(self, out: str, dtype, sft: bool, shard_size: int | None):
-        self.out, self.dtype, self.sft, self.shard_size = out, np.dtype(dtype), sft, shard_size
+    Every output waits under temporary names until `commit` puts them all in place at the end of the run."""
+
+    def __init__(self, claim: OutputClaim, dtype, sft: bool, shard_size: int | None):
+        self.claim, self.dtype, self.sft, self.shard_size = claim, np.dtype(dtype), sft, shard_size
+        self.out = claim.prefix
         self.outputs: list[_Output] = []
         self.current: _Output | None = None
 
@@ -467,27 +464,35 @@ class _Router:
                 if out.mask is not None:
                     out.mask.add_documents(np.frombuffer(fm.read(count), dtype=np.uint8), lengths)
                 out.report.add_documents(ids, lengths)
+                out.report.documents_read += hi - lo  # a shard's rows are its documents (skips count overall)
                 lo = hi
 
     def _output(self) -> _Output:
         cur = self.current
         if cur is None or (self.shard_size and cur.report.documents_written >= self.shard_size):
             if cur is not None:
-                cur.finalize()
-            name = f"{self.out}_{len(self.outputs):05d}" if self.shard_size else self.out
+                for w in cur.writers():
+                    w.close()  # its file handle goes; the files wait for commit
+            name = shard_prefix(self.out, len(self.outputs)) if self.shard_size else self.out
+            if name != self.out:
+                self.claim.check(name)
             self.current = _Output(name, self.dtype, self.sft)
             self.outputs.append(self.current)
         return self.current
 
-    def finalize(self) -> None:
-        self.current.finalize()
+    def commit(self) -> None:
+        for o in self.outputs:
+            for w in o.writers():
+                w.close()
+        self.claim.retire()
+        for o in self.outputs:
+            for w in o.writers():
+                w.commit()
 
     def abort(self) -> None:
         for o in self.outputs:
-            if o is not self.current:
-                _remove(o.prefix)
-        if self.current is not None:
-            self.current.abort()
+            for w in o.writers():
+                w.abort()
 
 
 def plan_workers(requested: int, units: int, total_bytes: int, min_threads: int = 1) -> int:
@@ -505,8 +510,10 @@ def prepare(
     workers: int = 1,
     shard_size: int | None = None,
     txt_mode: str = "line",
+    delimiter: str | None = None,
     command: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Tokenize `inputs` into the indexed dataset `out` (or shards of it); returns the meta.json dict written."""
     from bessemer.tokenizer import load_text_tokenizer, load_tokenizer, tokenizer_fingerprint
@@ -514,6 +521,7 @@ def prepare(
     start = time.perf_counter()
     out = str(out)
     check_output(out)
+    claim = OutputClaim(out, overwrite)
     remove_stale_temps(out)
     # pretrain text needs only the Rust tokenizer: loaded without transformers (seconds of imports) where it can be
     tokenizer = load_text_tokenizer(options.tokenizer) if options.handler == "pretrain" else None
@@ -524,7 +532,7 @@ def prepare(
     sft = encoder.handler.is_sft
     total_bytes = sum(Path(f).stat().st_size for f in _input_files(inputs))
     target = int(np.clip(total_bytes // max(1, workers * UNITS_PER_WORKER), MIN_UNIT_BYTES, MAX_UNIT_BYTES))
-    units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode)
+    units = plan_units(inputs, target_bytes=target, txt_mode=txt_mode, delimiter=delimiter)
     # the Rust batch encoder (no WordCache) gets two threads per process: on 2 loaded cores, two one-thread
     # workers took 25% more CPU and longer than one process running two threads
     used = plan_workers(workers, len(units), total_bytes, min_threads=1 if encoder.words else RUST_THREADS)
@@ -534,7 +542,7 @@ def prepare(
             used, workers, total_bytes / 1e6, len(units), available_cores(), WORKER_MIN_BYTES >> 20,
         )  # fmt: skip
     total = Report()
-    router = _Router(out, dtype, sft, shard_size)
+    router = _Router(claim, dtype, sft, shard_size)
     live = Report()  # progress inside a unit when encoding in this process
 
     def inline_progress(chunk: Chunk) -> None:
@@ -556,42 +564,30 @@ def prepare(
                     progress(total.documents_read, total.tokens)
         if total.documents_written == 0:
             raise DataError(_empty_message(inputs, total))
-        router.finalize()
-    except OSError as exc:
-        router.abort()
-        raise DataError(f"{out}: cannot write the dataset ({exc.strerror or exc}); check the path, "
-                        "its permissions and free space") from exc  # fmt: skip
-    except BaseException:
-        router.abort()
-        raise
-    finally:
-        for k in range(len(units)):
-            _unlink(*part_paths(out, k))
-
-    meta = {
-        **total.as_dict(),
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "tokenizer": str(Path(options.tokenizer).resolve()),
-        "vocab_size": len(tokenizer),
-        "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "dtype": np.dtype(dtype).name,
-        "handler": options.handler,
-        "template": encoder.handler.template if sft else None,
-        "fields": list(options.fields) if not sft else None,
-        "append_eod": options.append_eod,
-        # how special-token text inside documents was encoded: as text, or as control ids (opt-in)
-        "special_tokens_in_text": "control" if options.allow_special_in_text else "text",
-        "max_length_limit": options.max_length,
-        "mask": mask_prefix(Path(out).name) if sft and not shard_size else None,
-        "inputs": [str(i) for i in inputs],
-        "command": command,
-        "workers": used,  # processes that encoded (see plan_workers)
-        "workers_requested": workers,
-        "seconds": round(time.perf_counter() - start, 3),
-        "work_seconds": round(time.perf_counter() - work_start, 3),  # after the tokenizer is loaded
-    }
-    try:
+        meta = {
+            **total.as_dict(),
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "tokenizer": str(Path(options.tokenizer).resolve()),
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "dtype": np.dtype(dtype).name,
+            "handler": options.handler,
+            "template": encoder.handler.template if sft else None,
+            "fields": list(options.fields) if not sft else None,
+            "append_eod": options.append_eod,
+            # how special-token text inside documents was encoded: as text, or as control ids (opt-in)
+            "special_tokens_in_text": "control" if options.allow_special_in_text else "text",
+            "max_length_limit": options.max_length,
+            "mask": mask_prefix(Path(out).name) if sft and not shard_size else None,
+            "inputs": [str(i) for i in inputs],
+            "command": command,
+            "workers": used,  # processes that encoded (see plan_workers)
+            "workers_requested": workers,
+            "seconds": round(time.perf_counter() - start, 3),
+            "work_seconds": round(time.perf_counter() - work_start, 3),  # after the tokenizer is loaded
+        }
+        router.commit()
         if shard_size:
             meta["shards"] = [o.prefix for o in router.outputs]
             for o in router.outputs:
@@ -603,8 +599,17 @@ def prepare(
                 shard_meta.pop("shards")
                 _write_json(meta_path(o.prefix), shard_meta)
         _write_json(meta_path(out), meta)
+        claim.clean([o.prefix for o in router.outputs], sft)
     except OSError as exc:
-        raise DataError(f"{out}: cannot write the dataset report ({exc.strerror or exc})") from exc
+        router.abort()
+        raise DataError(f"{out}: cannot write the dataset ({exc.strerror or exc}); check the path, "
+                        "its permissions and free space") from exc  # fmt: skip
+    except BaseException:
+        router.abort()
+        raise
+    finally:
+        for k in range(len(units)):
+            _unlink(*part_paths(out, k))
     return meta
 
 
@@ -612,56 +617,6 @@ def _input_files(inputs) -> list[Path]:
     from bessemer.data.readers import expand_inputs
 
     return expand_inputs(inputs)
-
-
-def check_output(out: str) -> None:
-    """Fail early, in one line, when the output prefix cannot be written (a file in the way, no permission...)."""
-    p = Path(out)
-    if not p.name or p.name in (".", ".."):
-        raise DataError(f"{out}: --out must name a file prefix such as data/corpus, not a folder")
-    parent = p.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"{out}: cannot create the folder {parent} ({exc.strerror or exc}); choose another --out"
-        ) from exc
-    if not parent.is_dir():
-        raise DataError(f"{out}: {parent} is not a folder; choose another --out")
-    probe = parent / f".{p.name[:200]}.probe-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise DataError(
-            f"{out}: cannot write in {parent} ({exc.strerror or exc}); choose another --out"
-        ) from exc
-    for path in (indexed.bin_path(out), indexed.idx_path(out), meta_path(out)):
-        if len(path.name.encode()) > 255:
-            raise DataError(f"{out}: the file name is too long for the file system; choose a shorter --out")
-        if path.is_dir():
-            raise DataError(f"{path}: is a folder, in the way of the output; choose another --out")
-
-
-def remove_stale_temps(out: str) -> None:
-    """Remove the temporary files of earlier runs for this output that were killed (their process is gone)."""
-    p = Path(out)
-    name = glob.escape(p.name)
-    for pattern in (".part*", ".bin", ".idx", "_mask.bin", "_mask.idx", ".meta.json"):
-        for tmp in p.parent.glob(f".{name}{pattern}.tmp-*"):
-            pid = tmp.name.rsplit(".tmp-", 1)[-1].split(".", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _unlink(*paths: str | None) -> None:
@@ -680,22 +635,24 @@ def _empty_message(inputs, report: Report) -> str:
     )
 
 
-def _remove(prefix: str) -> None:
-    for p in (prefix, mask_prefix(prefix)):
-        indexed.bin_path(p).unlink(missing_ok=True)
-        indexed.idx_path(p).unlink(missing_ok=True)
-
-
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def merge(prefixes: list[str], out: str, *, command: str | None = None) -> dict:
-    """Join prepared datasets (same tokenizer) into `out`, in order, with their masks; returns the meta written."""
+def _shards_of(prefix: str) -> list[str]:
+    """The shards of a sharded `prepare` output (its meta.json lists them), else the prefix itself."""
+    shards = read_meta(prefix).get("shards") if not indexed.exists(prefix) else None
+    return [shard_prefix(prefix, k) for k in range(len(shards))] if isinstance(shards, list) else [prefix]
+
+
+def merge(prefixes: list[str], out: str, *, command: str | None = None, overwrite: bool = False) -> dict:
+    """Join prepared datasets (same tokenizer; a sharded one counts as its shards) into `out`, in order, with
+    their masks; returns the meta written."""
     if not prefixes:
         raise DataError("--merge needs at least one dataset prefix")
+    prefixes = [s for p in prefixes for s in _shards_of(str(p))]
     metas = [read_meta(p) for p in prefixes]
     prints = {m.get("tokenizer_fingerprint") for m in metas} - {None}
     if len(prints) > 1:
@@ -710,16 +667,29 @@ def merge(prefixes: list[str], out: str, *, command: str | None = None) -> dict:
             f"{missing}: has no loss mask but the others do; merge SFT and pretrain data separately"
         )
     check_output(out)
+    claim = OutputClaim(out, overwrite)
+    for p in prefixes:  # a missing or damaged input fails here, in one line, before anything is written
+        indexed.IndexedDataset(p)
+    dtype = indexed.IndexedDataset(prefixes[0]).dtype
+    writers = [IndexedDatasetWriter(out, dtype)]
+    if all(with_mask):
+        writers.append(IndexedDatasetWriter(mask_prefix(out), np.uint8))
     try:
-        indexed.merge(prefixes, out)
-        if all(with_mask):
-            indexed.merge([mask_prefix(p) for p in prefixes], mask_prefix(out))
+        for w, sources in zip(writers, (prefixes, [mask_prefix(p) for p in prefixes])):
+            for p in sources:
+                w.add_dataset(p)
+            w.close()
+        claim.retire()
+        for w in writers:
+            w.commit()
     except OSError as exc:
-        _remove(out)
+        for w in writers:
+            w.abort()
         raise DataError(f"{out}: cannot write the merged dataset ({exc.strerror or exc}); check the path "
                         "and free space") from exc  # fmt: skip
     except BaseException:
-        _remove(out)
+        for w in writers:
+            w.abort()
         raise
     merged = indexed.IndexedDataset(out)
     lengths = merged.sequence_lengths
@@ -751,4 +721,5 @@ def merge(prefixes: list[str], out: str, *, command: str | None = None) -> dict:
         "command": command,
     }
     _write_json(meta_path(out), meta)
+    claim.clean([out], all(with_mask), inputs=prefixes)
     return meta

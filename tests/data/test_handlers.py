@@ -124,6 +124,28 @@ def test_sft_errors_name_location_and_columns(tokenizer):
         Handler("nope", tokenizer)
 
 
+CALL = {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "w"}}]}
+
+
+def test_messages_text_parts_and_nested_text_columns(tokenizer):
+    # OpenAI-style content parts: text parts concatenated, as chat templates that take them render them
+    h = Handler("messages", tokenizer, template="chatml")
+    parts = [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]
+    plain = {
+        "messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello."}]
+    }
+    listed = {"messages": [{"role": "user", "content": parts}, plain["messages"][1]]}
+    assert h.encode([("m:1", listed)]) == h.encode([("m:1", plain)])
+    # a parquet struct or JSON object column: "meta.text"; a column really named "a.b" is taken as it is
+    p = Handler("pretrain", tokenizer, fields=("meta.text", "a.b"))
+    [(ids, _)] = p.encode([("p:1", {"meta": {"text": "Nested text."}, "a.b": "Flat."})])
+    assert ids == tokenizer("Nested text.\n\nFlat.")["input_ids"]
+    with pytest.raises(
+        DataError, match=r"p:2: missing column 'meta.text': the row has 'meta', 'a.b'; choose"
+    ):
+        p.encode([("p:2", {"meta": {"txt": "x"}, "a.b": "y"})])
+
+
 @pytest.mark.parametrize(
     "handler,row,error",
     [
@@ -143,7 +165,26 @@ def test_sft_errors_name_location_and_columns(tokenizer):
         ("sharegpt", {"conversations": [{"from": "human", "value": 5}]}, "bad value: .* not a number"),
         ("alpaca", {"instruction": True, "output": "x"}, "bad instruction: .* not true/false"),
         ("alpaca", {"instruction": "a", "output": "x", "history": [[1, 2]]}, "bad history: .* not a number"),
-        ("alpaca", {"instruction": "a", "output": ["x"]}, "bad output: .* not a list"),
+        (
+            "alpaca",
+            {"instruction": "a", "output": ["x"]},
+            "bad output: .* not a list; fix the row or pass --skip",
+        ),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": "Weather?"}, {**CALL, "content": "Let me look."}]},
+            "bad messages: message 1 calls tools, which the chat templates here do not render; remove the row",
+        ),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "bad content: message 0 holds a 'image_url' part; only text parts can be trained; remove the row",
+        ),
+        (
+            "sharegpt",
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "{}"}]},
+            r"bad conversations: turn 1 is a tool turn \('observation'\), which the chat templates here do not",
+        ),
     ],
 )
 def test_sft_fields_must_have_the_documented_structure(tokenizer, handler, row, error):

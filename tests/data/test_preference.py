@@ -84,9 +84,45 @@ def test_missing_rejected_names_file_and_line_and_writes_nothing(tmp_path, demo_
     args = ["prepare", "--handler", "preference", "--input", str(src), "--tokenizer", str(demo_tokenizer_dir)]
     assert main([*args, "--out", str(tmp_path / "out")]) != 0
     assert "missing 'rejected'" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "ok"), "--skip-bad", "--shard-size", "1"]) != 0
+    assert "--shard-size: not used by --handler preference; drop them" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "ok"), "--skip-bad"]) == 0
     assert json.loads((tmp_path / "ok.meta.json").read_text())["pairs"] == 1
     no_chosen = write_rows(tmp_path / "c.jsonl", [{"prompt": "p", "rejected": "r"}])
     with pytest.raises(DataError, match=r"c.jsonl:line 1: missing 'chosen'; preference rows need chosen and"):
         prepare_preference([str(no_chosen)], str(tmp_path / "c"), str(demo_tokenizer_dir))
     assert not list(tmp_path.glob("c.*bin"))
+
+
+@pytest.mark.pypi
+def test_conversational_pairs_equal_trl(tmp_path):
+    # TRL's two conversational layouts: an explicit prompt (the answers alone in chosen/rejected), and an
+    # implicit one; ids and completion masks are those of TRL's DPOTrainer tokenisation with the same template
+    from transformers import AutoTokenizer
+    from trl.data_utils import _tokenize, common_prefix_length, extract_prompt
+
+    from tests.test_templates import real_tokenizer_dir
+
+    folder = real_tokenizer_dir("qwen", None, tmp_path)
+    explicit = {
+        "prompt": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "Add 2 and 2."},
+        ],
+        "chosen": [{"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "assistant", "content": "22, obviously."}],
+    }
+    src = write_rows(tmp_path / "pairs.jsonl", [explicit, CONVERSATION])
+    meta = prepare_preference([str(src)], str(tmp_path / "pref"), str(folder), template="tokenizer")
+    assert meta["pairs"] == 2
+    docs, masks = IndexedDataset(tmp_path / "pref"), IndexedDataset(mask_prefix(tmp_path / "pref"))
+    ref = AutoTokenizer.from_pretrained(folder)
+    for k, row in enumerate([explicit, extract_prompt(CONVERSATION)]):
+        prompt = _tokenize(ref, row["prompt"], add_generation_prompt=True)["input_ids"]
+        full = [_tokenize(ref, row["prompt"] + row[key])["input_ids"] for key in ("chosen", "rejected")]
+        n = min(common_prefix_length(prompt, f) for f in full)
+        for j, ids in enumerate(full):
+            assert docs[2 * k + j].tolist() == ids
+            assert masks[2 * k + j].tolist() == [0] * n + [1] * (len(ids) - n)

@@ -278,6 +278,12 @@ def test_truncation_and_eod(stories, tokenizer_dir, tmp_path):
     ds = IndexedDataset(out)
     assert int(ds.sequence_lengths.max()) == 20 and meta["truncated"] > 500
     assert all(ds[i][-1] == 2 for i in range(len(ds)))
+    # SFT: a row whose answer the cut removes is skipped, not counted as truncated
+    rows = [{"instruction": "word " * 40, "output": "Yes."}, {"instruction": "Hi", "output": "Hello " * 30}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = PrepareOptions(tokenizer=str(tokenizer_dir), handler="alpaca", template="alpaca", max_length=40)
+    meta = prepare([str(tmp_path / "a.jsonl")], str(tmp_path / "s"), opts)
+    assert (meta["truncated"], meta["skipped"]) == (1, {"no answer tokens after truncation": 1})
 
 
 def test_skip_bad_counts_and_strict_mode_fails(tokenizer_dir, tmp_path, capsys):
@@ -374,3 +380,20 @@ def test_killed_run_leaves_no_workers_and_the_next_run_cleans_up(stories, tokeni
     prepare([str(stories)], str(out), PrepareOptions(tokenizer=str(tokenizer_dir)))
     assert not list(tmp_path.glob(".k.*tmp-*"))  # ...until the next run for the same output removes them
     assert IndexedDataset(out).num_tokens > 0
+
+
+def test_line_conventions_give_the_tokens_of_the_exact_text(tokenizer_dir, tokenizer, tmp_path):
+    # JSON Lines end at "\n" only: U+2028, U+2029, U+0085 and a lone CR inside a line are text (str.splitlines
+    # would cut there); a BOM is not text, a CRLF's CR is not, a last line without "\n" is a line
+    texts = ["first", "a\u2028b\u2029c\u0085d", "lone\rcr", "nul \x00 byte", "   ", "last, no newline"]
+    body = "\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts)
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + body.replace("\r\n", "\n\n\r\n", 1).encode())
+    txt = [t for t in texts if "\x00" not in t] + ["raw nul \x00 in a text line"]
+    (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(txt).encode())
+    txt.remove("   ")  # a .txt line of whitespace is a blank line
+    for name, want in (("a.jsonl", texts), ("b.txt", txt)):
+        assert (
+            run_cli("--input", tmp_path / name, "--tokenizer", tokenizer_dir, "--out", tmp_path / name) == 0
+        )
+        got = IndexedDataset(tmp_path / name)
+        assert [got[i].tolist() for i in range(len(got))] == [tokenizer(t)["input_ids"] for t in want], name

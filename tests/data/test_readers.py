@@ -1,4 +1,5 @@
 import contextlib
+import csv
 import gzip
 import json
 import random
@@ -177,10 +178,12 @@ def test_truncated_gzip_is_one_line(tmp_path, name):
 
 def test_bad_csv_json_and_links_are_one_line(tmp_path):
     (tmp_path / "c.csv").write_bytes(b"text\n" + b"ok\n" * 20_000 + b"bad \xff\n")
-    with pytest.raises(DataError, match=r"c\.csv: malformed csv \(.*UTF8.*\); fix the file"):
+    with pytest.raises(
+        DataError, match=r"c\.csv:row 20001 \(line 20002\): not UTF-8 text; fix the row or pass"
+    ):
         list(iter_rows([tmp_path / "c.csv"]))
     (tmp_path / "h.csv").write_bytes(b"te\xffxt\nok\n")
-    with pytest.raises(DataError, match=r"h\.csv: not UTF-8 text"):
+    with pytest.raises(DataError, match=r"h\.csv: the header is not UTF-8 text"):
         list(iter_rows([tmp_path / "h.csv"]))
     (tmp_path / "d.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DataError, match=r"d\.json: JSON nested too deeply"):
@@ -275,3 +278,79 @@ def test_line_readers_stream(tmp_path):
         finally:
             tracemalloc.stop()
         assert rows == 4000 and peak < 256 << 10, (name, peak)
+
+
+def test_csv_rows_are_the_csv_modules_and_bad_rows_are_named(tmp_path):
+    # quoted newlines (CRLF kept), delimiters and quotes in fields, a BOM, a blank line, a long field
+    long = "word " * 40_000  # over the csv module's default field limit
+    body = f'text,n\r\n"a\r\nb",1\r\n"c, ""d""",2\r\n\r\n{long},3\r\nonly,4,extra\r\n"bad \udcff",5\r\nlast,6'
+    path = tmp_path / "t.csv"
+    path.write_bytes(BOM + body.encode("utf-8", "surrogateescape"))
+    with pytest.raises(
+        DataError, match=r"t\.csv:row 4 \(line 7\): 3 fields where the header has 2; fix the row"
+    ):
+        list(iter_rows([path]))
+    stats = ReadStats()
+    got = [(loc.rsplit(":", 1)[1], row) for loc, row in iter_rows([path], skip_bad=True, stats=stats)]
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        want = [r for r in csv.DictReader(f) if None not in r and "\ufffd" not in r["text"]]
+    assert [row for _, row in got] == want and want[0]["text"] == "a\r\nb" and want[2]["text"] == long
+    assert [loc for loc, _ in got] == ["row 1 (line 2)", "row 2 (line 4)", "row 3 (line 6)", "row 6 (line 9)"]
+    assert stats.skipped == {"wrong number of csv fields": 1, "not UTF-8": 1}
+    (tmp_path / "s.csv").write_text('text;n\n"a; b";1\n')  # --delimiter
+    assert [r for _, r in iter_rows([tmp_path / "s.csv"], delimiter=";")] == [{"text": "a; b", "n": "1"}]
+    with pytest.raises(DataError, match=r"csv delimiter ';;': use one character"):
+        list(iter_rows([tmp_path / "s.csv"], delimiter=";;"))
+    (tmp_path / "q.csv").write_text('text\nok\n"open\nnever closed\n')
+    with pytest.raises(
+        DataError, match=r"q\.csv:line 3: malformed csv \(unexpected end of data\); fix the file"
+    ):
+        list(iter_rows([tmp_path / "q.csv"]))
+
+
+def test_zstd_bz2_and_json_lines_in_a_json_file(tmp_path):
+    import bz2
+
+    lines = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    with pa.output_stream(str(tmp_path / "a.jsonl.zst"), compression="zstd") as f:
+        f.write(lines)
+    (tmp_path / "b.json.bz2").write_bytes(bz2.compress(json.dumps(ROWS).encode()))
+    with pa.output_stream(str(tmp_path / "c.csv.zst"), compression="zstd") as f:
+        f.write(b'text,n\nfirst,1\n"second, with a comma",2\n"third\nline",3\n')
+    (tmp_path / "d.json").write_bytes(BOM + lines)  # JSON Lines under a .json name, as HF's json loader reads
+    for name in ("a.jsonl.zst", "b.json.bz2", "c.csv.zst", "d.json"):
+        assert [r["text"] for _, r in iter_rows([tmp_path / name])] == [r["text"] for r in ROWS], name
+    assert [u.fmt for u in plan_units([tmp_path], target_bytes=1)] == ["jsonl", "json", "csv", "json"]
+    assert [loc for loc, _ in iter_rows([tmp_path / "d.json"])][-1] == f"{tmp_path / 'd.json'}:line 3"
+    (tmp_path / "e.jsonl.zst").write_bytes((tmp_path / "a.jsonl.zst").read_bytes()[:-4])
+    with pytest.raises(DataError, match=r"e\.jsonl\.zst: cannot be read \(Truncated compressed stream\)"):
+        list(iter_rows([tmp_path / "e.jsonl.zst"]))
+    (tmp_path / "f.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "nul \x00"}\n')
+    with pytest.raises(
+        DataError, match=r"f\.jsonl:line 2: not valid JSON \(Invalid control character at character 15\)"
+    ):
+        list(iter_rows([tmp_path / "f.jsonl"]))
+
+
+def test_parquet_text_kinds_and_projection(tmp_path):
+    # large_string, dictionary-encoded and nested (struct) text, nulls, several row groups; only the handler's
+    # columns are decoded (an embedding column is never turned into Python lists)
+    texts = ["a b", None, "c d", "a b"]
+    table = pa.table(
+        {
+            "text": pa.array(texts, pa.large_string()),
+            "d": pa.array(texts).dictionary_encode(),
+            "meta": pa.array([{"body": t} for t in texts]),
+            "embedding": pa.array([[0.5] * 8] * 4, pa.list_(pa.float32())),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=3)
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    [unit] = plan_units([tmp_path / "t.parquet"], target_bytes=1 << 20)
+    rows = [r for _, r in iter_unit_rows(unit, False, ReadStats(), (("meta",), ("meta.body",)))]
+    assert rows == [{"meta": {"body": t}} for t in texts]
+    rows = [r for _, r in iter_unit_rows(unit, False, ReadStats(), (("text", "d"), ()))]
+    assert rows == [{"text": t, "d": t} for t in texts]
+    rows = [r for _, r in iter_unit_rows(unit, False, ReadStats(), (("body",), ()))]  # missing: read whole
+    assert list(rows[0]) == ["text", "d", "meta", "embedding"]
+    assert list(iter_rows([tmp_path / "empty.parquet"])) == []
