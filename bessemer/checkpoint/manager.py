@@ -167,7 +167,7 @@ class CheckpointManager:
             shutil.rmtree(final)  # a previous run's step dir for the same step: ours, and superseded
         tmp.rename(final)
         atomic_write_text(self.root / LATEST, final.name + "\n")
-        self._retain()
+        self._retain(step)
 
     def _complete(self, tmp: Path, step: int, train_state: dict) -> None:
         save_model_config(self.model_cfg, tmp)
@@ -213,10 +213,14 @@ class CheckpointManager:
             if tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink(missing_ok=True)
 
-    def _retain(self) -> None:
+    def _retain(self, step: int) -> None:
+        """Keep the newest `keep` step dirs up to `step`, the one just published. Step dirs beyond it (a run
+        resumed from an older checkpoint because the newer ones were damaged) are never counted: otherwise they
+        would push the checkpoint just written, the newest good one, out of the window."""
         if self.cfg.keep <= 0:
             return
-        for old in step_dirs(self.root)[: -self.cfg.keep]:
+        upto = [p for p in step_dirs(self.root) if int(STEP_RE.match(p.name)[1]) <= step]
+        for old in upto[: -self.cfg.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
     # ---- resuming ----------------------------------------------------------------------------------------

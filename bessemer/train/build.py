@@ -48,6 +48,12 @@ def resolve_model_config(cfg: JobConfig) -> ModelConfig:
 def check_model_fits(
     cfg: JobConfig, dims: ParallelDims, model_cfg: ModelConfig, device: torch.device
 ) -> None:
+    if dims.cp > 1 and cfg.data.reset_positions:
+        # the ring splits each row's tokens over the ranks; the per-document mask (doc_ids) is not split with them
+        raise ConfigError(
+            f"parallel.cp={dims.cp} with data.reset_positions: context parallelism runs plain causal attention "
+            "over whole packed rows; set data.reset_positions=false or parallel.cp=1"
+        )
     if dims.cp > 1 and not devices.supports_context_parallel(device):
         raise ConfigError(
             f"parallel.cp={dims.cp}: context parallelism needs CUDA attention kernels; use cp=1 on {device.type}"

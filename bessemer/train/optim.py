@@ -35,9 +35,12 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device: torch.dev
 
 
 def lr_factor(step: int, cfg: ScheduleSection, total_steps: int) -> float:
-    """Multiplier of the peak lr after `step` optimizer steps (0-based)."""
+    """Multiplier of the peak lr for optimizer step `step` (0-based), as transformers' schedulers of the same
+    names define it (get_{cosine,linear,constant}_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup):
+    step / warmup_steps during warmup, so the first step runs at lr 0 and the peak is reached at step
+    warmup_steps; then the decay to min_lr_ratio by decay_steps (0: train.steps)."""
     if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+        return step / cfg.warmup_steps
     decay_steps = (cfg.decay_steps or total_steps) - cfg.warmup_steps
     if cfg.decay == "constant" or decay_steps <= 0:
         return 1.0

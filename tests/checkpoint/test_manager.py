@@ -72,6 +72,28 @@ def test_resume_falls_back_past_a_damaged_checkpoint(damage, reference, syntheti
     assert losses(run) == reference[0]  # resumed at 3, and steps 4-6 match the uninterrupted run exactly
 
 
+def test_retention_never_deletes_the_checkpoint_a_fallback_resume_writes(
+    reference, synthetic_dataset, tmp_path
+):
+    """keep=1 after resuming past a damaged step-6: the step-4 save must survive (it is the newest good one);
+    the damaged step dir numbered above it is not counted against it."""
+    trainer, run = _resume_from_copy(
+        reference,
+        synthetic_dataset,
+        tmp_path,
+        DAMAGE["truncated shard"],
+        **{"train.steps": 4, "checkpoint.keep": 1},
+    )
+    trainer.train()
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-000004"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000004", "step-000006"]
+    again = Trainer(
+        load_config(None, tiny_overrides(synthetic_dataset, run, **{"checkpoint.resume": "true"}))
+    )
+    assert again.checkpoints.latest().name == "step-000004"
+
+
 def test_no_complete_checkpoint_is_one_line(reference, synthetic_dataset, tmp_path):
     def damage_all(ckpt):
         for c in ckpt.parent.glob("step-*"):
