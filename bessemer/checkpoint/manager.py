@@ -223,6 +223,29 @@ class CheckpointManager:
         for old in upto[: -self.cfg.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
+    def start_fresh(self) -> None:
+        """A run that does not resume must not write into another run's checkpoints: its saves would replace
+        them step by step, and a later --resume would pick the other run's newer steps. Refused in one line
+        unless checkpoint.overwrite, which removes the step dirs (our names only) and `latest` first."""
+        existing = [
+            Path(p) for p in _from_rank0([str(p) for p in step_dirs(self.root)] if _rank() == 0 else [])
+        ]
+        if not existing:
+            return
+        if not self.cfg.overwrite:
+            raise CheckpointError(
+                f"{self.root}: holds checkpoints of an earlier run (newest {existing[-1].name}); pass --resume to "
+                "continue it, --overwrite to start over (removes them), or pick another train.out_dir"
+            )
+        if _rank() == 0:
+            log.warning(
+                "--overwrite: removing %d step dirs of an earlier run in %s", len(existing), self.root
+            )
+            for old in existing:
+                shutil.rmtree(old)
+            (self.root / LATEST).unlink(missing_ok=True)
+        _barrier()
+
     # ---- resuming ----------------------------------------------------------------------------------------
     def latest(self) -> Path | None:
         """The newest step dir that verifies, the same on every rank; None when there is none.

@@ -42,7 +42,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.nan_policy": ("stop", "skip"),
     "train.dtype": ("auto", "float32", "bfloat16"),
-    "schedule.decay": ("cosine", "linear", "constant"),
+    "schedule.decay": ("cosine", "linear", "constant", "wsd"),
     "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
     "parallel.pp_schedule": ("GPipe", "1F1B", "Interleaved1F1B"),
     "parallel.activation_checkpoint": ("none", "full", "selective"),

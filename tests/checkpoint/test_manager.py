@@ -94,6 +94,23 @@ def test_retention_never_deletes_the_checkpoint_a_fallback_resume_writes(
     assert again.checkpoints.latest().name == "step-000004"
 
 
+def test_a_fresh_run_into_checkpoints_is_refused_unless_overwrite(reference, synthetic_dataset, tmp_path):
+    """Without --resume a run would replace an earlier run's step dirs as it reaches them, and a later --resume
+    would pick the earlier run's newer steps: refused in one line, changing nothing; --overwrite starts over."""
+    run = tmp_path / "run"
+    shutil.copytree(reference[1], run)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    config = (run / "run_config.json").read_text()
+    over = tiny_overrides(synthetic_dataset, run, **{"train.steps": 3})
+    with pytest.raises(CheckpointError, match=r"newest step-000006\); pass --resume.*--overwrite") as info:
+        Trainer(load_config(None, over)).train()
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert (run / "run_config.json").read_text() == config
+    Trainer(load_config(None, [*over, "checkpoint.overwrite=true"])).train()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000003"]
+
+
 def test_no_complete_checkpoint_is_one_line(reference, synthetic_dataset, tmp_path):
     def damage_all(ckpt):
         for c in ckpt.parent.glob("step-*"):

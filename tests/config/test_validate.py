@@ -15,7 +15,7 @@ from bessemer.errors import ConfigError
         ("train.nan_policy=maybe", "train.nan_policy='maybe': use one of stop, skip"),
         (
             "schedule.decay=cosin",
-            "schedule.decay='cosin': use one of cosine, linear, constant; did you mean 'cosine'?",
+            "schedule.decay='cosin': use one of cosine, linear, constant, wsd; did you mean 'cosine'?",
         ),
         ("parallel.pp_schedule=1f1b", "did you mean '1F1B'?"),
         ("train.dtype=fp16", "train.dtype='fp16': use one of auto, float32, bfloat16"),

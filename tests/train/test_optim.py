@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bessemer.config import OptimSection, ScheduleSection
+from bessemer.errors import ConfigError
 from bessemer.models import ModelConfig, build_model
 from bessemer.train.optim import build_optimizer, build_scheduler
 from tests.models.hf_reference import hf_llama_config
@@ -47,14 +48,26 @@ def our_lrs(schedule: ScheduleSection) -> list[float]:
         ("constant", "constant_with_warmup", 0.0, 4),
         ("cosine", "cosine_with_min_lr", 0.1, 3),
         ("cosine", "cosine", 0.0, 0),
+        ("wsd", "warmup_stable_decay", 0.1, 3),
     ],
 )
 def test_schedule_equals_transformers_step_by_step(decay, hf_name, min_ratio, warmup):
     """Every step's lr, the first (0 in warmup) and the last included."""
     kwargs = {"min_lr_rate": min_ratio} if hf_name == "cosine_with_min_lr" else {}
-    ours = our_lrs(ScheduleSection(warmup_steps=warmup, decay=decay, min_lr_ratio=min_ratio))
+    decay_steps = 0
+    if decay == "wsd":
+        decay_steps, kwargs = 4, {"num_decay_steps": 4, "min_lr_ratio": min_ratio}
+    ours = our_lrs(
+        ScheduleSection(warmup_steps=warmup, decay=decay, min_lr_ratio=min_ratio, decay_steps=decay_steps)
+    )
     assert ours == pytest.approx(hf_lrs(hf_name, warmup, **kwargs), rel=1e-12, abs=1e-18)
     assert ours[warmup] == 2e-3  # the peak is reached at step `warmup`, as in transformers
+
+
+def test_wsd_needs_its_decay_length():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ConfigError, match="schedule.decay=wsd needs schedule.decay_steps"):
+        build_scheduler(opt, ScheduleSection(warmup_steps=2, decay="wsd"), STEPS)
 
 
 def test_decay_groups_and_adamw_settings_match_transformers_trainer():
