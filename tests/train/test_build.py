@@ -18,3 +18,11 @@ def test_context_parallel_with_packed_documents_is_refused():
     with pytest.raises(ConfigError, match="parallel.cp=2 with data.reset_positions") as info:
         check_model_fits(cfg, dims, get_preset("tiny"), torch.device("cpu"))
     assert "\n" not in str(info.value)
+
+
+def test_a_misspelt_model_key_names_the_nearest_field():
+    from bessemer.train.build import resolve_model_config
+
+    with pytest.raises(ConfigError, match="unknown key 'model.n_layer'; did you mean 'n_layers'") as info:
+        resolve_model_config(load_config(None, ["model.n_layer=3"]))
+    assert "\n" not in str(info.value)
