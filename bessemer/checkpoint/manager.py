@@ -223,10 +223,11 @@ class CheckpointManager:
         for old in upto[: -self.cfg.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def start_fresh(self) -> None:
+    def start_fresh(self, inputs: tuple[Path, ...] = ()) -> None:
         """A run that does not resume must not write into another run's checkpoints: its saves would replace
         them step by step, and a later --resume would pick the other run's newer steps. Refused in one line
-        unless checkpoint.overwrite, which removes the step dirs (our names only) and `latest` first."""
+        unless checkpoint.overwrite, which removes the step dirs (our names only) and `latest` first; never
+        when one of `inputs` (the checkpoint a fine-tune starts from) lies among them."""
         existing = [
             Path(p) for p in _from_rank0([str(p) for p in step_dirs(self.root)] if _rank() == 0 else [])
         ]
@@ -237,6 +238,14 @@ class CheckpointManager:
                 f"{self.root}: holds checkpoints of an earlier run (newest {existing[-1].name}); pass --resume to "
                 "continue it, --overwrite to start over (removes them), or pick another train.out_dir"
             )
+        for src in inputs:
+            if Path(src).resolve().is_relative_to(self.root.resolve()) or self.root.resolve().is_relative_to(
+                Path(src).resolve()
+            ):
+                raise CheckpointError(
+                    f"{self.root}: --overwrite would remove {src}, the checkpoint this run starts from; "
+                    "pick another train.out_dir"
+                )
         if _rank() == 0:
             log.warning(
                 "--overwrite: removing %d step dirs of an earlier run in %s", len(existing), self.root

@@ -180,7 +180,8 @@ class Trainer:
     def train(self) -> dict:
         cfg, tc = self.cfg, self.cfg.train
         if not cfg.checkpoint.resume:
-            self.checkpoints.start_fresh()  # before run_config.json: a refused run changes nothing
+            # before run_config.json: a refused run changes nothing
+            self.checkpoints.start_fresh(inputs=(Path(tc.finetune),) if tc.finetune else ())
         if self.rank == 0:
             prepare_run_dir(self.out_dir)
             atomic_write_text(self.out_dir / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")

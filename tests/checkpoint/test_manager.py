@@ -107,6 +107,12 @@ def test_a_fresh_run_into_checkpoints_is_refused_unless_overwrite(reference, syn
     assert "\n" not in str(info.value)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     assert (run / "run_config.json").read_text() == config
+    finetune = f'train.finetune="{run}"'  # its own newest checkpoint: never removed
+    with pytest.raises(
+        CheckpointError, match=r"--overwrite would remove .*run, the checkpoint this run starts"
+    ):
+        Trainer(load_config(None, [*over, "checkpoint.overwrite=true", finetune])).train()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     Trainer(load_config(None, [*over, "checkpoint.overwrite=true"])).train()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000003"]
 
