@@ -59,11 +59,18 @@ def test_resume_after_sigkill_gives_identical_losses(synthetic_dataset, tmp_path
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(synthetic_dataset, tmp_path):
-    a = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "a", **{"train.micro_batch_size": 1}))
-    b = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "b", **{"train.micro_batch_size": 4}))
+    """Over several steps of the data loader (one step's gradients against transformers: below)."""
+    short = {"train.steps": 4, "checkpoint.interval": 0}
+    a = load_config(
+        None, tiny_overrides(synthetic_dataset, tmp_path / "a", **{"train.micro_batch_size": 1}, **short)
+    )
+    b = load_config(
+        None, tiny_overrides(synthetic_dataset, tmp_path / "b", **{"train.micro_batch_size": 4}, **short)
+    )
     Trainer(a).train()
     Trainer(b).train()
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(la) == [1, 2, 3, 4]
     for step in la:
         assert la[step] == pytest.approx(lb[step], rel=1e-5)
 
