@@ -223,16 +223,16 @@ class CheckpointManager:
         for old in upto[: -self.cfg.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def start_fresh(self, inputs: tuple[Path, ...] = ()) -> None:
+    def start_fresh(self, inputs: tuple[Path, ...] = ()) -> bool:
         """A run that does not resume must not write into another run's checkpoints: its saves would replace
         them step by step, and a later --resume would pick the other run's newer steps. Refused in one line
         unless checkpoint.overwrite, which removes the step dirs (our names only) and `latest` first; never
-        when one of `inputs` (the checkpoint a fine-tune starts from) lies among them."""
+        when one of `inputs` (the checkpoint a fine-tune starts from) lies among them. True if it removed any."""
         existing = [
             Path(p) for p in _from_rank0([str(p) for p in step_dirs(self.root)] if _rank() == 0 else [])
         ]
         if not existing:
-            return
+            return False
         if not self.cfg.overwrite:
             raise CheckpointError(
                 f"{self.root}: holds checkpoints of an earlier run (newest {existing[-1].name}); pass --resume to "
@@ -254,6 +254,7 @@ class CheckpointManager:
                 shutil.rmtree(old)
             (self.root / LATEST).unlink(missing_ok=True)
         _barrier()
+        return True
 
     # ---- resuming ----------------------------------------------------------------------------------------
     def latest(self) -> Path | None:

@@ -181,7 +181,9 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.train
         if not cfg.checkpoint.resume:
             # before run_config.json: a refused run changes nothing
-            self.checkpoints.start_fresh(inputs=(Path(tc.finetune),) if tc.finetune else ())
+            over = self.checkpoints.start_fresh(inputs=(Path(tc.finetune),) if tc.finetune else ())
+            if over and self.rank == 0:
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # the earlier run's records
         if self.rank == 0:
             prepare_run_dir(self.out_dir)
             atomic_write_text(self.out_dir / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -115,6 +115,11 @@ def test_a_fresh_run_into_checkpoints_is_refused_unless_overwrite(reference, syn
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     Trainer(load_config(None, [*over, "checkpoint.overwrite=true"])).train()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000003"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
 
 
 def test_no_complete_checkpoint_is_one_line(reference, synthetic_dataset, tmp_path):
