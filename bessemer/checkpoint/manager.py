@@ -167,7 +167,7 @@ class CheckpointManager:
             shutil.rmtree(final)  # a previous run's step dir for the same step: ours, and superseded
         tmp.rename(final)
         atomic_write_text(self.root / LATEST, final.name + "\n")
-        self._retain()
+        self._retain(step)
 
     def _complete(self, tmp: Path, step: int, train_state: dict) -> None:
         save_model_config(self.model_cfg, tmp)
@@ -213,11 +213,48 @@ class CheckpointManager:
             if tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink(missing_ok=True)
 
-    def _retain(self) -> None:
+    def _retain(self, step: int) -> None:
+        """Keep the newest `keep` step dirs up to `step`, the one just published. Step dirs beyond it (a run
+        resumed from an older checkpoint because the newer ones were damaged) are never counted: otherwise they
+        would push the checkpoint just written, the newest good one, out of the window."""
         if self.cfg.keep <= 0:
             return
-        for old in step_dirs(self.root)[: -self.cfg.keep]:
+        upto = [p for p in step_dirs(self.root) if int(STEP_RE.match(p.name)[1]) <= step]
+        for old in upto[: -self.cfg.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def start_fresh(self, inputs: tuple[Path, ...] = ()) -> bool:
+        """A run that does not resume must not write into another run's checkpoints: its saves would replace
+        them step by step, and a later --resume would pick the other run's newer steps. Refused in one line
+        unless checkpoint.overwrite, which removes the step dirs (our names only) and `latest` first; never
+        when one of `inputs` (the checkpoint a fine-tune starts from) lies among them. True if it removed any."""
+        existing = [
+            Path(p) for p in _from_rank0([str(p) for p in step_dirs(self.root)] if _rank() == 0 else [])
+        ]
+        if not existing:
+            return False
+        if not self.cfg.overwrite:
+            raise CheckpointError(
+                f"{self.root}: holds checkpoints of an earlier run (newest {existing[-1].name}); pass --resume to "
+                "continue it, --overwrite to start over (removes them), or pick another train.out_dir"
+            )
+        for src in inputs:
+            if Path(src).resolve().is_relative_to(self.root.resolve()) or self.root.resolve().is_relative_to(
+                Path(src).resolve()
+            ):
+                raise CheckpointError(
+                    f"{self.root}: --overwrite would remove {src}, the checkpoint this run starts from; "
+                    "pick another train.out_dir"
+                )
+        if _rank() == 0:
+            log.warning(
+                "--overwrite: removing %d step dirs of an earlier run in %s", len(existing), self.root
+            )
+            for old in existing:
+                shutil.rmtree(old)
+            (self.root / LATEST).unlink(missing_ok=True)
+        _barrier()
+        return True
 
     # ---- resuming ----------------------------------------------------------------------------------------
     def latest(self) -> Path | None:

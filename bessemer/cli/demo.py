@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"reusing {prefix}.bin/.idx")
 
     console.rule("[bold]3/4 train")
-    train_args = ["train", "--config", args.config, *[f"--{o}" for o in overrides]]
+    # a demo run again starts over in its own run dir
+    train_args = ["train", "--config", args.config, "--overwrite", *[f"--{o}" for o in overrides]]
     rc = bessemer(train_args)
     if rc:
         return rc

@@ -13,6 +13,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue from the newest checkpoint in train.out_dir"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a train.out_dir that holds checkpoints (removes its step dirs)",
+    )
+    p.add_argument(
         "--finetune", metavar="CKPT", help="start from these weights with a fresh optimizer and schedule"
     )
     p.add_argument("--out-dir", help="run directory (train.out_dir)")
@@ -30,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.resume:
         overrides.append("checkpoint.resume=true")
+    if args.overwrite:
+        overrides.append("checkpoint.overwrite=true")
     if args.finetune:
         overrides.append(f"train.finetune={args.finetune!r}")
     if args.out_dir:

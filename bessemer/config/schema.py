@@ -66,9 +66,11 @@ class OptimSection:
 @dataclass
 class ScheduleSection:
     warmup_steps: int = 100
-    decay: str = "cosine"  # cosine, linear, constant
+    decay: str = "cosine"  # cosine, linear, constant, wsd (warmup-stable-decay)
     min_lr_ratio: float = 0.1
-    decay_steps: int = 0  # 0: until train.steps
+    decay_steps: int = (
+        0  # cosine/linear: the step the decay ends at (0: train.steps); wsd: the final decay's length
+    )
 
 
 @dataclass
@@ -91,6 +93,7 @@ class CheckpointSection:
     interval: int = 500
     keep: int = 3  # newest step dirs kept; 0 keeps all
     resume: bool = False
+    overwrite: bool = False  # start over in a train.out_dir that holds checkpoints (removes its step dirs)
     async_save: bool = False  # write shards in the background (torch.distributed.checkpoint.async_save)
 
 

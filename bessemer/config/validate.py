@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from bessemer.errors import ConfigError
@@ -36,6 +37,18 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "generate.repetition_penalty": (0, None),
     "serve.port": (0, 65535),
 }
+# "section.key": the values a key takes; a typo is refused at load time with the nearest one, not mid-run (or,
+# for keys read only in some layouts, never: parallel.pp_schedule with pp=1)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.nan_policy": ("stop", "skip"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
+    "schedule.decay": ("cosine", "linear", "constant", "wsd"),
+    "optim.implementation": ("auto", "fused", "foreach", "for-loop"),
+    "parallel.pp_schedule": ("GPipe", "1F1B", "Interleaved1F1B"),
+    "parallel.activation_checkpoint": ("none", "full", "selective"),
+    "parallel.param_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "parallel.reduce_dtype": ("auto", "float32", "bfloat16", "float16"),
+}
 # zero is not allowed for these although the range starts at 0 (it is the open end of the interval)
 POSITIVE = {"optim.eps", "generate.top_p", "generate.repetition_penalty"}
 
@@ -56,6 +69,13 @@ def check_ranges(cfg, where: str) -> None:
         if (low is not None and value < low) or (high is not None and value > high):
             span = f"{low if low is not None else '-inf'} to {high if high is not None else 'inf'}"
             raise ConfigError(f"{where}: {key}={value} is out of range ({span})")
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: {key}={value!r}: use one of {', '.join(allowed)}{hint}")
     dp_shard = cfg.parallel.dp_shard
     if dp_shard == 0 or dp_shard < -1:
         raise ConfigError(f"{where}: parallel.dp_shard={dp_shard}: use -1 (fill) or a positive size")

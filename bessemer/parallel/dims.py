@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bessemer.config import ParallelSection
+from bessemer.config.validate import CHOICES
 from bessemer.errors import ConfigError
 from bessemer.models import ModelConfig
 
-PP_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B")
+PP_SCHEDULES = CHOICES["parallel.pp_schedule"]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ def init_distributed(device: torch.device, timeout_s: float) -> None:
 
 def resolve_model_config(cfg: JobConfig) -> ModelConfig:
     """The model to train: the fine-tuned checkpoint's own config, else the preset; overrides apply to both."""
+    check_model_keys(cfg.model.overrides)
     if cfg.train.finetune:
         ckpt = resolve_checkpoint(cfg.train.finetune)
         base = load_model_config(ckpt).to_dict()
@@ -45,9 +46,30 @@ def resolve_model_config(cfg: JobConfig) -> ModelConfig:
     return get_preset(cfg.model.preset, **cfg.model.overrides)
 
 
+def check_model_keys(overrides: dict) -> None:
+    """A [model] key that is no ModelConfig field is refused in one line naming the nearest field."""
+    import dataclasses
+    import difflib
+
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown key 'model.{key}'{hint} model keys: preset, {', '.join(sorted(fields))}"
+            )
+
+
 def check_model_fits(
     cfg: JobConfig, dims: ParallelDims, model_cfg: ModelConfig, device: torch.device
 ) -> None:
+    if dims.cp > 1 and cfg.data.reset_positions:
+        # the ring splits each row's tokens over the ranks; the per-document mask (doc_ids) is not split with them
+        raise ConfigError(
+            f"parallel.cp={dims.cp} with data.reset_positions: context parallelism runs plain causal attention "
+            "over whole packed rows; set data.reset_positions=false or parallel.cp=1"
+        )
     if dims.cp > 1 and not devices.supports_context_parallel(device):
         raise ConfigError(
             f"parallel.cp={dims.cp}: context parallelism needs CUDA attention kernels; use cp=1 on {device.type}"

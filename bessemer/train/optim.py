@@ -1,4 +1,4 @@
-"""AdamW and the learning-rate schedule (linear warmup, then cosine or linear decay to a floor)."""
+"""AdamW and the learning-rate schedule (linear warmup, then cosine or linear decay to a floor, or WSD)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,14 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimSection, device: torch.dev
 
 
 def lr_factor(step: int, cfg: ScheduleSection, total_steps: int) -> float:
-    """Multiplier of the peak lr after `step` optimizer steps (0-based)."""
+    """Multiplier of the peak lr for optimizer step `step` (0-based), as transformers' schedulers of the same
+    names define it (get_{cosine,linear,constant}_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup):
+    step / warmup_steps during warmup, so the first step runs at lr 0 and the peak is reached at step
+    warmup_steps; then the decay to min_lr_ratio by decay_steps (0: train.steps)."""
+    if cfg.decay == "wsd":
+        return _wsd_factor(step, cfg, total_steps)
     if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+        return step / cfg.warmup_steps
     decay_steps = (cfg.decay_steps or total_steps) - cfg.warmup_steps
     if cfg.decay == "constant" or decay_steps <= 0:
         return 1.0
@@ -47,13 +52,33 @@ def lr_factor(step: int, cfg: ScheduleSection, total_steps: int) -> float:
     elif cfg.decay == "linear":
         shape = 1 - progress
     else:
-        raise ConfigError(f"schedule.decay={cfg.decay!r}: use cosine, linear or constant")
+        raise ConfigError(f"schedule.decay={cfg.decay!r}: use cosine, linear, constant or wsd")
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+
+def _wsd_factor(step: int, cfg: ScheduleSection, total_steps: int) -> float:
+    """Warmup-stable-decay as transformers' get_wsd_schedule (linear warmup from min_lr_ratio, cosine decay):
+    the last `decay_steps` steps decay to min_lr_ratio, the steps between warmup and them hold the peak."""
+    floor = cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return floor + (1 - floor) * step / cfg.warmup_steps
+    decay_start = total_steps - cfg.decay_steps
+    if step < decay_start:
+        return 1.0
+    if step < total_steps:
+        progress = (step - decay_start) / cfg.decay_steps
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleSection, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.decay == "wsd" and not 0 < cfg.decay_steps <= total_steps - cfg.warmup_steps:
+        raise ConfigError(
+            f"schedule.decay=wsd needs schedule.decay_steps (the final decay's length) between 1 and train.steps - "
+            f"warmup_steps = {total_steps - cfg.warmup_steps}; got {cfg.decay_steps}"
+        )
     lr_factor(cfg.warmup_steps, cfg, total_steps)  # validate the decay name now, not mid-run
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))
 

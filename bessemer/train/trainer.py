@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bessemer import device as devices
 from bessemer.checkpoint.files import atomic_write_text
-from bessemer.checkpoint.manager import CheckpointManager
+from bessemer.checkpoint.manager import CheckpointManager, read_train_state
 from bessemer.checkpoint.outputs import prepare_run_dir
 from bessemer.config import JobConfig, to_dict
 from bessemer.errors import BessemerError
@@ -31,6 +31,7 @@ from bessemer.train.loggers import MetricsWriter
 from bessemer.train.metrics import flops_per_token
 from bessemer.train.optim import build_optimizer, build_scheduler, skips_on_device
 from bessemer.train.prefetch import Prefetcher
+from bessemer.train.resume import apply_hyperparameters, check_changes, hyperparameters, record
 from bessemer.tune.dpo import attach_dpo, preference_data
 from bessemer.tune.lora import lora_meta
 
@@ -147,6 +148,7 @@ class Trainer:
             "data": self.data.state_dict(),
             "rng": torch.get_rng_state().tolist(),
             "skipped_steps": self.skipped_steps,
+            "config": record(self.cfg),  # compared on resume (bessemer.train.resume)
         }
 
     def save(self) -> Path:
@@ -156,6 +158,8 @@ class Trainer:
     def resume(self, ckpt: Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
+        check_changes(read_train_state(ckpt).get("config"), self.cfg, ckpt)
+        built = hyperparameters(self.optimizer)  # the config's; loading overwrites them with the checkpoint's
         tensors = self._tensor_state()
         state = self.checkpoints.load(ckpt, tensors)
         set_state_dict(
@@ -167,6 +171,7 @@ class Trainer:
         )
         self.step = state["step"]
         self.scheduler.load_state_dict(state["scheduler"])
+        apply_hyperparameters(self.optimizer, built, self.scheduler, self.cfg.optim.lr)
         self.data.load_state_dict(state["data"])
         torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
         self.skipped_steps = state.get("skipped_steps", 0)
@@ -174,6 +179,11 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------------------
     def train(self) -> dict:
         cfg, tc = self.cfg, self.cfg.train
+        if not cfg.checkpoint.resume:
+            # before run_config.json: a refused run changes nothing
+            over = self.checkpoints.start_fresh(inputs=(Path(tc.finetune),) if tc.finetune else ())
+            if over and self.rank == 0:
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # the earlier run's records
         if self.rank == 0:
             prepare_run_dir(self.out_dir)
             atomic_write_text(self.out_dir / "run_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -72,6 +72,56 @@ def test_resume_falls_back_past_a_damaged_checkpoint(damage, reference, syntheti
     assert losses(run) == reference[0]  # resumed at 3, and steps 4-6 match the uninterrupted run exactly
 
 
+def test_retention_never_deletes_the_checkpoint_a_fallback_resume_writes(
+    reference, synthetic_dataset, tmp_path
+):
+    """keep=1 after resuming past a damaged step-6: the step-4 save must survive (it is the newest good one);
+    the damaged step dir numbered above it is not counted against it."""
+    trainer, run = _resume_from_copy(
+        reference,
+        synthetic_dataset,
+        tmp_path,
+        DAMAGE["truncated shard"],
+        **{"train.steps": 4, "checkpoint.keep": 1},
+    )
+    trainer.train()
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step-000004"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000004", "step-000006"]
+    again = Trainer(
+        load_config(None, tiny_overrides(synthetic_dataset, run, **{"checkpoint.resume": "true"}))
+    )
+    assert again.checkpoints.latest().name == "step-000004"
+
+
+def test_a_fresh_run_into_checkpoints_is_refused_unless_overwrite(reference, synthetic_dataset, tmp_path):
+    """Without --resume a run would replace an earlier run's step dirs as it reaches them, and a later --resume
+    would pick the earlier run's newer steps: refused in one line, changing nothing; --overwrite starts over."""
+    run = tmp_path / "run"
+    shutil.copytree(reference[1], run)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    config = (run / "run_config.json").read_text()
+    over = tiny_overrides(synthetic_dataset, run, **{"train.steps": 3})
+    with pytest.raises(CheckpointError, match=r"newest step-000006\); pass --resume.*--overwrite") as info:
+        Trainer(load_config(None, over)).train()
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert (run / "run_config.json").read_text() == config
+    finetune = f'train.finetune="{run}"'  # its own newest checkpoint: never removed
+    with pytest.raises(
+        CheckpointError, match=r"--overwrite would remove .*run, the checkpoint this run starts"
+    ):
+        Trainer(load_config(None, [*over, "checkpoint.overwrite=true", finetune])).train()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    Trainer(load_config(None, [*over, "checkpoint.overwrite=true"])).train()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-000003"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
+
+
 def test_no_complete_checkpoint_is_one_line(reference, synthetic_dataset, tmp_path):
     def damage_all(ckpt):
         for c in ckpt.parent.glob("step-*"):

@@ -2,14 +2,16 @@
 
     torchrun --nproc-per-node N -m tests.distributed.driver SPEC.json
 
-SPEC: a list of {"overrides": [...], "result": PATH, "poison_step": K (optional)}. Each job is a real
-Trainer; rank 0 writes {"ok": true, "skipped": n} or {"ok": false, "error": message} to `result`.
-With poison_step, rank 1's loss turns NaN in step K (the other ranks must agree to stop or skip).
+SPEC: a list of {"overrides": [...], "result": PATH, "poison_step": K (optional), "resume_from": CKPT, "out": DIR
+(optional)}. Each job is a real Trainer; rank 0 writes {"ok": true, "skipped": n} or {"ok": false, "error":
+message} to `result`. With poison_step, rank 1's loss turns NaN in step K (the other ranks must agree to stop or
+skip). With resume_from, rank 0 first copies that step dir (an earlier job's) into DIR/checkpoints as its latest.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +22,17 @@ from bessemer.errors import BessemerError
 from bessemer.train.trainer import Trainer
 
 
+def seed_checkpoint(ckpt: Path, out: Path) -> None:
+    if dist.get_rank() == 0:
+        (out / "checkpoints").mkdir(parents=True)
+        shutil.copytree(ckpt, out / "checkpoints" / ckpt.name)
+        (out / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+    dist.barrier()
+
+
 def run(job: dict) -> dict:
+    if job.get("resume_from"):
+        seed_checkpoint(Path(job["resume_from"]), Path(job["out"]))
     trainer = Trainer(load_config(None, job["overrides"]))
     if job.get("poison_step") and trainer.rank == 1:
         real = trainer.forward_backward

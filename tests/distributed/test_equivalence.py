@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bessemer.config import load_config
@@ -33,11 +34,34 @@ def overrides(data, out_dir, **extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(synthetic_dataset, tmp_path_factory) -> dict[int, float]:
+def reference_run(synthetic_dataset, tmp_path_factory) -> Path:
     """The control: one process, same tokens per step."""
     out = tmp_path_factory.mktemp("reference") / "run"
     Trainer(load_config(None, overrides(synthetic_dataset, out))).train()
-    return losses(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict[int, float]:
+    return losses(reference_run)
+
+
+def grad_norms(run_dir: Path) -> dict[int, float]:
+    """Per-step gradient norm: equal losses alone would hide a gradient scaled by a constant (dp size), which
+    AdamW's update and clipping to a fixed norm both cancel."""
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["grad_norm"] for r in records}
+
+
+def sft_dataset(folder: Path) -> str:
+    """Documents whose answers (loss mask 1) start at a different point in each, so the two data-parallel ranks
+    hold different numbers of target tokens in every step."""
+    from tests.data.conftest import write_dataset
+
+    rng = np.random.default_rng(1)
+    docs = [np.arange(s, s + int(rng.integers(40, 120))) % 500 for s in rng.integers(0, 50, 60)]
+    masks = [(np.arange(len(d)) >= int(rng.integers(0, len(d)))).astype(np.uint8) for d in docs]
+    return write_dataset(folder / "sft", docs, masks=masks)
 
 
 def assert_close(got: dict[int, float], want: dict[int, float], steps, layout: str = "") -> None:
@@ -47,8 +71,10 @@ def assert_close(got: dict[int, float], want: dict[int, float], steps, layout: s
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_rank_layouts_match_one_process(synthetic_dataset, reference, tmp_path):
-    """dp_replicate, dp_shard, tp, pp (1F1B, GPipe, interleaved 1F1B) on 2 ranks; NaN policies under dp_shard=2."""
+def test_two_rank_layouts_match_one_process(synthetic_dataset, reference_run, reference, tmp_path):
+    """dp_replicate, dp_shard, tp, pp (1F1B, GPipe, interleaved 1F1B) on 2 ranks: losses and gradient norms;
+    SFT data with uneven target counts per rank under dp_shard=2; dp_shard=2's checkpoint resumed under tp=2;
+    NaN policies under dp_shard=2."""
     jobs = []
     for name, extra in LAYOUTS.items():
         out = tmp_path / name.replace(" ", "_").replace("=", "")
@@ -59,6 +85,26 @@ def test_two_rank_layouts_match_one_process(synthetic_dataset, reference, tmp_pa
                 "out": str(out),
             }
         )
+    sft_data = sft_dataset(tmp_path)
+    sft_out, tp_resumed = tmp_path / "sft_dp_shard2", tmp_path / "tp2_from_dp_shard2"
+    jobs.append(
+        {
+            "overrides": overrides(sft_data, sft_out, **{"parallel.dp_shard": 2}),
+            "result": f"{sft_out}.json",
+        }
+    )
+    jobs.append(
+        {
+            "overrides": overrides(
+                synthetic_dataset,
+                tp_resumed,
+                **{"parallel.tp": 2, "parallel.dp_shard": 1, "checkpoint.resume": "true"},
+            ),
+            "result": f"{tp_resumed}.json",
+            "resume_from": str(tmp_path / "dp_shard2" / "checkpoints" / "step-000002"),
+            "out": str(tp_resumed),
+        }
+    )
     interleaved = {
         "model.n_layers": 4,
         "parallel.pp": 2,
@@ -81,6 +127,15 @@ def test_two_rank_layouts_match_one_process(synthetic_dataset, reference, tmp_pa
         assert json.loads(Path(job["result"]).read_text()) == {"ok": True, "skipped": 0}, name
         got = losses(Path(job["out"]))
         assert_close(got, reference, range(1, STEPS + 1), name)
+        assert_close(grad_norms(Path(job["out"])), grad_norms(reference_run), range(1, STEPS + 1), name)
+    for out in (sft_out, tp_resumed):
+        assert json.loads(Path(f"{out}.json").read_text()) == {"ok": True, "skipped": 0}, out.name
+    # the loss is the mean over the step's target tokens of both ranks, as on one process
+    Trainer(load_config(None, overrides(sft_data, tmp_path / "sft_one"))).train()
+    assert_close(losses(sft_out), losses(tmp_path / "sft_one"), range(1, STEPS + 1), "sft")
+    assert_close(grad_norms(sft_out), grad_norms(tmp_path / "sft_one"), range(1, STEPS + 1), "sft")
+    assert sorted(losses(tp_resumed)) == [3, 4]
+    assert_close(losses(tp_resumed), reference, [3, 4], "tp=2 resumed from dp_shard=2")
     # interleaved 1F1B: 4 stages of one layer, two per rank, against its own 4-layer one-process control
     Trainer(
         load_config(None, overrides(synthetic_dataset, tmp_path / "ref4", **{"model.n_layers": 4}))

@@ -59,20 +59,27 @@ def test_resume_after_sigkill_gives_identical_losses(synthetic_dataset, tmp_path
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(synthetic_dataset, tmp_path):
-    a = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "a", **{"train.micro_batch_size": 1}))
-    b = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "b", **{"train.micro_batch_size": 4}))
+    """Over several steps of the data loader (one step's gradients against transformers: below)."""
+    short = {"train.steps": 4, "checkpoint.interval": 0}
+    a = load_config(
+        None, tiny_overrides(synthetic_dataset, tmp_path / "a", **{"train.micro_batch_size": 1}, **short)
+    )
+    b = load_config(
+        None, tiny_overrides(synthetic_dataset, tmp_path / "b", **{"train.micro_batch_size": 4}, **short)
+    )
     Trainer(a).train()
     Trainer(b).train()
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(la) == [1, 2, 3, 4]
     for step in la:
         assert la[step] == pytest.approx(lb[step], rel=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_non_finite_loss_policy(synthetic_dataset, tmp_path, policy, monkeypatch):
-    cfg = load_config(
-        None, tiny_overrides(synthetic_dataset, tmp_path / "run", **{"train.nan_policy": f'"{policy}"'})
-    )
+    # no warmup: step 1 runs at the peak lr (the warmup's first step has lr 0, as in transformers)
+    over = {"train.nan_policy": f'"{policy}"', "schedule.warmup_steps": 0}
+    cfg = load_config(None, tiny_overrides(synthetic_dataset, tmp_path / "run", **over))
     trainer = Trainer(cfg)
     real = trainer.forward_backward
     calls = {"n": 0}
@@ -221,3 +228,80 @@ def test_a_batch_of_prompts_only_names_the_fix_or_is_skipped(tmp_path):
     trainer.train()
     assert trainer.skipped_steps == 2
     assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+
+
+class FixedBatches:
+    """The same 8 rows, served `micro` at a time (a Stateful batch source for Trainer's data_factory)."""
+
+    meta: dict = {}
+
+    def __init__(self, rows: dict, micro: int):
+        self.rows, self.micro, self.i = rows, micro, 0
+
+    def __next__(self) -> dict:
+        start = self.i * self.micro % len(self.rows["tokens"])
+        self.i += 1
+        return {k: v[start : start + self.micro] for k, v in self.rows.items()}
+
+    def state_dict(self) -> dict:
+        return {"i": self.i}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.i = state["i"]
+
+
+def test_sft_accumulation_is_the_token_mean_of_the_step_as_in_transformers(tmp_path):
+    """4 micro-batches of 2 SFT rows holding 0 to 14 targets each: the step's loss and gradients are those of one
+    batch of 8, and equal transformers' LlamaForCausalLM loss (num_items_in_batch accumulation) and gradients;
+    the clipped gradients equal torch's clip_grad_norm_ on the transformers model."""
+    transformers = pytest.importorskip("transformers")
+    from bessemer.parallel.grad import clip_grad_norm
+    from tests.models.hf_reference import copy_into_hf, hf_llama_config
+    from tests.train.test_optim import hf_name
+
+    vocab, seq = 512, 16
+    gen = torch.Generator().manual_seed(0)
+    rows = {"tokens": torch.randint(0, vocab, (8, seq), generator=gen)}
+    labels = torch.randint(0, vocab, (8, seq), generator=gen)
+    for i in range(8):
+        labels[i, : seq - (3 * i) % seq] = -100  # prompt masked, an answer of (3i mod 16) tokens at the end
+    rows["labels"] = labels
+    assert len({int((labels[i : i + 2] != -100).sum()) for i in range(0, 8, 2)}) == 4  # uneven micro-batches
+
+    def step_grads(micro: int):
+        over = tiny_overrides("unused", tmp_path / f"r{micro}", **{"train.micro_batch_size": micro})
+        over += [f"train.seq_len={seq}", "train.global_batch_size=8"]
+        trainer = Trainer(load_config(None, over), data_factory=lambda t: FixedBatches(rows, micro))
+        batches = [next(trainer.data) for _ in range(trainer.accum_steps)]
+        targets = trainer._count_targets(batches)
+        loss = sum(float(trainer.forward_backward(b, targets)) for b in batches)
+        return trainer, loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+
+    accumulated, loss_acc, grads_acc = step_grads(2)
+    whole, loss_one, grads_one = step_grads(8)
+    assert accumulated.accum_steps == 4 and whole.accum_steps == 1
+    assert loss_acc == pytest.approx(loss_one, rel=1e-6)
+    for name, grad in grads_acc.items():
+        torch.testing.assert_close(grad, grads_one[name], rtol=1e-5, atol=1e-7)
+
+    hf = transformers.LlamaForCausalLM(hf_llama_config(accumulated.model_cfg)).float()
+    copy_into_hf(accumulated.model, hf)
+    n_items = (labels != -100).sum()
+    hf_loss = 0.0
+    for i in range(0, 8, 2):  # transformers' Trainer: each micro-batch's summed loss / the step's targets
+        part = {"labels": labels[i : i + 2], "shift_labels": labels[i : i + 2]}  # labels already shifted
+        out = hf(rows["tokens"][i : i + 2], **part, num_items_in_batch=n_items)
+        out.loss.backward()
+        hf_loss += out.loss.item()
+    assert loss_acc == pytest.approx(hf_loss, rel=1e-6)
+    hf_params = dict(hf.named_parameters())
+    for name, grad in grads_acc.items():
+        torch.testing.assert_close(grad, hf_params[hf_name(name)].grad, rtol=1e-4, atol=1e-6)
+
+    params = [p for _, p in sorted(accumulated.model.named_parameters())]
+    hf_sorted = [hf_params[hf_name(n)] for n, _ in sorted(accumulated.model.named_parameters())]
+    ours = clip_grad_norm(params, 0.5)
+    theirs = torch.nn.utils.clip_grad_norm_(hf_sorted, 0.5)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5) and float(ours) > 0.5  # it does clip
+    for p, q in zip(params, hf_sorted):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
