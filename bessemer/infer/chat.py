@@ -33,7 +33,7 @@ class ChatSession:
                     self.loaded.tokenizer,
                     self.loaded.template,
                     self.params,
-                    context_len=self.loaded.model.config.max_seq_len,
+                    context_len=self.loaded.model.config.context_len,
                     messages=self.messages,
                 )
             except RequestError as exc:
