@@ -41,8 +41,12 @@ def prefill(
     bsz = tokens.shape[0]
     last = ((positions >= 0).sum(1) - 1).to(device)
     out = torch.zeros(bsz, model.config.vocab_size, device=device)
-    # dynamic NTK rotates every prompt key by the prompt's full length, so such a prompt goes in one piece
-    chunk_len = tokens.shape[1] if model.config.rope_scaling == "dynamic" else PREFILL_CHUNK
+    # past its trained context dynamic NTK rotates every prompt key by the prompt's full length: one piece
+    cfg = model.config
+    rescaled = cfg.rope_scaling == "dynamic" and int(positions.max()) >= (
+        cfg.rope_original_max_seq_len or cfg.max_seq_len
+    )
+    chunk_len = tokens.shape[1] if rescaled else PREFILL_CHUNK
     for start in range(0, tokens.shape[1], chunk_len):
         stop = start + chunk_len
         chunk = positions[:, start:stop]
