@@ -41,7 +41,9 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             stdout.write(">>> ")
             stdout.flush()
         line = stdin.readline()
-        if not line:  # end of input
+        if not line:  # end of input (Ctrl-D): leave the terminal on a fresh line
+            if interactive:
+                stdout.write("\n")
             break
         text = line.strip()
         if not text:
@@ -56,7 +58,13 @@ def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             stdout.write(f"unknown command {text.split()[0]}; {COMMANDS}\n")
             continue
         try:
-            for delta in session.send(text):
+            req = session.prepare(text)
+            if session.dropped:
+                stdout.write(
+                    f"(the {session.dropped} oldest exchange(s) no longer fit the context of "
+                    f"{session.context_len} tokens and were forgotten)\n"
+                )
+            for delta in session.reply(req):
                 stdout.write(delta)
                 stdout.flush()
         except KeyboardInterrupt:

@@ -278,11 +278,13 @@ def _run_perplexity(args, loaded) -> int:
     from bessemer.eval.perplexity import perplexity, read_tokens
 
     window = args.window or loaded.model.config.max_seq_len
-    ids, n_bytes = read_tokens(args.data, loaded.tokenizer)
-    r = perplexity(loaded.model, ids, n_bytes, window, args.stride or window)
+    ids, n_bytes, n_words = read_tokens(args.data, loaded.tokenizer)
+    r = perplexity(loaded.model, ids, n_bytes, window, args.stride or window, n_words)
     print(f"tokens                {r.tokens}")
     print(f"mean NLL              {r.nll:.6f}")
     print(f"perplexity            {r.ppl:.4f}")
+    print(f"word perplexity       {r.word_perplexity:.4f}")
+    print(f"byte perplexity       {r.byte_perplexity:.6f}")
     print(f"bits per byte         {r.bits_per_byte:.6f}")
     return 0
 

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = {"prompt": prompt}
     req = build_request(
-        loaded.tokenizer, loaded.template, params, context_len=loaded.model.config.max_seq_len, **source
+        loaded.tokenizer, loaded.template, params, context_len=loaded.model.config.context_len, **source
     )
     for text in stream(loaded.model, req.prompt_ids, req.params, loaded.tokenizer, compile=gen.compile):
         sys.stdout.write(text)

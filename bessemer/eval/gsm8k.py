@@ -2,7 +2,8 @@
 
 Each row is {"question": ..., "answer": "...reasoning...\\n#### 42"}. The prompt is "Question: q\\nAnswer: a" per
 shot (the reasoning is the chain of thought), then "Question: q\\nAnswer:"; generation stops at the next
-"Question:" or a blank line. The prediction is the number after "####", else the last number generated.
+"Question:" or a blank line. The prediction is the number after "####", else after "The answer is", else the
+last number generated; prediction and reference compare as numbers ("3.50" is "3.5", "$1,000." is "1000").
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 from bessemer.errors import DataError
 
 STOPS = ["Question:", "\n\n", "</s>", "<|im_end|>"]
-_FINAL = re.compile(r"####\s*(-?[$0-9.,]+)")
-_NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?")
+_NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?"  # 12, -3, $1,000, 3.50 (a sentence's full stop is not a decimal point)
+_FINAL = re.compile(r"####\s*(" + _NUMBER + ")")
+_ANSWER_IS = re.compile(r"answer is:?\s*(" + _NUMBER + ")", re.IGNORECASE)  # lm-eval's gsm8k-cot form
 
 
 @dataclass
@@ -28,18 +30,21 @@ class Problem:
 
 
 def normalize(number: str) -> str:
+    """One spelling per number: no "$" or thousands commas, no trailing zeros after a decimal point ("3.50" and
+    "3.5", "18.00" and "18" are the same answer); lm-eval's string match would call those pairs different."""
     s = number.replace(",", "").replace("$", "").rstrip(".")
-    if re.fullmatch(r"-?\d+\.0*", s):
-        s = s.split(".")[0]
-    return s
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return "0" if s == "-0" else s
 
 
 def extract(text: str) -> str | None:
-    """The model's final number: after "####" when it wrote one, else the last number in the text."""
-    m = _FINAL.search(text)
+    """The model's final number: the first after "####" (lm-eval's strict match), else the first after "The
+    answer is" (its chain-of-thought variant's), else the last number in the text (its flexible extract)."""
+    m = _FINAL.search(text) or _ANSWER_IS.search(text)
     if m:
         return normalize(m.group(1))
-    nums = _NUMBER.findall(text)
+    nums = re.findall(_NUMBER, text)
     return normalize(nums[-1]) if nums else None
 
 

@@ -9,6 +9,7 @@ compute).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +24,34 @@ class Perplexity:
     tokens: int  # tokens predicted
     nll: float  # mean negative log-likelihood per predicted token (nats)
     bytes: int  # UTF-8 bytes of the text the tokens cover
+    words: int = 0  # whitespace-separated words of that text, counted as lm-eval's wikitext task counts them
 
     @property
     def ppl(self) -> float:
         return math.exp(self.nll)
 
     @property
+    def word_perplexity(self) -> float:
+        """lm-eval's word_perplexity: exp(total NLL / words)."""
+        return math.exp(self.nll * self.tokens / self.words) if self.words else float("nan")
+
+    @property
+    def byte_perplexity(self) -> float:
+        """lm-eval's byte_perplexity: exp(total NLL / bytes)."""
+        return math.exp(self.nll * self.tokens / self.bytes) if self.bytes else float("nan")
+
+    @property
     def bits_per_byte(self) -> float:
         return self.nll * self.tokens / (math.log(2) * self.bytes) if self.bytes else float("nan")
 
 
-def read_tokens(source: str | Path, tokenizer) -> tuple[list[int], int]:
-    """Token ids and UTF-8 byte count of a .txt file (encoded whole) or a prepared PREFIX (.bin/.idx).
+def count_words(text: str) -> int:
+    """Words as lm-eval's wikitext task counts them (re.split on whitespace runs, ends included)."""
+    return len(re.split(r"\s+", text))
+
+
+def read_tokens(source: str | Path, tokenizer) -> tuple[list[int], int, int]:
+    """Token ids, UTF-8 byte count and word count of a .txt file (encoded whole) or a prepared PREFIX.
 
     The ids start with the tokenizer's BOS (else EOS) token, added when the text's own ids do not, so every token
     of the text is predicted and bits per byte covers every byte (lm-eval's rolling log-likelihood does the same).
@@ -45,7 +62,7 @@ def read_tokens(source: str | Path, tokenizer) -> tuple[list[int], int]:
     if indexed.exists(path):
         ids = indexed.IndexedDataset(path).tokens.tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        return _with_prefix_token(ids, tokenizer), len(text.encode("utf-8"))
+        return _with_prefix_token(ids, tokenizer), len(text.encode("utf-8")), count_words(text)
     if not path.is_file():
         raise DataError(f"{path}: neither a text file nor a prepared PREFIX (.bin/.idx); check the path")
     try:
@@ -54,7 +71,8 @@ def read_tokens(source: str | Path, tokenizer) -> tuple[list[int], int]:
         raise DataError(
             f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); convert it to UTF-8"
         ) from exc
-    return _with_prefix_token(tokenizer(text)["input_ids"], tokenizer), len(text.encode("utf-8"))
+    ids = _with_prefix_token(tokenizer(text)["input_ids"], tokenizer)
+    return ids, len(text.encode("utf-8")), count_words(text)
 
 
 def _with_prefix_token(ids: list[int], tokenizer) -> list[int]:
@@ -63,7 +81,9 @@ def _with_prefix_token(ids: list[int], tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def perplexity(model: Transformer, ids: list[int], n_bytes: int, window: int, stride: int) -> Perplexity:
+def perplexity(
+    model: Transformer, ids: list[int], n_bytes: int, window: int, stride: int, n_words: int = 0
+) -> Perplexity:
     """Mean NLL over ids[1:], each token predicted once from up to window-1 tokens of context."""
     if not 0 < stride <= window:
         raise ConfigError(f"--stride {stride}: use 1 to the window length ({window})")
@@ -83,4 +103,4 @@ def perplexity(model: Transformer, ids: list[int], n_bytes: int, window: int, st
         total += float(new.double().sum())
         count += new.numel()
         scored = end
-    return Perplexity(count, total / count, n_bytes)
+    return Perplexity(count, total / count, n_bytes, n_words)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,47 +174,66 @@ def _read_csv_split(task: str, root: Path, split: str, files: list[Path]) -> dic
 
 def _read_csv(task: str, path: Path, subject: str, answered: bool) -> list[Question]:
     """MMLU: no header, 6 columns. C-Eval: header id,question,A..D,answer[,explanation]. CMMLU: [idx,]Question,A..D,Answer."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 ({exc.reason} at byte {exc.start}); "
+            "re-save it as UTF-8 (from GBK: iconv -f gbk -t utf-8)"
+        ) from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _read_rows(task, path, subject, answered, reader)
+    except csv.Error as exc:  # an overlong field, a stray quote the dialect cannot read
+        raise DataError(f"{path}:{reader.line_num}: not readable as CSV ({exc}); check the quoting") from exc
+
+
+def _read_rows(task: str, path: Path, subject: str, answered: bool, reader) -> list[Question]:
     out = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = None if task == "mmlu" else next(reader, None)
-        if header is not None:
-            cols = [c.strip().lower() for c in header]
-            need = ["question", "a", "b", "c", "d"] + (["answer"] if answered else [])
-            missing = [c for c in need if c not in cols]
-            if missing:
+    header = None if task == "mmlu" else next(reader, None)
+    if task != "mmlu" and header is None:
+        raise DataError(f"{path}: empty; the {task} layout starts with a header row")
+    if header is not None:
+        cols = [c.strip().lower() for c in header]
+        need = ["question", "a", "b", "c", "d"] + (["answer"] if answered else [])
+        missing = [c for c in need if c not in cols]
+        if missing:
+            raise DataError(
+                f"{path}:1: header lacks {', '.join(missing)}; the {task} layout has "
+                f"{'id,question,A,B,C,D,answer' if task == 'ceval' else 'Question,A,B,C,D,Answer'}"
+            )
+        at = {c: cols.index(c) for c in need}
+    for row in reader:
+        line = reader.line_num
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            if len(row) != 6:
                 raise DataError(
-                    f"{path}:1: header lacks {', '.join(missing)}; the {task} layout has "
-                    f"{'id,question,A,B,C,D,answer' if task == 'ceval' else 'Question,A,B,C,D,Answer'}"
+                    f"{path}:{line}: {len(row)} columns; MMLU rows are question,A,B,C,D,answer (quote "
+                    "fields holding commas)"
                 )
-            at = {c: cols.index(c) for c in need}
-        for row in reader:
-            line = reader.line_num
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if header is None:
-                if len(row) != 6:
-                    raise DataError(
-                        f"{path}:{line}: {len(row)} columns; MMLU rows are question,A,B,C,D,answer (quote "
-                        "fields holding commas)"
-                    )
-                question, *choices, letter = row
-            else:
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{path}:{line}: {len(row)} columns, the header has {len(header)} (quote fields holding "
-                        "commas)"
-                    )
-                question = row[at["question"]]
-                choices = [row[at[c]] for c in "abcd"]
-                letter = row[at["answer"]] if answered else ""
-            answer = -1
-            if answered:
-                letter = letter.strip().upper()
-                if letter not in LETTERS or not letter:
-                    raise DataError(f"{path}:{line}: answer {letter!r} is not one of A, B, C, D")
-                answer = LETTERS.index(letter)
-            out.append(Question(subject, len(out), question, choices, answer))
+            question, *choices, letter = row
+        else:
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}:{line}: {len(row)} columns, the header has {len(header)} (quote fields holding "
+                    "commas)"
+                )
+            question = row[at["question"]]
+            choices = [row[at[c]] for c in "abcd"]
+            letter = row[at["answer"]] if answered else ""
+        answer = -1
+        if answered:
+            letter = letter.strip().upper()
+            if letter not in LETTERS or not letter:
+                raise DataError(f"{path}:{line}: answer {letter!r} is not one of A, B, C, D")
+            answer = LETTERS.index(letter)
+        out.append(Question(subject, len(out), question, choices, answer))
+    if not out:
+        raise DataError(f"{path}: no question rows; remove the file or restore its rows")
     return out
 
 

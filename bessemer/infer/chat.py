@@ -19,6 +19,7 @@ class ChatSession:
     ):
         self.loaded, self.params, self.system, self.compile = loaded, params, system, compile
         self.messages: list[dict] = []
+        self.dropped = 0  # earlier exchanges the last request left out (and forgot) to fit the context
         self.reset()
 
     def reset(self) -> None:
@@ -26,14 +27,16 @@ class ChatSession:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def request(self) -> GenerationRequest:
-        """The request for the next reply; the oldest turns are dropped when the context cannot hold them."""
+        """The request for the next reply; the oldest turns are dropped when the context cannot hold them
+        (counted in `self.dropped`, so the user can be told)."""
+        self.dropped = 0
         while True:
             try:
                 return build_request(
                     self.loaded.tokenizer,
                     self.loaded.template,
                     self.params,
-                    context_len=self.loaded.model.config.max_seq_len,
+                    context_len=self.context_len,
                     messages=self.messages,
                 )
             except RequestError as exc:
@@ -45,15 +48,23 @@ class ChatSession:
                         f"{exc}; the message alone leaves no room for {self.params.max_new_tokens} new tokens"
                     ) from exc
                 del self.messages[turns[0] : turns[0] + 2]  # the oldest user turn and its reply
+                self.dropped += 1
 
-    def send(self, text: str) -> Iterator[str]:
-        """Add a user message; yield the reply as it is generated; the reply then joins the history."""
+    @property
+    def context_len(self) -> int:
+        return self.loaded.model.config.context_len
+
+    def prepare(self, text: str) -> GenerationRequest:
+        """Add a user message and build the request for the reply (the message is taken back if that fails)."""
         self.messages.append({"role": "user", "content": text})
         try:
-            req = self.request()
+            return self.request()
         except Exception:
             self.messages.pop()
             raise
+
+    def reply(self, req: GenerationRequest) -> Iterator[str]:
+        """Yield the reply to `req` as it is generated; the reply then joins the history."""
         reply = []
         try:
             for delta in stream(
@@ -63,3 +74,7 @@ class ChatSession:
                 yield delta
         finally:  # an interrupted reply stays in the history as far as it got
             self.messages.append({"role": "assistant", "content": "".join(reply)})
+
+    def send(self, text: str) -> Iterator[str]:
+        """Add a user message; yield the reply as it is generated; the reply then joins the history."""
+        yield from self.reply(self.prepare(text))

@@ -41,8 +41,14 @@ def prefill(
     bsz = tokens.shape[0]
     last = ((positions >= 0).sum(1) - 1).to(device)
     out = torch.zeros(bsz, model.config.vocab_size, device=device)
-    for start in range(0, tokens.shape[1], PREFILL_CHUNK):
-        stop = start + PREFILL_CHUNK
+    # past its trained context dynamic NTK rotates every prompt key by the prompt's full length: one piece
+    cfg = model.config
+    rescaled = cfg.rope_scaling == "dynamic" and int(positions.max()) >= (
+        cfg.rope_original_max_seq_len or cfg.max_seq_len
+    )
+    chunk_len = tokens.shape[1] if rescaled else PREFILL_CHUNK
+    for start in range(0, tokens.shape[1], chunk_len):
+        stop = start + chunk_len
         chunk = positions[:, start:stop]
         if chunk.device.type == "cpu":
             cache.next_top = int(chunk.max())
@@ -371,10 +377,10 @@ def _cache_dtype(model: Transformer) -> torch.dtype:
 def context_len(model: Transformer, prompts: list[list[int]], max_new_tokens: int) -> int:
     """Cache length for these prompts, refusing what the model's context cannot hold."""
     need = max(len(p) for p in prompts) + max_new_tokens
-    if need > model.config.max_seq_len:
+    if need > model.config.context_len:
         raise ConfigError(
             f"prompt ({max(len(p) for p in prompts)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-            f"model's max_seq_len {model.config.max_seq_len}; lower --max-new-tokens or shorten the prompt"
+            f"model's context of {model.config.context_len} tokens; lower --max-new-tokens or shorten the prompt"
         )
     return need
 
@@ -388,7 +394,7 @@ def cache_len(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
     need = context_len(model, prompts, max_new_tokens)
     if not compile:
         return need
-    return min(-(-need // COMPILED_LEN_STEP) * COMPILED_LEN_STEP, model.config.max_seq_len)
+    return min(-(-need // COMPILED_LEN_STEP) * COMPILED_LEN_STEP, model.config.context_len)
 
 
 def generate(

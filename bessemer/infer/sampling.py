@@ -17,6 +17,7 @@ import torch
 from bessemer.errors import ConfigError
 
 M32 = 0xFFFFFFFF
+TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass
@@ -98,7 +99,8 @@ def _nucleus(values: torch.Tensor, top_p: torch.Tensor, total: torch.Tensor | No
     cum = weights.cumsum(-1)
     total = cum[:, -1:] if total is None else total
     # a column stays while the mass before it is below top_p of the whole (the first one always stays)
-    return cum, ((cum - weights) < top_p[:, None] * total).sum(-1, keepdim=True)
+    kept = ((cum - weights) < top_p[:, None] * total).sum(-1, keepdim=True)
+    return cum, kept.clamp(min=1)
 
 
 HEAD = 1024  # top-p on the CPU first ranks this many logits, and sorts the whole row only if that is too few
@@ -140,6 +142,14 @@ def _lookup(cum: torch.Tensor, u: torch.Tensor, total: torch.Tensor, last) -> to
     return torch.minimum(found, torch.as_tensor(last, device=found.device)).squeeze(1)
 
 
+def scale(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """logits [b, W] divided by temperature [b, 1], shifted so each row's largest is 0 (softmax unchanged).
+
+    Shifting first means a tiny temperature sends the others towards -inf (greedy in the limit) instead of
+    overflowing the largest to +inf, whose inf - inf would be NaN and draw an arbitrary token."""
+    return (logits - logits.amax(-1, keepdim=True)) / temperature
+
+
 def _to_device(values: list, device: torch.device) -> torch.Tensor:
     # non_blocking: a blocking host-to-device copy would wait for the forward pass still running
     return torch.tensor(values).to(device, non_blocking=True)
@@ -167,16 +177,17 @@ def sample_next(
         idx = None if whole else _to_device(rows, device)
         scores = logits if whole else logits.index_select(0, idx)
         draw = u if whole else u.index_select(0, idx)
-        temperature = _to_device([params[i].temperature for i in rows], device)[:, None]
+        # a temperature below float32's range would become 0 (and 0 / 0 NaN): the smallest one is as greedy
+        temperature = _to_device([max(params[i].temperature, TINY) for i in rows], device)[:, None]
         top_p = _to_device([params[i].top_p for i in rows], device)
         if k == 0:  # temperature only: no order needed
-            token = draw_unsorted(scores / temperature, draw)
+            token = draw_unsorted(scale(scores, temperature), draw)
         elif k < 0:  # top-p alone: the nucleus's share is of the whole row
-            values, ids, total = rank_for_top_p(scores / temperature, top_p)
+            values, ids, total = rank_for_top_p(scale(scores, temperature), top_p)
             token = ids.gather(1, draw_sorted(values, top_p, draw, total)[:, None]).squeeze(1)
         else:  # a positive temperature keeps the order, so rank the raw logits and scale only the kept ones
             ranked = scores.topk(k, -1)
-            column = draw_sorted(ranked.values / temperature, top_p, draw)
+            column = draw_sorted(scale(ranked.values, temperature), top_p, draw)
             token = ranked.indices.gather(1, column[:, None]).squeeze(1)
         out = token if whole else out.index_copy(0, idx, token)
     return out

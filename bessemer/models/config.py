@@ -62,6 +62,14 @@ class ModelConfig:
     def dim_per_head(self) -> int:
         return self.head_dim or self.dim // self.n_heads
 
+    @property
+    def context_len(self) -> int:
+        """The longest sequence generation may reach: max_seq_len, or with dynamic NTK scaling from a trained
+        context of max_seq_len (no rope_original_max_seq_len), that context stretched by rope_factor."""
+        if self.rope_scaling == "dynamic" and not self.rope_original_max_seq_len:
+            return int(self.max_seq_len * self.rope_factor)
+        return self.max_seq_len
+
     def validate(self) -> None:
         """Refuse shapes the model cannot build, naming the field and what would work; cheap, before any tensor."""
         self._check_values()

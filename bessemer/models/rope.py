@@ -40,19 +40,21 @@ def _llama3_scale(inv_freq: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 def rope_cos_sin(
     cfg: ModelConfig, inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape [B, T, head_dim] for integer `positions` [B, T], computed in fp32."""
+    """cos and sin of shape [B, T, head_dim] for integer `positions` [B, T], computed in fp32.
+
+    Dynamic NTK scaling picks each row's frequencies from that row's longest position, as transformers does
+    for one sequence, so a row's rotation does not depend on what else is in the batch."""
+    inv_freq = inv_freq.float().to(positions.device)
     if cfg.rope_scaling == "dynamic":
-        seq_len = int(positions.max()) + 1
         orig = cfg.rope_original_max_seq_len or cfg.max_seq_len
-        if seq_len > orig:
-            # NTK-aware: raise the base so the longest wavelength covers the longer sequence
-            hd = cfg.dim_per_head
-            base = cfg.rope_theta * ((cfg.rope_factor * seq_len / orig) - (cfg.rope_factor - 1)) ** (
-                hd / (hd - 2)
-            )
-            exps = torch.arange(0, hd, 2, dtype=torch.int64, device=positions.device).float() / hd
-            inv_freq = 1.0 / (base**exps)
-    freqs = positions.float()[..., None] * inv_freq.float().to(positions.device)
+        seq_len = positions.amax(-1, keepdim=True).float() + 1  # [B, 1]
+        # NTK-aware: past the trained context, raise the base so the longest wavelength covers the sequence
+        hd = cfg.dim_per_head
+        stretch = (cfg.rope_factor * seq_len / orig - (cfg.rope_factor - 1)).clamp(min=1)
+        base = cfg.rope_theta * stretch ** (hd / (hd - 2))
+        exps = torch.arange(0, hd, 2, dtype=torch.int64, device=positions.device).float() / hd
+        inv_freq = torch.where((seq_len > orig)[..., None], 1.0 / (base[..., None] ** exps), inv_freq)
+    freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -100,7 +100,7 @@ def test_perplexity_and_missing_tokenizer(capsys, hf_dir, tmp_path):
     ]
     assert main([*argv, "--window", "32", "--stride", "16"]) == 0
     out = capsys.readouterr().out
-    assert all(k in out for k in ("tokens", "mean NLL", "perplexity", "bits per byte"))
+    assert all(k in out for k in ("tokens", "mean NLL", "perplexity", "word perplexity", "bits per byte"))
     bare = tmp_path / "no-tokenizer"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -29,6 +30,54 @@ def test_extract_final_number():
     assert extract("It costs $18.00 in the end.") == "18"
     assert extract("-3 then 2.5") == "2.5"
     assert extract("no number") is None
+
+
+# (generated text, the reference's final number): each pair is a correct answer
+TRICKY = [
+    ("He pays $1,000.", "1000"),
+    ("So the answer is -3", "-3"),
+    ("Each costs 3.50", "3.5"),
+    ("The answer is 5.0", "5"),
+    ("#### 42\nThe answer is 41", "42"),
+    ("The answer is 41.\n#### 42", "42"),
+    ("The answer is 12. That took 3 steps.", "12"),
+    ("#### $1,000", "1000"),
+    ("#### 1,000.00", "1000"),
+    ("She has 18 - 6 = 12 apples...", "12"),
+    ("#### -$5", "-5"),
+    ("#### .\nso 7", "7"),
+]
+
+
+def lm_eval_pick(text: str) -> str:
+    """What lm-eval's filters take: gsm8k's strict "#### N", else gsm8k-cot's "The answer is N.", else
+    gsm8k's flexible extract (the last number-like run)."""
+    from lm_eval.filters.extraction import RegexFilter
+
+    strict, cot = r"#### (\-?[0-9\.\,]+)", r"The answer is (\-?[0-9\.\,]+)."
+    flexible = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+    for pattern, group in ((strict, 0), (cot, 0), (flexible, -1)):
+        value = RegexFilter(pattern, group_select=group).apply([[text]], [{}])[0][0]
+        if value != "[invalid]":
+            return value
+    return ""
+
+
+@pytest.mark.parametrize("text, answer", TRICKY, ids=[t for t, _ in TRICKY])
+def test_tricky_answers_equal_lm_evals_pick_as_numbers(text, answer):
+    """Our prediction is the number lm-eval's filters pick, with its ignore regexes (",", "$", a final ".")
+    applied, compared as numbers: lm-eval compares strings, so "3.50" fails against "3.5" there. Where its
+    filters pick no number ("." after "####", a trailing "...") ours still finds the answer."""
+    from decimal import Decimal, InvalidOperation
+
+    assert extract(text) == extract(f"work\n#### {answer}") == answer
+    picked = re.sub(r"\.$", "", lm_eval_pick(text).replace(",", "").replace("$", ""))
+    try:
+        number = Decimal(picked)
+    except InvalidOperation:
+        assert text in ("#### .\nso 7", "She has 18 - 6 = 12 apples...")
+        return
+    assert Decimal(extract(text)) == number
 
 
 def test_prompt_and_bad_rows(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bessemer.errors import ConfigError, DataError
-from bessemer.eval.perplexity import perplexity, read_tokens
+from bessemer.eval.perplexity import count_words, perplexity, read_tokens
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 6 + "Ünïcode bytes count too."
 
@@ -16,7 +16,7 @@ TEXT = "The quick brown fox jumps over the lazy dog. " * 6 + "Ünïcode bytes co
 def test_one_window_equals_transformers_loss(loaded_hf, hf_model, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(TEXT, encoding="utf-8")
-    ids, n_bytes = read_tokens(path, loaded_hf.tokenizer)
+    ids, n_bytes, _ = read_tokens(path, loaded_hf.tokenizer)
     assert n_bytes == len(TEXT.encode("utf-8")) and ids[0] == loaded_hf.tokenizer.bos_token_id
     with torch.no_grad():
         loss = float(hf_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss)
@@ -49,7 +49,7 @@ def test_prepared_dataset_and_errors(loaded_hf, tmp_path):
     ids = loaded_hf.tokenizer(TEXT)["input_ids"]
     with IndexedDatasetWriter(tmp_path / "ds") as w:
         w.add_document(ids)
-    got, n_bytes = read_tokens(tmp_path / "ds", loaded_hf.tokenizer)
+    got, n_bytes, _ = read_tokens(tmp_path / "ds", loaded_hf.tokenizer)
     assert got == ids and n_bytes == len(TEXT.encode("utf-8"))
     with pytest.raises(DataError, match="neither a text file nor a prepared PREFIX"):
         read_tokens(tmp_path / "nope", loaded_hf.tokenizer)
@@ -71,10 +71,18 @@ def test_rolling_windows_equal_lm_eval(loaded_hf, hf_dir):
     ref = hf.loglikelihood_rolling([request])[0]
     ids = [hf.prefix_token_id, *hf.tok_encode(text)]
     n_bytes = len(text.encode("utf-8"))
-    r = perplexity(loaded_hf.model, ids, n_bytes, window=32, stride=32)
+    r = perplexity(loaded_hf.model, ids, n_bytes, window=32, stride=32, n_words=count_words(text))
     assert r.tokens == len(ids) - 1 > 10 * 32
     assert r.nll * r.tokens == pytest.approx(-ref, abs=1e-3)
     assert r.bits_per_byte == pytest.approx(-ref / math.log(2) / n_bytes, rel=1e-6)
+    # the wikitext task's metrics, by its own process_results and aggregations on the same log-likelihood
+    from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
+    from lm_eval.tasks.wikitext.preprocess_wikitext import process_results
+
+    metrics = process_results({"page": text}, [ref])
+    assert r.word_perplexity == pytest.approx(weighted_perplexity([metrics["word_perplexity"]]), rel=1e-5)
+    assert r.byte_perplexity == pytest.approx(weighted_perplexity([metrics["byte_perplexity"]]), rel=1e-5)
+    assert r.bits_per_byte == pytest.approx(bits_per_byte([metrics["bits_per_byte"]]), rel=1e-5)
 
 
 def test_a_tokenizer_without_bos_still_predicts_every_token(loaded_hf, tmp_path):

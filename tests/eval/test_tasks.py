@@ -106,3 +106,37 @@ def test_bad_input_names_file_row_and_fix(tmp_path, mmlu_dir):
     (bad / "test" / "x_test.csv").write_text("q,a,b,c,d,A\nq2,a,b,c,d,E\n")
     with pytest.raises(DataError, match=r"x_test\.csv:2: answer 'E' is not one of A, B, C, D"):
         load_choice_task("mmlu", bad, shots=1)
+
+
+CEVAL_HEAD = "id,question,A,B,C,D,answer\n"
+HOSTILE = {
+    "gbk": ((CEVAL_HEAD + "0,问题,甲,乙,丙,丁,C\n").encode("gbk"), r"net_val\.csv:2: not UTF-8 .*iconv"),
+    "missing-letter": (CEVAL_HEAD + "0,问题,甲,乙,丙,丁,\n", r"net_val\.csv:2: answer '' is not one of"),
+    "non-abcd": (
+        CEVAL_HEAD + "0,q,a,b,c,d,C\n1,问题,甲,乙,丙,丁,E\n",
+        r"net_val\.csv:3: answer 'E' is not one of",
+    ),
+    "extra-column": (
+        CEVAL_HEAD + "0,问题,甲,乙,丙,丁,C,多\n",
+        r"net_val\.csv:2: 8 columns, the header has 7",
+    ),
+    "overlong-field": (CEVAL_HEAD + '0,"' + "x" * 200_000 + '",a,b,c,d,C\n', r"net_val\.csv:2: not readable"),
+    "header-only": (CEVAL_HEAD, r"net_val\.csv: no question rows"),
+    "empty": ("", r"net_val\.csv: empty; the ceval layout starts with a header row"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_ceval_files_are_one_line_naming_file_and_row(tmp_path, name):
+    """Each is a DataError (one line from the CLI) naming the file and row; a BOM and a lower-case letter read."""
+    body, message = HOSTILE[name]
+    for split in ("dev", "val"):
+        (tmp_path / split).mkdir()
+    (tmp_path / "dev" / "net_dev.csv").write_text(CEVAL_HEAD + "0,q,a,b,c,d,B\n", encoding="utf-8")
+    val = tmp_path / "val" / "net_val.csv"
+    val.write_bytes(body if isinstance(body, bytes) else body.encode("utf-8"))
+    with pytest.raises(DataError, match=message) as err:
+        load_choice_task("ceval", tmp_path, shots=1)
+    assert "\n" not in str(err.value)
+    val.write_text("\ufeff" + CEVAL_HEAD + "0,问题,甲,乙,丙,丁, b \n", encoding="utf-8")
+    assert load_choice_task("ceval", tmp_path, shots=1).subjects[0].questions[0].answer == 1

@@ -71,6 +71,30 @@ def test_chat_system_prompt_changes_the_reply(tiny_ckpt):
     assert chat(tiny_ckpt, ["/help", "/exit"])[0].startswith("unknown command /help")
 
 
+def test_chat_says_when_old_exchanges_are_forgotten(tmp_path, demo_tokenizer_dir):
+    """A context of 112 tokens holds two exchanges at most: a third message drops the oldest and the user is
+    told; the reply is the one a conversation holding only what was kept gives. A message too long by
+    itself is one error line, and the chat goes on."""
+    from bessemer.infer.chat import ChatSession
+    from bessemer.infer.loading import load_for_inference
+    from bessemer.infer.sampling import SamplingParams
+    from tests.infer.conftest import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "short", demo_tokenizer_dir, max_seq_len=112)
+    lines = [f"tell me about the number {n} and its square and cube" for n in (17, 29, 41)]
+    out = chat(ckpt, ["word " * 200, *lines], "--max-new-tokens", "4")
+    assert out[0].startswith("error: ") and "no room for 4 new tokens" in out[0]
+    notes = [line for line in out if "oldest exchange(s) no longer fit the context of 112 tokens" in line]
+    assert len(notes) == 1 and not any(line.startswith("error") for line in out[1:])
+    session = ChatSession(load_for_inference(ckpt, device="cpu"), SamplingParams(max_new_tokens=4))
+    for line in lines:
+        reply = "".join(session.send(line))
+    assert session.dropped == 1 and session.messages[0]["content"] == lines[1]
+    fresh = ChatSession(session.loaded, session.params)
+    fresh.messages = session.messages[:-2]
+    assert "".join(fresh.send(lines[-1])) == reply == out[-1] and fresh.dropped == 0
+
+
 @pytest.mark.slow
 def test_chat_subprocess_with_piped_stdin(tiny_ckpt):
     proc = subprocess.run(

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from bessemer.infer.generate import DecodeBatch, Sequence, generate
+from bessemer.infer.generate import PREFILL_CHUNK, DecodeBatch, Sequence, generate, prefill
+from bessemer.infer.kv_cache import KVCache
 from bessemer.infer.sampling import SamplingParams
 from bessemer.models import ModelConfig, build_model
 from tests.models.hf_reference import copy_into_hf, hf_llama_config
@@ -38,6 +39,13 @@ FAMILIES = {
         "MistralConfig",
     ),
     "aquila": ({"family": "aquila", "vocab_size": 301, "norm_eps": 1e-6}, "LlamaForCausalLM", "LlamaConfig"),
+    # dynamic NTK trained on 16 positions, stretched 4x: the prompts and their tokens run well past 16, and
+    # batched rows of different lengths must each rotate as transformers does for that prompt alone
+    "llama-dynamic-ntk": (
+        {"rope_scaling": "dynamic", "rope_factor": 4.0, "max_seq_len": 16},
+        "LlamaForCausalLM",
+        "LlamaConfig",
+    ),
     "baichuan2-7b": (
         {"family": "baichuan2", "norm_head": True, "norm_eps": 1e-6},
         "LlamaForCausalLM",
@@ -95,6 +103,29 @@ def test_greedy_equals_transformers_generate(family):
         assert seq.output_ids == ref[0, len(prompt) :].tolist()
 
 
+def test_dynamic_ntk_prefill_equals_transformers_for_long_and_batched_prompts():
+    """Past the trained context each prompt's keys rotate by its own full length, as transformers' forward of
+    that prompt alone: whether batched with a longer prompt, or longer than one prefill chunk."""
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny(rope_scaling="dynamic", rope_factor=8.0, max_seq_len=96)
+    model = build_model(cfg, seed=0).eval()
+    hf = transformers.LlamaForCausalLM(hf_llama_config(cfg)).eval()
+    copy_into_hf(model, hf)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 257, (n,), generator=g) for n in (PREFILL_CHUNK + 90, 200, 120)]
+    width = len(prompts[0])
+    tokens, positions = torch.zeros(3, width, dtype=torch.long), torch.full((3, width), -1)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)], positions[i, : len(p)] = p, torch.arange(len(p))
+    cache = KVCache(cfg, 3, width, torch.device("cpu"), torch.float32, bucket=0)
+    ours = prefill(model, tokens, positions, cache)
+    # transformers keeps the longest length seen and rescales only to grow past it: shortest prompt first
+    for i, p in sorted(enumerate(prompts), key=lambda ip: len(ip[1])):
+        with torch.no_grad():
+            ref = hf(p[None]).logits[0, -1]
+        torch.testing.assert_close(ours[i], ref, atol=2e-4, rtol=0)
+
+
 def test_rows_joining_mid_flight_decode_as_if_alone():
     # continuous batching: a sequence prefilled into a free row while others decode gets the same tokens
     model = build_model(tiny(n_kv_heads=2, sliding_window=8), seed=0).eval()
@@ -149,8 +180,10 @@ def test_context_overflow_is_refused():
     from bessemer.errors import ConfigError
 
     model = build_model(tiny(max_seq_len=16), seed=0).eval()
-    with pytest.raises(ConfigError, match="max_seq_len 16"):
-        generate(model, PROMPTS[:1], SamplingParams(max_new_tokens=10))
+    exact = generate(model, PROMPTS[:1], SamplingParams(max_new_tokens=16 - len(PROMPTS[0])))[0]
+    assert exact.output_ids == greedy_recompute(model, PROMPTS[0], 16 - len(PROMPTS[0]))
+    with pytest.raises(ConfigError, match="context of 16 tokens"):
+        generate(model, PROMPTS[:1], SamplingParams(max_new_tokens=17 - len(PROMPTS[0])))
 
 
 SYSTEM = [(11 * j) % 250 + 3 for j in range(40)]  # a shared system prompt: two full blocks of 16 and a part

@@ -63,6 +63,54 @@ def test_frequencies_match_transformers_warpers(params):
     assert p_value > 1e-3, f"chi2 {float(chi2):.1f} on {dof} degrees of freedom"
 
 
+def reference_inverse_cdf(
+    probs: torch.Tensor, u: torch.Tensor, by_rank: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token whose cumulative probability first exceeds u [n], walking the tokens in descending order
+    (by_rank) or in vocabulary order; and each u's distance to the nearest step of that staircase."""
+    order = torch.sort(probs, descending=True, stable=True).indices if by_rank else torch.arange(len(probs))
+    cum = probs.double()[order].cumsum(0)
+    column = torch.searchsorted(cum, u.double()[:, None], right=True).squeeze(1).clamp(max=len(probs) - 1)
+    return order[column], (cum[None] - u.double()[:, None]).abs().min(1).values
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.3, top_k=5),
+        SamplingParams(temperature=1.0, top_p=0.8),
+        SamplingParams(temperature=0.8, top_k=9, top_p=0.7),
+        SamplingParams(temperature=1.0, top_k=1000),  # more than the vocabulary: every token
+        SamplingParams(temperature=1.0, top_p=1e-9),  # the leading token alone
+        SamplingParams(temperature=2.0, top_k=24, top_p=1.0),
+    ],
+    ids=["temperature", "top-k", "top-p", "top-k+top-p", "top-k>vocab", "top-p~0", "all-off"],
+)
+def test_each_draw_is_the_inverse_cdf_of_transformers_distribution(params):
+    """Deterministic: row i draws with u_i = uniform(key, i); the token must be where u_i falls in the
+    cumulative distribution transformers' warpers give (same walk order), for every u not at a step."""
+    logits = torch.randn(24, generator=torch.Generator().manual_seed(3)) * 2
+    n = 2000
+    keys, positions = torch.full((n,), seed_key(11)), torch.arange(n)
+    ours = sample_next(logits.repeat(n, 1), [params] * n, keys, positions)
+    by_rank = params.top_k > 0 or params.top_p < 1
+    ref, margin = reference_inverse_cdf(reference_probs(logits, params), uniform(keys, positions), by_rank)
+    clear = margin > 1e-5  # rounding may put a u lying on a step either side
+    assert clear.sum() > n * 0.99
+    assert torch.equal(ours[clear], ref[clear])
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 1e-300])
+@pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.5}], ids=["none", "top-k", "top-p"])
+def test_a_vanishing_temperature_is_greedy_not_nan(temperature, filters):
+    """logits / 1e-39 overflow float32 (and 1e-300 is 0 there): the draw must still be the argmax."""
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 3
+    params = [SamplingParams(temperature=temperature, **filters)] * 4
+    out = sample_next(logits, params, torch.tensor([seed_key(i) for i in range(4)]), torch.arange(4))
+    assert torch.equal(out, logits.argmax(-1))
+
+
 def test_a_rows_draw_depends_on_its_seed_and_position_only():
     logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(2))
     params = [
