@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -47,8 +48,8 @@ from bessemer.hf.safetensors_io import (
     TensorInfo,
     all_finite,
     copy_bytes,
-    copy_checked,
     parse_size,
+    range_finite,
     tensor_bytes,
     write_sharded,
 )
@@ -146,24 +147,21 @@ def _out_tensor(
     j: int,
     cast: torch.dtype | None,
     runner: _MoveRunner,
-    nonfinite: list[str],
+    checker: FiniteChecker,
 ) -> OutTensor:
-    """One output tensor; its writer appends the tensor's name to `nonfinite` if it holds NaN or Inf."""
+    """One output tensor; its writer hands what it wrote to `checker`."""
     dtype = cast if cast is not None and src.dtype.is_floating_point else src.dtype
     if move.kind == "rename" and dtype == src.dtype and src.offset >= 0:
 
         def write(f: BinaryIO) -> None:
-            if not src.dtype.is_floating_point:
-                copy_bytes(src.file, src.offset, src.nbytes, f)
-            elif not copy_checked(src.file, src.offset, src.nbytes, f, src.dtype):
-                nonfinite.append(name)
+            copy_bytes(src.file, src.offset, src.nbytes, f)
+            checker.check_range(name, src)
 
     else:
 
         def write(f: BinaryIO) -> None:
             raw = tensor_bytes(runner.output(move, j).to(dtype))
-            if not all_finite(raw, dtype):
-                nonfinite.append(name)
+            checker.check_bytes(name, raw, dtype)
             f.write(raw)
 
     return OutTensor(name, dtype, tuple(shape), write)
@@ -175,7 +173,7 @@ def _plan(
     shapes: dict,
     cast: torch.dtype | None,
     export: bool,
-    nonfinite: list[str],
+    checker: FiniteChecker,
 ) -> list[OutTensor]:
     """The output tensors in write order, each producing its bytes from `reader` when its turn comes."""
     infos = reader.infos()
@@ -186,20 +184,46 @@ def _plan(
         src = infos[m.ours[0] if export else m.hf[0]]
         names, out_shapes = (m.hf, m.hf_shapes(our_shapes)) if export else (m.ours, our_shapes)
         for j, (name, shape) in enumerate(zip(names, out_shapes)):
-            planned.append(_out_tensor(name, shape, src, m, j, cast, runner, nonfinite))
+            planned.append(_out_tensor(name, shape, src, m, j, cast, runner, checker))
     return planned
 
 
-def warn_nonfinite(where: Path, names: list[str]) -> None:
-    """Say which tensors hold NaN or Inf: the model then computes NaN, and only the weights can be blamed."""
-    if names:
-        log.warning(
-            "%s: %d tensor(s) hold NaN or Inf values (first: %r); the model will compute NaN: "
-            "download the weights again or fix the run that wrote them",
-            where,
-            len(names),
-            names[0],
+class FiniteChecker:
+    """Finds the tensors holding NaN or Inf, so a warning can name them: the model then computes NaN.
+
+    Tensors copied byte for byte in the kernel are read again (from the page cache) on a worker thread while
+    the next one is copied, so the check overlaps the copy instead of adding to it; tensors already in memory
+    are checked where they are."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="finite-check")
+        self._checks: list[tuple[str, Future | bool]] = []
+
+    def check_range(self, name: str, src: TensorInfo) -> None:
+        self._checks.append(
+            (name, self._pool.submit(range_finite, src.file, src.offset, src.nbytes, src.dtype))
         )
+
+    def check_bytes(self, name: str, raw: memoryview, dtype: torch.dtype) -> None:
+        self._checks.append((name, all_finite(raw, dtype)))
+
+    def warn(self, where: Path) -> None:
+        """Wait for the checks and log one warning naming the first tensor that failed and how many did."""
+        try:
+            bad = [name for name, ok in self._checks if not (ok.result() if isinstance(ok, Future) else ok)]
+        finally:
+            self.close()
+        if bad:
+            log.warning(
+                "%s: %d tensor(s) hold NaN or Inf values (first: %r); the model will compute NaN: "
+                "download the weights again or fix the run that wrote them",
+                where,
+                len(bad),
+                bad[0],
+            )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _missing(reader: WeightReader, name: str, where: Path, adapter: Adapter, cfg: ModelConfig):
@@ -301,11 +325,15 @@ def convert_from_hf(
         check_weights_hold(cfg, reader, where, adapter)
         shapes = expected_shapes(cfg)
         moves = _check_import(adapter, cfg, shapes, reader, where)
-        nonfinite: list[str] = []
-        tensors = _plan(moves, reader, shapes, cast, export=False, nonfinite=nonfinite)
+        checker = FiniteChecker()
+        tensors = _plan(moves, reader, shapes, cast, export=False, checker=checker)
         with staged_output(out, overwrite, "convert --from-hf", (hf_dir,)) as tmp:
-            write_sharded(tmp / WEIGHTS_DIR, tensors, size)
-            warn_nonfinite(hf_dir, nonfinite)
+            try:
+                write_sharded(tmp / WEIGHTS_DIR, tensors, size)
+            except BaseException:
+                checker.close()  # the checks still queued are of a failed output: drop them
+                raise
+            checker.warn(hf_dir)
             save_model_config(cfg, tmp)
             copied = copy_tokenizer_files(hf_dir, tmp / TOKENIZER_DIR)
             if not copied:
@@ -388,14 +416,18 @@ def convert_to_hf(
                     f"{list(want)}; the checkpoint is damaged"
                 )
         moves = adapter.moves(cfg, export=True)
-        nonfinite: list[str] = []
-        tensors = _plan(moves, reader, shapes, cast, export=True, nonfinite=nonfinite)
+        checker = FiniteChecker()
+        tensors = _plan(moves, reader, shapes, cast, export=True, checker=checker)
         main_dtype = cast or infos["tok_embeddings.weight"].dtype
         token_ids = _token_ids(ckpt, meta)
         config = adapter.config_to_hf(cfg, main_dtype, token_ids)
         with staged_output(out, overwrite, "convert --to-hf", (Path(ckpt_arg), ckpt)) as tmp:
-            write_sharded(tmp, tensors, size)
-            warn_nonfinite(ckpt, nonfinite)
+            try:
+                write_sharded(tmp, tensors, size)
+            except BaseException:
+                checker.close()  # the checks still queued are of a failed output: drop them
+                raise
+            checker.warn(ckpt)
             atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
             generation = {k: v for k, v in token_ids.items() if k in TOKEN_ID_KEYS}
             atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
