@@ -296,7 +296,10 @@ def parse_size(text: str | int) -> int:
         raise ConversionError(f"shard size {text!r} is not a size; write it like 5GB, 500MB or 2GiB")
     num, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
     power = "KMGT".index(unit) + 1 if unit else 0
-    return int(num * (1024 if binary else 1000) ** power)
+    size = int(num * (1024 if binary else 1000) ** power)
+    if size < 1:
+        raise ConversionError(f"shard size {text!r} is not positive; write it like 5GB, 500MB or 2GiB")
+    return size
 
 
 def plan_shards(tensors: list[OutTensor], shard_size: int) -> list[list[OutTensor]]:
