@@ -197,17 +197,16 @@ def _read_saved(ckpt: Path, shaped: Transformer, cfg: LoRASection) -> dict[str, 
     from bessemer.checkpoint import safe_dcp
 
     stored = safe_dcp.dcp_dtypes(ckpt / "state", prefix="model.")  # metadata read without running code
-    state = {}
-    for name in saved_names(shaped, cfg):
+    names = saved_names(shaped, cfg)
+    for name in names:
         if name not in stored:
             raise CheckpointError(f"{ckpt}: tensor {name!r} missing; the LoRA checkpoint is incomplete")
-        dtype, shape = stored[name]
-        state[name] = torch.empty(shape, dtype=dtype)
-    check_shapes(
+    check_shapes(  # before allocating: the shapes come from a file someone else may have written
         ckpt,
-        {k: v for k, v in shaped.state_dict().items() if k in state},
+        {k: v for k, v in shaped.state_dict().items() if k in set(names)},
         {k: shape for k, (_, shape) in stored.items()},
     )
+    state = {name: torch.empty(stored[name][1], dtype=stored[name][0]) for name in names}
     safe_dcp.load({"model": state}, ckpt / "state")
     return state
 
