@@ -28,6 +28,8 @@ SIZES = {
     "original_max_position_embeddings": "rope_original_max_seq_len",
 }
 WHOLE = {key: (1, INT_RANGES[field][1]) for key, field in SIZES.items()}  # key: (smallest, largest)
+# fields that must be true or false when present (a string "false" would read as true)
+BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
 # fields that must be finite and positive
 POSITIVE = ("rms_norm_eps", "rope_theta", "factor", "low_freq_factor", "high_freq_factor")
 
@@ -35,6 +37,9 @@ POSITIVE = ("rms_norm_eps", "rope_theta", "factor", "low_freq_factor", "high_fre
 def check_hf_numbers(hf: dict, where: Path) -> None:
     """Refuse, naming the key, a config.json whose sizes are not whole, positive and bounded numbers."""
     _check(hf, where, "")
+    for key in BOOLS:
+        if hf.get(key) is not None and not isinstance(hf[key], bool):
+            raise ConversionError(f"{where}: {key}={hf[key]!r} must be true or false; fix the config")
     scaling = hf.get("rope_scaling")
     if scaling is not None and not isinstance(scaling, dict):
         raise ConversionError(f"{where}: rope_scaling must be an object or null; fix or remove it")

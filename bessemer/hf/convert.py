@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -45,8 +46,10 @@ from bessemer.hf.families import detect, for_export
 from bessemer.hf.safetensors_io import (
     OutTensor,
     TensorInfo,
+    all_finite,
     copy_bytes,
     parse_size,
+    range_finite,
     tensor_bytes,
     write_sharded,
 )
@@ -91,11 +94,19 @@ def _dtype(option: str) -> torch.dtype | None:
     return DTYPE_CHOICES[option]
 
 
-def check_weights_hold(cfg: ModelConfig, reader: WeightReader, where: Path) -> None:
-    """Refuse a config that needs more parameters than the weight files hold, before building any shape."""
-    held = sum(math.prod(info.shape) for info in reader.infos().values())
+def check_weights_hold(cfg: ModelConfig, reader: WeightReader, where: Path, adapter: Adapter) -> None:
+    """Refuse a config that needs more parameters than the weight files hold, before building any shape.
+
+    Where it does, the refusal names the first tensor missing from the files, else the first whose shape
+    differs (every tensor being present, the layer count is the files' own, so shaping is cheap)."""
+    infos = reader.infos()
+    held = sum(math.prod(info.shape) for info in infos.values())
     need = cfg.num_params()
     if need > held:
+        for name in (name for m in adapter.moves(cfg) for name in m.hf):
+            if name not in infos:
+                raise _missing(reader, name, where, adapter, cfg)
+        _check_import(adapter, cfg, expected_shapes(cfg), reader, where)
         raise ConversionError(
             f"{where}: describes {need:,} parameters ({cfg.n_layers} layers), the weights in {reader.where} hold "
             f"{held:,}; use the config.json that came with these weights"
@@ -136,23 +147,33 @@ def _out_tensor(
     j: int,
     cast: torch.dtype | None,
     runner: _MoveRunner,
+    checker: FiniteChecker,
 ) -> OutTensor:
+    """One output tensor; its writer hands what it wrote to `checker`."""
     dtype = cast if cast is not None and src.dtype.is_floating_point else src.dtype
     if move.kind == "rename" and dtype == src.dtype and src.offset >= 0:
 
         def write(f: BinaryIO) -> None:
             copy_bytes(src.file, src.offset, src.nbytes, f)
+            checker.check_range(name, src)
 
     else:
 
         def write(f: BinaryIO) -> None:
-            f.write(tensor_bytes(runner.output(move, j).to(dtype)))
+            raw = tensor_bytes(runner.output(move, j).to(dtype))
+            checker.check_bytes(name, raw, dtype)
+            f.write(raw)
 
     return OutTensor(name, dtype, tuple(shape), write)
 
 
 def _plan(
-    moves: list[Move], reader: WeightReader, shapes: dict, cast: torch.dtype | None, export: bool
+    moves: list[Move],
+    reader: WeightReader,
+    shapes: dict,
+    cast: torch.dtype | None,
+    export: bool,
+    checker: FiniteChecker,
 ) -> list[OutTensor]:
     """The output tensors in write order, each producing its bytes from `reader` when its turn comes."""
     infos = reader.infos()
@@ -163,8 +184,69 @@ def _plan(
         src = infos[m.ours[0] if export else m.hf[0]]
         names, out_shapes = (m.hf, m.hf_shapes(our_shapes)) if export else (m.ours, our_shapes)
         for j, (name, shape) in enumerate(zip(names, out_shapes)):
-            planned.append(_out_tensor(name, shape, src, m, j, cast, runner))
+            planned.append(_out_tensor(name, shape, src, m, j, cast, runner, checker))
     return planned
+
+
+class FiniteChecker:
+    """Finds the tensors holding NaN or Inf, so a warning can name them: the model then computes NaN.
+
+    Tensors copied byte for byte in the kernel are read again (from the page cache) on a worker thread while
+    the next one is copied, so the check overlaps the copy instead of adding to it; tensors already in memory
+    are checked where they are."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="finite-check")
+        self._checks: list[tuple[str, Future | bool]] = []
+
+    def check_range(self, name: str, src: TensorInfo) -> None:
+        self._checks.append(
+            (name, self._pool.submit(range_finite, src.file, src.offset, src.nbytes, src.dtype))
+        )
+
+    def check_bytes(self, name: str, raw: memoryview, dtype: torch.dtype) -> None:
+        self._checks.append((name, all_finite(raw, dtype)))
+
+    def warn(self, where: Path) -> None:
+        """Wait for the checks and log one warning naming the first tensor that failed and how many did."""
+        try:
+            bad = [name for name, ok in self._checks if not (ok.result() if isinstance(ok, Future) else ok)]
+        finally:
+            self.close()
+        if bad:
+            log.warning(
+                "%s: %d tensor(s) hold NaN or Inf values (first: %r); the model will compute NaN: "
+                "download the weights again or fix the run that wrote them",
+                where,
+                len(bad),
+                bad[0],
+            )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _missing(reader: WeightReader, name: str, where: Path, adapter: Adapter, cfg: ModelConfig):
+    hint = (
+        "; if the head is the embedding matrix, set tie_word_embeddings to true" if "lm_head" in name else ""
+    )
+    return ConversionError(
+        f"{reader.where}: tensor {name!r} is missing; the weights are incomplete or do not match "
+        f"{where.name} ({adapter.architectures[0]}, {cfg.n_layers} layers){hint}"
+    )
+
+
+def _warn_unused_head(adapter: Adapter, cfg: ModelConfig, reader: WeightReader, where: Path) -> None:
+    """A tied config whose files also hold a head: transformers ignores that head, and so do we, but say so
+    when it is not the embedding matrix again (then the config's tie_word_embeddings is likely wrong)."""
+    embeddings = next(m.hf[0] for m in adapter.moves(cfg) if m.ours == ("tok_embeddings.weight",))
+    head = reader.get("lm_head.weight")
+    if head.shape != reader.infos()[embeddings].shape or not torch.equal(head, reader.get(embeddings)):
+        log.warning(
+            "%s: tie_word_embeddings is true, so lm_head.weight, which differs from the embeddings, is not "
+            "used (as in transformers); set tie_word_embeddings to false if the head is a matrix of its own",
+            where,
+        )
 
 
 def _check_import(
@@ -178,9 +260,11 @@ def _check_import(
     for m in moves:
         for name, want in zip(m.hf, m.hf_shapes([shapes[n] for n in m.ours])):
             if name not in infos:
+                raise _missing(reader, name, where, adapter, cfg)
+            if not infos[name].dtype.is_floating_point:
                 raise ConversionError(
-                    f"{reader.where}: tensor {name!r} is missing; the weights are incomplete or do not match "
-                    f"{where.name} ({arch}, {cfg.n_layers} layers)"
+                    f"{infos[name].file}: tensor {name!r} is {dtype_name(infos[name].dtype)}, not a float type; "
+                    "the file is damaged or holds other weights, download it again"
                 )
             if infos[name].shape != tuple(want):
                 raise ConversionError(
@@ -200,6 +284,8 @@ def _check_import(
             f"{infos[extra[0]].file}: unexpected tensor {extra[0]!r} ({len(extra)} in all) for {arch}; "
             f"the weights do not match {where.name}"
         )
+    if cfg.tie_embeddings and "lm_head.weight" in infos:
+        _warn_unused_head(adapter, cfg, reader, where)
     # read the sources in file order, so a shard is read front to back
     position = {name: k for k, name in enumerate(infos)}
     return sorted(moves, key=lambda m: (str(infos[m.hf[0]].file), infos[m.hf[0]].offset, position[m.hf[0]]))
@@ -236,12 +322,18 @@ def convert_from_hf(
 
         check_template(template)
     with open_hf_weights(hf_dir) as reader:
-        check_weights_hold(cfg, reader, where)
+        check_weights_hold(cfg, reader, where, adapter)
         shapes = expected_shapes(cfg)
         moves = _check_import(adapter, cfg, shapes, reader, where)
-        tensors = _plan(moves, reader, shapes, cast, export=False)
+        checker = FiniteChecker()
+        tensors = _plan(moves, reader, shapes, cast, export=False, checker=checker)
         with staged_output(out, overwrite, "convert --from-hf", (hf_dir,)) as tmp:
-            write_sharded(tmp / WEIGHTS_DIR, tensors, size)
+            try:
+                write_sharded(tmp / WEIGHTS_DIR, tensors, size)
+            except BaseException:
+                checker.close()  # the checks still queued are of a failed output: drop them
+                raise
+            checker.warn(hf_dir)
             save_model_config(cfg, tmp)
             copied = copy_tokenizer_files(hf_dir, tmp / TOKENIZER_DIR)
             if not copied:
@@ -324,12 +416,18 @@ def convert_to_hf(
                     f"{list(want)}; the checkpoint is damaged"
                 )
         moves = adapter.moves(cfg, export=True)
-        tensors = _plan(moves, reader, shapes, cast, export=True)
+        checker = FiniteChecker()
+        tensors = _plan(moves, reader, shapes, cast, export=True, checker=checker)
         main_dtype = cast or infos["tok_embeddings.weight"].dtype
         token_ids = _token_ids(ckpt, meta)
         config = adapter.config_to_hf(cfg, main_dtype, token_ids)
         with staged_output(out, overwrite, "convert --to-hf", (Path(ckpt_arg), ckpt)) as tmp:
-            write_sharded(tmp, tensors, size)
+            try:
+                write_sharded(tmp, tensors, size)
+            except BaseException:
+                checker.close()  # the checks still queued are of a failed output: drop them
+                raise
+            checker.warn(ckpt)
             atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
             generation = {k: v for k, v in token_ids.items() if k in TOKEN_ID_KEYS}
             atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")

@@ -42,11 +42,19 @@ def rope_fields(hf: dict, where: Path) -> dict:
     """Rope settings from either spelling: transformers 5 `rope_parameters` or the older `rope_theta` +
     `rope_scaling` (whose type key is `type` in old files, `rope_type` in newer ones)."""
     params: dict = {}
-    for key in ("rope_scaling", "rope_parameters"):  # the newer spelling wins where both are present
+    for key in ("rope_scaling", "rope_parameters"):
         value = hf.get(key)
         if value is not None and not isinstance(value, dict):
             raise ConversionError(f"{where}: {key} is not an object; fix config.json")
-        params.update(value or {})
+        value = {("rope_type" if k == "type" else k): v for k, v in (value or {}).items()}
+        # both spellings present: transformers reads rope_scaling, an editor may have changed either
+        clash = next((k for k in value if k in params and params[k] != value[k]), None)
+        if clash is not None:
+            raise ConversionError(
+                f"{where}: rope_scaling and rope_parameters disagree on {clash} ({params[clash]!r} vs "
+                f"{value[clash]!r}); keep the one the model was trained with and remove the other"
+            )
+        params.update(value)
     theta = params.get("rope_theta", hf.get("rope_theta")) or 10000.0
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     if rope_type not in _ROPE_TYPES:

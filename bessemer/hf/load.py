@@ -28,7 +28,9 @@ def load_hf_model(
     adapter = detect(hf, where)
     cfg = adapter.config_from_hf(hf, where, ImportOptions(position=position, name_hint=hf_dir.resolve().name))
     with open_hf_weights(hf_dir) as reader:
-        check_weights_hold(cfg, reader, where)  # before building: a config must not outgrow its weights
+        check_weights_hold(
+            cfg, reader, where, adapter
+        )  # before building: a config must not outgrow its weights
         from bessemer.checkpoint.model_io import check_fits_in_memory  # imports DCP: not for convert
 
         check_fits_in_memory(cfg, device, dtype)

@@ -79,6 +79,11 @@ class SafetensorsReader(WeightReader):
             for path in _unindexed_safetensors(self.where):
                 confined(self.where, path.name, path)
                 for name, info in self._header(path).items():
+                    if name in self._infos:  # which copy is meant? transformers would take either, silently
+                        raise ConversionError(
+                            f"{path}: tensor {name!r} is also in {self._infos[name].file.name}; without "
+                            f"{index_name} each tensor must be in one file: remove the stray file"
+                        )
                     self._infos[name] = info
         self._headers.clear()
 

@@ -14,7 +14,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bessemer.checkpoint import load_model_config, save_model_config
@@ -23,7 +22,6 @@ from bessemer.checkpoint.layout import FORMAT, VERSION, read_meta, resolve_check
 from bessemer.checkpoint.model_io import check_shapes, load_model
 from bessemer.config.schema import LoRASection
 from bessemer.errors import CheckpointError, ConversionError
-from bessemer.json_object import read_json_object
 from bessemer.models import ModelConfig, Transformer, build_model
 from bessemer.tune.lora import (
     SAVABLE,
@@ -33,12 +31,12 @@ from bessemer.tune.lora import (
     check_lora_config,
     is_adapter_key,
 )
+from bessemer.tune.peft_config import CONFIG_FILE, MERGE_FIX, read_peft_config
 
 log = logging.getLogger(__name__)
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
 TIED_HEAD = "lm_head.weight"  # the HF head of a model whose head is its embedding matrix
 
 
@@ -133,6 +131,11 @@ def _peft_names(model: Transformer, cfg: LoRASection, family: str, where: Path) 
     return out
 
 
+def _hf_targets(hf: dict[str, str]) -> list[str]:
+    """The Hugging Face module names of the projections a LoRA may adapt (q_proj, ..., down_proj)."""
+    return [_hf_module(hf[f"layers.0.{path}.weight"]) for path in TARGETS.values()]
+
+
 def _hf_module(weight_hf_name: str) -> str:
     return weight_hf_name.removesuffix(".weight").rsplit(".", 1)[-1]
 
@@ -194,17 +197,16 @@ def _read_saved(ckpt: Path, shaped: Transformer, cfg: LoRASection) -> dict[str, 
     from bessemer.checkpoint import safe_dcp
 
     stored = safe_dcp.dcp_dtypes(ckpt / "state", prefix="model.")  # metadata read without running code
-    state = {}
-    for name in saved_names(shaped, cfg):
+    names = saved_names(shaped, cfg)
+    for name in names:
         if name not in stored:
             raise CheckpointError(f"{ckpt}: tensor {name!r} missing; the LoRA checkpoint is incomplete")
-        dtype, shape = stored[name]
-        state[name] = torch.empty(shape, dtype=dtype)
-    check_shapes(
+    check_shapes(  # before allocating: the shapes come from a file someone else may have written
         ckpt,
-        {k: v for k, v in shaped.state_dict().items() if k in state},
+        {k: v for k, v in shaped.state_dict().items() if k in set(names)},
         {k: shape for k, (_, shape) in stored.items()},
     )
+    state = {name: torch.empty(stored[name][1], dtype=stored[name][0]) for name in names}
     safe_dcp.load({"model": state}, ckpt / "state")
     return state
 
@@ -212,25 +214,26 @@ def _read_saved(ckpt: Path, shaped: Transformer, cfg: LoRASection) -> dict[str, 
 # -- in: PEFT folder ----------------------------------------------------------------------------------------
 
 
-def _read_peft_config(folder: Path) -> LoRASection:
-    where = folder / CONFIG_FILE
-    if not where.is_file() or not (folder / ADAPTER_FILE).is_file():
+def _read_peft_config(folder: Path) -> tuple[LoRASection, dict]:
+    if not (folder / CONFIG_FILE).is_file() or not (folder / ADAPTER_FILE).is_file():
         raise ConversionError(f"{folder}: not a PEFT adapter folder ({CONFIG_FILE} + {ADAPTER_FILE} needed)")
-    raw = read_json_object(where, "save the adapter again with PEFT", ConversionError)
-    if raw.get("peft_type") != "LORA":
-        raise ConversionError(f"{where}: peft_type {raw.get('peft_type')!r}; only LORA adapters are read")
-    for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern", "layers_to_transform"):
-        if raw.get(key):
-            raise ConversionError(f"{where}: {key} is set; only plain LoRA (one rank and alpha) is read")
-    if raw.get("bias", "none") != "none":
-        raise ConversionError(f"{where}: bias={raw['bias']!r}; only bias='none' adapters are read")
-    if not isinstance(raw.get("target_modules"), list):
-        raise ConversionError(f"{where}: target_modules must be a list of module names")
-    return LoRASection(
-        rank=int(raw.get("r", 0)),
-        alpha=float(raw.get("lora_alpha", 8)),
-        dropout=float(raw.get("lora_dropout", 0)),
-    )
+    return read_peft_config(folder)
+
+
+def _unmatched(where: Path, key: str, family: str, base: Path) -> ConversionError:
+    """The one line for an adapter tensor that fits no module Bessemer adapts, saying what it is where known."""
+    if key.endswith(".bias"):
+        what = "is a bias, and Bessemer's projections have none"
+    elif ".lora_embedding_" in key or ".base_layer." in key:
+        what = "belongs to a LoRA on an embedding or head, which Bessemer does not adapt"
+    elif ".lora_magnitude_vector" in key or ".trainable_tokens_" in key:
+        what = "is not a plain LoRA tensor (DoRA or trainable tokens)"
+    else:
+        return ConversionError(
+            f"{where}: tensor {key!r} matches no module of the {family} base {base}; pass the --base the "
+            "adapter was made for (its keys name that model's Hugging Face modules)"
+        )
+    return ConversionError(f"{where}: tensor {key!r} {what}; {MERGE_FIX}")
 
 
 def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -241,10 +244,11 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
     folder, out = Path(folder), Path(out)
     base = resolve_checkpoint(base).resolve()
     check_output(out, overwrite, (folder, base))
-    cfg = _read_peft_config(folder)
+    cfg, raw = _read_peft_config(folder)
     where = folder / ADAPTER_FILE
-    with safe_open(str(where), framework="pt") as f:
-        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    from bessemer.hf.safetensors_io import read_header, read_tensor
+
+    stored = {k: read_tensor(info) for k, info in read_header(where).items()}  # checked before it is read
     model_cfg = load_model_config(base)
     family = read_meta(base).get("family") or model_cfg.family
     hf = _weight_names(model_cfg, family)
@@ -256,7 +260,13 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
         module, _, kind = key.removesuffix(".weight").rpartition(".")
         if kind in ("lora_A", "lora_B") and module in to_ours:
             ours = to_ours[module]
-            targets.add(role.get(ours.split(".", 2)[-1], ours))
+            target = role.get(ours.split(".", 2)[-1])
+            if target is None:
+                raise ConversionError(
+                    f"{where}: tensor {key!r} is a LoRA on {module.rsplit('.', 1)[-1]}, which Bessemer does not "
+                    f"adapt (only {', '.join(_hf_targets(hf))}); {MERGE_FIX}"
+                )
+            targets.add(target)
             tensors[f"{ours}.{kind}"] = tensor
         elif (
             key.removesuffix(".weight") in to_ours
@@ -266,10 +276,7 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
             saved.add(next(n for n, m in SAVABLE.items() if m == ours))
             tensors[ours + ".weight"] = tensor
         else:
-            raise ConversionError(
-                f"{where}: tensor {key!r} matches no module of the {family} base {base}; pass the --base the "
-                "adapter was made for (its keys name that model's Hugging Face modules)"
-            )
+            raise _unmatched(where, key, family, base)
     if head is not None:
         # PEFT saves a tied head beside the embeddings it is tied to; alone or different, it cannot be tied
         embeddings = tensors.get(SAVABLE["embeddings"] + ".weight")
@@ -279,13 +286,14 @@ def import_peft(folder: str | Path, base: str | Path, out: str | Path, overwrite
                 "ties its head to them; save the adapter with modules_to_save=['embed_tokens'] and "
                 "ensure_weight_tying=True"
             )
+    elif model_cfg.tie_embeddings and "embeddings" in saved and not raw.get("ensure_weight_tying"):
+        # PEFT trained a copy of the embeddings and left the head (the original matrix) alone: two matrices
+        raise ConversionError(
+            f"{where}: trains embed_tokens apart from the head it is tied to in {base} (ensure_weight_tying is "
+            "not set), which a tied model cannot express; train the adapter with ensure_weight_tying=True"
+        )
     cfg.targets = [t for t in TARGETS if t in targets]
     cfg.modules_to_save = [m for m in SAVABLE if m in saved]
-    unknown = targets - set(TARGETS)
-    if unknown:
-        raise ConversionError(
-            f"{where}: adapters on {sorted(unknown)}; LoRA targets are {', '.join(TARGETS)}"
-        )
     check_lora_config(cfg)
     shaped = build_model(model_cfg, device="meta")
     apply_lora(shaped, cfg)

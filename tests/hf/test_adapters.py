@@ -75,6 +75,15 @@ def test_rope_spellings(kw):
     assert (cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor) == (5e5, "linear", 4.0)
 
 
+def test_rope_spellings_that_disagree_are_refused():
+    # transformers 5 reads rope_scaling where both are present: taking rope_parameters would silently differ
+    both = {"rope_parameters": {"rope_type": "default"}, "rope_scaling": {"type": "yarn", "factor": 4.0}}
+    with pytest.raises(ConversionError, match="disagree on rope_type.*remove the other"):
+        to_ours(llama_cfg(**both))
+    same = {"rope_parameters": {"rope_type": "linear", "factor": 4.0}, "rope_scaling": {"type": "linear"}}
+    assert to_ours(llama_cfg(**same))[0].rope_factor == 4.0
+
+
 def test_llama3_rope_and_unknown_rope_type():
     rope = {
         "rope_type": "llama3",

@@ -161,3 +161,122 @@ def test_error_while_writing_leaves_nothing(tmp_path, llama_dir, monkeypatch):
     assert not (tmp_path / "ck").exists() and not list(tmp_path.glob(".ck.*"))
     with pytest.raises(ConversionError):
         convert_from_hf(llama_dir, tmp_path / "ck", shard_size="lots")
+
+
+@pytest.fixture(scope="module")
+def llama_single(tmp_path_factory):
+    """A tiny LLaMA in one model.safetensors (no index), without tokenizer files."""
+    folder = tmp_path_factory.mktemp("src") / "single"
+    save_transformers_model(folder, tokenizer=False)
+    return folder
+
+
+def edited(src, dst, edit):
+    """A copy of the single-file folder `src` whose tensors `edit` (a function of the state dict) changed."""
+    from safetensors.torch import load_file, save_file
+
+    folder = clone(src, dst)
+    state = load_file(folder / "model.safetensors")
+    edit(state)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_tensor_in_two_files_without_index_is_refused(tmp_path, llama_dir, run_cli):
+    folder = clone(llama_dir, tmp_path / "hf")
+    (folder / "model.safetensors.index.json").unlink()
+    shard = sorted(folder.glob("model-*.safetensors"))[0]
+    (folder / "stray.safetensors").write_bytes(shard.read_bytes())  # which copy is meant is anyone's guess
+    rc, err = run_cli("--from-hf", folder, "--out", tmp_path / "ck")
+    assert_refused(rc, err, tmp_path / "ck", "stray.safetensors", shard.name, "remove the stray file")
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda s: s.pop("model.norm.weight"), ("'model.norm.weight'", "missing")),
+        (
+            lambda s: s.update(
+                {"model.layers.1.mlp.up_proj.weight": s["model.layers.1.mlp.up_proj.weight"][:, :8].clone()}
+            ),
+            ("'model.layers.1.mlp.up_proj.weight'", "[160, 8]", "[160, 64]"),
+        ),
+        (
+            lambda s: s.update(
+                {"model.layers.0.self_attn.o_proj.weight": torch.zeros(64, 64, dtype=torch.int32)}
+            ),
+            ("'model.layers.0.self_attn.o_proj.weight'", "int32"),
+        ),
+    ],
+    ids=["missing", "short", "integer"],
+)
+def test_weights_that_do_not_fit_the_config_name_the_tensor(tmp_path, llama_single, run_cli, edit, words):
+    folder = edited(llama_single, tmp_path / "hf", edit)
+    rc, err = run_cli("--from-hf", folder, "--out", tmp_path / "ck")
+    assert_refused(rc, err, tmp_path / "ck", *words)
+
+
+def test_config_flag_that_is_not_a_boolean_is_refused(tmp_path, llama_single, run_cli):
+    folder = clone(llama_single, tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    config["tie_word_embeddings"] = "false"  # truthy in Python: would tie and drop lm_head
+    (folder / "config.json").write_text(json.dumps(config))
+    rc, err = run_cli("--from-hf", folder, "--out", tmp_path / "ck")
+    assert_refused(rc, err, tmp_path / "ck", "tie_word_embeddings", "true or false")
+
+
+def test_nan_and_inf_weights_are_named_in_a_warning(tmp_path, llama_single, caplog):
+    from bessemer.hf import convert_from_hf, convert_to_hf
+
+    def poison(state):
+        state["model.layers.1.mlp.down_proj.weight"][3, 4] = float("nan")
+        state["model.norm.weight"][0] = float("inf")
+
+    folder = edited(llama_single, tmp_path / "hf", poison)
+    for dtype in ("keep", "bfloat16"):  # copied byte for byte, and cast
+        caplog.clear()
+        convert_from_hf(folder, tmp_path / dtype, dtype=dtype)
+        warned = [
+            r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "NaN" in r.getMessage()
+        ]
+        assert (
+            len(warned) == 1 and "2 tensor(s)" in warned[0] and "layers.1.feed_forward.w2.weight" in warned[0]
+        )
+    caplog.clear()
+    convert_to_hf(tmp_path / "keep", tmp_path / "back")
+    assert any("NaN" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    caplog.clear()
+    convert_from_hf(llama_single, tmp_path / "clean")
+    assert not any("NaN" in r.getMessage() for r in caplog.records)
+
+
+def test_all_finite_reads_the_exponent_bits_of_every_float_dtype():
+    from bessemer.hf.safetensors_io import all_finite, tensor_bytes
+
+    for dtype in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float8_e5m2,
+        torch.float8_e4m3fn,
+    ):
+        values = torch.tensor([0.0, -1.5, 2.0, -0.0, 0.25]).to(dtype)
+        assert all_finite(tensor_bytes(values), dtype), dtype
+        bad = [float("nan")] if dtype == torch.float8_e4m3fn else [float("nan"), float("inf"), -float("inf")]
+        for value in bad:
+            poisoned = values.clone()
+            poisoned[2] = value
+            assert not all_finite(tensor_bytes(poisoned), dtype), (dtype, value)
+    assert all_finite(tensor_bytes(torch.tensor([-1, 2**31 - 1], dtype=torch.int32)), torch.int32)
+
+
+def test_tied_config_whose_files_hold_another_head_warns(tmp_path, llama_single, caplog):
+    from bessemer.hf import convert_from_hf
+
+    folder = clone(llama_single, tmp_path / "hf")  # untied weights: lm_head differs from the embeddings
+    config = json.loads((folder / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    convert_from_hf(folder, tmp_path / "ck")
+    assert any("lm_head.weight, which differs" in r.getMessage() for r in caplog.records)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bessemer.errors import ConversionError
 from bessemer.hf.safetensors_io import (
     OutTensor,
     parse_size,
@@ -51,3 +53,6 @@ def test_parse_size():
     assert parse_size("2GiB") == 2 * 2**30
     assert parse_size("500MB") == 500 * 10**6
     assert parse_size("1234") == 1234
+    for bad in ("0", "0.0001KB", "lots"):
+        with pytest.raises(ConversionError, match="shard size"):
+            parse_size(bad)
