@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -31,11 +32,13 @@ from bessemer.infer.guard import GuardSettings, RequestGuard, allowed_hosts, err
 from bessemer.infer.loading import InferenceModel
 from bessemer.infer.openai_api import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
+    MAX_CHOICES,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    ModelCard,
     ModelList,
 )
 from bessemer.infer.request import RequestError, build_request
@@ -43,7 +46,7 @@ from bessemer.infer.sampling import SamplingParams
 
 PUBLIC_PATHS = ("/", "/health", "/openapi.json")  # the chat page asks for the key itself
 log = logging.getLogger(__name__)
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 429)}
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 429, 503)}
 
 
 class APIError(Exception):
@@ -123,12 +126,28 @@ def uvicorn_config(app, settings: ServeSection, **kw):
 
 @dataclass
 class _Job:
-    """A parsed request: the sequence to run and how to answer."""
+    """A parsed request: one sequence per choice (prompts in order, `n` each) and how to answer."""
 
-    seq: Sequence
+    seqs: list[Sequence]
+    prompt_tokens: int  # each prompt counted once, however many choices it has (as OpenAI counts)
     stream: bool
     include_usage: bool
     chat: bool
+
+
+def uvicorn_server(app, settings: ServeSection, **kw):
+    """A uvicorn server for `app` whose first SIGINT / SIGTERM also stops the engine: requests in flight end
+    at once (a stream with an error event, a plain request with a 503) instead of holding the exit until
+    they finish. A second SIGINT forces the exit, as uvicorn does."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if not self.should_exit:
+                app.state.shut_down()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn_config(app, settings, **kw))
 
 
 def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
@@ -144,6 +163,13 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
             engine.stop()
 
     app = FastAPI(title="Bessemer", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.stopping = False
+
+    def shut_down() -> None:
+        app.state.stopping = True  # new requests get 503
+        engine.stop()  # requests in flight get an error event now
+
+    app.state.shut_down = shut_down
     created = int(time.time())
     ctx = engine_context_len(loaded, settings)
 
@@ -152,18 +178,21 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(_request, exc: HTTPException):
+    async def _http_error(request, exc: HTTPException):
         status = exc.status_code if exc.status_code < 500 else 400
-        return JSONResponse(error_body(str(exc.detail)), status_code=status)
+        message = (
+            f"{exc.detail}: {request.method} {request.url.path}" if status in (404, 405) else str(exc.detail)
+        )
+        return JSONResponse(error_body(message), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request body"}
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-        param = loc[0] if loc else None  # OpenAI names the top-level field
-        where = ".".join(loc)
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg"))
-        return JSONResponse(error_body(message, param=param), status_code=400)
+        loc = [part for part in first.get("loc", ()) if part != "body"]
+        param = str(loc[0]) if loc else None  # OpenAI names the top-level field
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        return JSONResponse(error_body(f"{where}: {msg}" if where else msg, param=param), status_code=400)
 
     guard = GuardSettings(
         allowed_hosts=allowed_hosts(settings.host, settings.allowed_hosts),
@@ -201,6 +230,17 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
     async def models():
         return {"data": [{"id": loaded.name, "created": created}]}
 
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
+    async def model(model_id: str):
+        if model_id != loaded.name:
+            raise APIError(
+                404,
+                f"model {model_id!r} is not served here; this server serves {loaded.name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return {"id": loaded.name, "created": created}
+
     @app.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
     async def completions(body: CompletionRequest):
         return await run(_job(body, loaded, settings, ctx, chat=False))
@@ -209,61 +249,79 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
     async def chat_completions(body: ChatCompletionRequest):
         return await run(_job(body, loaded, settings, ctx, chat=True))
 
+    def failure(message: str) -> APIError:
+        if app.state.stopping:
+            return APIError(503, message, "server_error", code="shutting_down")
+        return APIError(500, message, "server_error")
+
     async def run(job: _Job):
+        if app.state.stopping:
+            raise failure("the server is shutting down")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
-        def on_event(kind: str, value: str) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        def on_event(index: int, kind: str, value: str) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (index, kind, value))
 
+        reqs = []
         try:
-            req = engine.submit(job.seq, on_event)
-        except QueueFull as exc:
+            for i, seq in enumerate(job.seqs):
+                reqs.append(engine.submit(seq, functools.partial(on_event, i)))
+        except (QueueFull, ValueError) as exc:
+            for req in reqs:
+                engine.cancel(req)
+            if isinstance(exc, ValueError):
+                raise APIError(400, str(exc), code="context_length_exceeded") from exc
             raise APIError(429, f"server busy: {exc}", "rate_limit_error", code="queue_full") from exc
-        except ValueError as exc:
-            raise APIError(400, str(exc), code="context_length_exceeded") from exc
+        if app.state.stopping:  # the engine stopped while these were submitted: nothing will run them
+            raise failure("the server is shutting down")
         reply = _Reply(job, loaded.name)
         if job.stream:
             return StreamingResponse(
-                _sse(reply, events, engine, req),
+                _sse(reply, events, engine, reqs, failure),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            text = []
-            while True:
-                kind, value = await events.get()
+            texts, finish = [[] for _ in reqs], [None] * len(reqs)
+            while None in finish:
+                index, kind, value = await events.get()
                 if kind == "text":
-                    text.append(value)
+                    texts[index].append(value)
                 elif kind == "done":
-                    return reply.full("".join(text), value)
+                    finish[index] = value
                 else:
-                    raise APIError(500, value, "server_error")
+                    raise failure(value)
+            return reply.full(["".join(t) for t in texts], finish)
         finally:
-            engine.cancel(req)  # no-op once done; frees the row if the client went away
+            for req in reqs:
+                engine.cancel(req)  # no-op once done; frees the rows if the client went away
 
     return app
 
 
-async def _sse(reply: _Reply, events: asyncio.Queue, engine: Engine, req) -> AsyncIterator[str]:
+async def _sse(reply: _Reply, events: asyncio.Queue, engine: Engine, reqs, failure) -> AsyncIterator[str]:
     try:
         if reply.job.chat:
-            yield _data(reply.chunk({"role": "assistant", "content": ""}, None))
-        while True:
-            kind, value = await events.get()
+            for i in range(len(reqs)):
+                yield _data(reply.chunk(i, {"role": "assistant", "content": ""}, None))
+        left = len(reqs)
+        while left:
+            index, kind, value = await events.get()
             if kind == "text":
-                yield _data(reply.chunk({"content": value}, None, text=value))
+                yield _data(reply.chunk(index, {"content": value}, None, text=value))
             elif kind == "done":
-                yield _data(reply.chunk({}, value, text=""))
-                if reply.job.include_usage:
-                    yield _data({**reply.chunk({}, None), "choices": [], "usage": reply.usage()})
-                break
+                yield _data(reply.chunk(index, {}, value, text=""))
+                left -= 1
             else:
-                yield _data(APIError(500, value, "server_error").body())
+                yield _data(failure(value).body())
                 break
+        if not left and reply.job.include_usage:
+            yield _data({**reply.head(), "choices": [], "usage": reply.usage()})
         yield "data: [DONE]\n\n"
     finally:
-        engine.cancel(req)  # the client disconnected mid-stream: free the row now
+        for req in reqs:
+            engine.cancel(req)  # the client disconnected mid-stream: free the rows now
 
 
 def _data(obj: dict) -> str:
@@ -279,25 +337,39 @@ class _Reply:
         self.created = int(time.time())
 
     def usage(self) -> dict:
-        p, c = len(self.job.seq.prompt_ids), len(self.job.seq.output_ids)
+        p, c = self.job.prompt_tokens, sum(len(seq.output_ids) for seq in self.job.seqs)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-    def _head(self, obj: str) -> dict:
+    def head(self, stream: bool = True) -> dict:
+        obj = (
+            ("chat.completion.chunk" if stream else "chat.completion") if self.job.chat else "text_completion"
+        )
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def full(self, text: str, finish: str) -> dict:
+    def full(self, texts: list[str], finish: list[str]) -> dict:
         if self.job.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": self.usage()}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**self._head("text_completion"), "choices": [choice], "usage": self.usage()}
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": t},
+                    "logprobs": None,
+                    "finish_reason": f,
+                }
+                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+            ]
+        else:
+            choices = [
+                {"index": i, "text": t, "logprobs": None, "finish_reason": f}
+                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+            ]
+        return {**self.head(stream=False), "choices": choices, "usage": self.usage()}
 
-    def chunk(self, delta: dict, finish: str | None, text: str = "") -> dict:
+    def chunk(self, index: int, delta: dict, finish: str | None, text: str = "") -> dict:
         if self.job.chat:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**self._head("text_completion"), "choices": [choice]}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        return {**self.head(), "choices": [choice]}
 
 
 # -- request parsing ----------------------------------------------------------------------------------------
@@ -310,10 +382,29 @@ def _job(
     ctx: int,
     chat: bool,
 ) -> _Job:
+    if body.model is not None and body.model != loaded.name:
+        raise APIError(
+            404,
+            f"model {body.model!r} is not served here; this server serves {loaded.name!r} (GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
     key = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
     asked = getattr(body, key)
     if asked is not None and asked > settings.max_tokens:
         raise APIError(400, f"{key}={asked} is above this server's limit of {settings.max_tokens}", param=key)
+    sources = (
+        [{"messages": [m.as_template_message() for m in body.messages]}]
+        if chat
+        else [{"prompt": p} for p in body.prompt_values()]
+    )
+    if len(sources) * body.n > MAX_CHOICES:
+        raise APIError(
+            400,
+            f"n={body.n} for {len(sources)} prompts asks for {len(sources) * body.n} choices; "
+            f"the limit is {MAX_CHOICES}",
+            param="n",
+        )
     default = settings.max_tokens if chat else min(COMPLETIONS_DEFAULT_MAX_TOKENS, settings.max_tokens)
     params = SamplingParams(
         max_new_tokens=asked if asked is not None else default,
@@ -324,24 +415,34 @@ def _job(
         seed=body.seed,
         stop=body.stops(),
     )
-    if chat:
-        source = {"messages": [m.as_template_message() for m in body.messages]}
-    else:
-        source = {"prompt": body.prompt_value()}
-    try:
-        request = build_request(
-            loaded.tokenizer,
-            loaded.template,
-            params,
-            context_len=ctx,
-            max_prompt_tokens=settings.max_prompt_tokens,
-            fit_max_new_tokens=asked is None,
-            ignore_eos=body.ignore_eos,
-            **source,
-        )
-    except RequestError as exc:
-        param = key if exc.param == "max_tokens" else exc.param
-        raise APIError(400, str(exc), param=param, code=exc.code) from exc
+    seqs, prompt_tokens = [], 0
+    for source in sources:
+        try:
+            request = build_request(
+                loaded.tokenizer,
+                loaded.template,
+                params,
+                context_len=ctx,
+                max_prompt_tokens=settings.max_prompt_tokens,
+                fit_max_new_tokens=asked is None,
+                ignore_eos=body.ignore_eos,
+                **source,
+            )
+        except RequestError as exc:
+            param = key if exc.param == "max_tokens" else exc.param
+            message = f"prompt[{len(seqs) // body.n}]: {exc}" if len(sources) > 1 else str(exc)
+            raise APIError(400, message, param=param, code=exc.code) from exc
+        prompt_tokens += len(request.prompt_ids)
+        for i in range(body.n):
+            choice = replace(request.params, seed=choice_seed(body.seed, i))
+            seqs.append(Sequence(request.prompt_ids, choice, loaded.tokenizer))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    seq = Sequence(request.prompt_ids, request.params, loaded.tokenizer)
-    return _Job(seq, body.stream, include_usage, chat)
+    return _Job(seqs, prompt_tokens, body.stream, include_usage, chat)
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """The seed of choice `index` of a request seeded `seed`: choice 0 uses the seed itself, so n=1 draws as
+    before, and each further choice a different one derived from it (the same for the same request)."""
+    if seed is None or index == 0:
+        return seed
+    return (seed ^ (index * 0x9E3779B97F4A7C15)) & ((1 << 63) - 1)
