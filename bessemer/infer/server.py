@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -242,19 +242,19 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
         return {"id": loaded.name, "created": created}
 
     @app.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
-    async def completions(body: CompletionRequest):
-        return await run(_job(body, loaded, settings, ctx, chat=False))
+    async def completions(body: CompletionRequest, request: Request):
+        return await run(_job(body, loaded, settings, ctx, chat=False), request)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES)
-    async def chat_completions(body: ChatCompletionRequest):
-        return await run(_job(body, loaded, settings, ctx, chat=True))
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await run(_job(body, loaded, settings, ctx, chat=True), request)
 
     def failure(message: str) -> APIError:
         if app.state.stopping:
             return APIError(503, message, "server_error", code="shutting_down")
         return APIError(500, message, "server_error")
 
-    async def run(job: _Job):
+    async def run(job: _Job, request: Request):
         if app.state.stopping:
             raise failure("the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -282,7 +282,8 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:
+
+        async def collect() -> dict:
             texts, finish = [[] for _ in reqs], [None] * len(reqs)
             while None in finish:
                 index, kind, value = await events.get()
@@ -293,7 +294,17 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
                 else:
                     raise failure(value)
             return reply.full(["".join(t) for t in texts], finish)
+
+        # a client that gives up (a timeout, Ctrl-C) must not leave its generation running to max_tokens
+        answer, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                raise APIError(400, "the client went away before the answer was ready")
+            return answer.result()
         finally:
+            answer.cancel()
+            gone.cancel()
             for req in reqs:
                 engine.cancel(req)  # no-op once done; frees the rows if the client went away
 
@@ -322,6 +333,12 @@ async def _sse(reply: _Reply, events: asyncio.Queue, engine: Engine, reqs, failu
     finally:
         for req in reqs:
             engine.cancel(req)  # the client disconnected mid-stream: free the rows now
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed its connection (the body is already read, so nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _data(obj: dict) -> str:

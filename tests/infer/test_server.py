@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -421,7 +422,7 @@ def test_n_choices_and_prompt_batches(client, loaded):
     assert len(chat.choices) == 2 and chat.choices[0].message.content == chat.choices[1].message.content
 
 
-def test_shutdown_ends_streams_in_flight_and_refuses_new_requests(loaded):
+def test_a_client_gone_before_its_plain_answer_frees_the_row_and_shutdown_ends_streams(loaded):
     from starlette.testclient import TestClient
 
     from bessemer.config.schema import ServeSection
@@ -433,17 +434,26 @@ def test_shutdown_ends_streams_in_flight_and_refuses_new_requests(loaded):
     threads = threading.active_count()
     server = BackgroundServer(app, cfg)
     body = {"prompt": PROMPT, "max_tokens": 1000, "stream": True, "ignore_eos": True}
-    with (
-        server,
-        httpx.Client(timeout=30) as http,
-        http.stream("POST", server.url + "/v1/completions", json=body) as r,
-    ):
-        lines = r.iter_lines()
-        first_event(lines)
-        server._server.handle_exit(signal.SIGTERM, None)  # what uvicorn calls on SIGTERM / SIGINT
-        rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]"
-        assert json.loads(rest[-2][len("data: ") :])["error"]["code"] == "shutting_down"
+    with server:
+        # a plain (not streamed) request whose client gives up is cancelled, not run to max_tokens
+        plain = json.dumps({**body, "stream": False}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            sock.sendall(f"{head}Content-Length: {len(plain)}\r\n\r\n".encode() + plain)
+            wait_for(lambda: engine.stats()["active"] == 1, what="the request to start")
+        wait_for(lambda: engine.stats()["active"] == 0, what="the row to be freed")
+        assert engine.stats()["cancelled"] == 1 and engine.stats()["generated_tokens"] < 1000
+        # SIGTERM / SIGINT with a stream in flight: the stream ends at once, with an error event and [DONE]
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", server.url + "/v1/completions", json=body) as r,
+        ):
+            lines = r.iter_lines()
+            first_event(lines)
+            server._server.handle_exit(signal.SIGTERM, None)  # what uvicorn calls on the signal
+            rest = [line for line in lines if line]
+            assert rest[-1] == "data: [DONE]"
+            assert json.loads(rest[-2][len("data: ") :])["error"]["code"] == "shutting_down"
         wait_for(lambda: not server._thread.is_alive(), what="the server to exit")
     assert engine.stats()["failed"] == 1
     late = TestClient(app, base_url="http://127.0.0.1").post(
