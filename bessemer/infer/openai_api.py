@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 512  # per stop string: text that may start one is held back and re-matched on every token
 MAX_CHOICES = 16  # n x prompts of one request; the server also holds it to its batch (serve --max-batch)
 MAX_SEED = (1 << 63) - 1
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -61,15 +62,27 @@ class _Sampling(_Body):
     user: str | None = Field(None, max_length=256)
     ignore_eos: bool = Field(False, description="extension: run to max_tokens (benchmarks)")
 
+    @field_validator("stream_options")
+    @classmethod
+    def _streaming_only(cls, v, info):
+        if v is not None and not info.data.get("stream"):
+            raise ValueError("only allowed with stream: true")
+        return v
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_shape(cls, v):
-        if v is None or isinstance(v, str):
+        if v is None:
             return v
-        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        stops = [v] if isinstance(v, str) else v
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise ValueError("give a string or a list of strings")
-        if len(v) > MAX_STOP_STRINGS:
-            raise ValueError(f"{len(v)} stop strings; the limit is {MAX_STOP_STRINGS}")
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"{len(stops)} stop strings; the limit is {MAX_STOP_STRINGS}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(
+                f"a stop string of {max(map(len, stops))} characters; the limit is {MAX_STOP_CHARS}"
+            )
         return v
 
     @field_validator("presence_penalty", "frequency_penalty")

@@ -344,6 +344,8 @@ def refusal(url: str, body: dict, status: int = 400) -> dict:
         ("completions", {"prompt": ["a", ""]}, "prompt", "prompt[1]: prompt is empty"),
         ("completions", {"prompt": "a", "stop": ["x"] * 17}, "stop", "17 stop strings"),
         ("completions", {"prompt": "a", "stop": [1]}, "stop", "a list of strings"),
+        ("completions", {"prompt": "a", "stop": "x" * 513}, "stop", "513 characters; the limit is 512"),
+        ("completions", {"prompt": "a", "stream_options": {}}, "stream_options", "only allowed with stream"),
         ("completions", {"prompt": "a", "logprobs": 2}, "logprobs", "not supported"),
         ("completions", {"prompt": "a", "echo": True}, "echo", "not supported"),
         ("completions", {"prompt": "a", "best_of": 2}, "best_of", "use n"),
