@@ -12,13 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 512  # per stop string: text that may start one is held back and re-matched on every token
+MAX_TOP_LOGPROBS = 20  # alternatives per token with logprobs / top_logprobs
 MAX_CHOICES = 16  # n x prompts of one request; the server also holds it to its batch (serve --max-batch)
 MAX_SEED = (1 << 63) - 1
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 UNSUPPORTED = {  # fields this server declares and refuses (a 400 naming them), with what to do instead
-    "logprobs": "not supported by this server: it returns text without log-probabilities",
-    "top_logprobs": "not supported by this server: it returns text without log-probabilities",
     "echo": "not supported by this server: the reply holds only the new text",
     "suffix": "not supported by this server (no fill-in-the-middle)",
     "best_of": "only 1 is supported; use n for several choices",
@@ -113,11 +112,13 @@ class CompletionRequest(_Sampling):
     )
     max_tokens: int | None = Field(None, ge=1, description=f"default {COMPLETIONS_DEFAULT_MAX_TOKENS}")
     echo: Literal[False] = Field(False, description="not supported")
-    logprobs: None = Field(None, description="not supported")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="each token's log-probability and this many top ones"
+    )
     suffix: None = Field(None, description="not supported")
     best_of: int = Field(1, ge=1, le=1, description="only 1")
 
-    @field_validator("echo", "logprobs", "suffix", "best_of", mode="before")
+    @field_validator("echo", "suffix", "best_of", mode="before")
     @classmethod
     def _unsupported(cls, v, info):
         if v not in (None, False) and not (info.field_name == "best_of" and v == 1):
@@ -181,14 +182,23 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: what the context and server allow")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
-    logprobs: Literal[False] | None = Field(None, description="not supported")
-    top_logprobs: None = Field(None, description="not supported")
+    logprobs: bool | None = Field(None, description="return each new token's log-probability")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="and this many most likely tokens (needs logprobs)"
+    )
     tools: Annotated[list[dict], Field(max_length=0)] | None = Field(None, description="not supported")
     tool_choice: Literal["none"] | None = Field(None, description="not supported; only 'none'")
     functions: Annotated[list[dict], Field(max_length=0)] | None = Field(None, description="not supported")
     response_format: ResponseFormat | None = Field(None, description="only {'type': 'text'}")
 
-    @field_validator("logprobs", "top_logprobs", "tools", "tool_choice", "functions", mode="before")
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, v, info):
+        if v and not info.data.get("logprobs"):
+            raise ValueError("set logprobs: true to get top_logprobs")
+        return v
+
+    @field_validator("tools", "tool_choice", "functions", mode="before")
     @classmethod
     def _unsupported(cls, v, info):
         if v not in (None, False, [], "none"):
@@ -212,10 +222,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -233,10 +250,24 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 

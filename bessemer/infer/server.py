@@ -275,7 +275,7 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
             raise APIError(429, f"server busy: {exc}", "rate_limit_error", code="queue_full") from exc
         if app.state.stopping:  # the engine stopped while these were submitted: nothing will run them
             raise failure("the server is shutting down")
-        reply = _Reply(job, loaded.name)
+        reply = _Reply(job, loaded.name, loaded.tokenizer)
         if job.stream:
             return StreamingResponse(
                 _sse(reply, events, engine, reqs, failure),
@@ -320,9 +320,9 @@ async def _sse(reply: _Reply, events: asyncio.Queue, engine: Engine, reqs, failu
         while left:
             index, kind, value = await events.get()
             if kind == "text":
-                yield _data(reply.chunk(index, {"content": value}, None, text=value))
+                yield _data(reply.chunk(index, {"content": value}, None, text=value, logprobs=True))
             elif kind == "done":
-                yield _data(reply.chunk(index, {}, value, text=""))
+                yield _data(reply.chunk(index, {}, value, text="", logprobs=True))
                 left -= 1
             else:
                 yield _data(failure(value).body())
@@ -348,10 +348,12 @@ def _data(obj: dict) -> str:
 class _Reply:
     """Builds OpenAI response objects for one request."""
 
-    def __init__(self, job: _Job, model: str):
-        self.job, self.model = job, model
+    def __init__(self, job: _Job, model: str, tokenizer):
+        self.job, self.model, self.tokenizer = job, model, tokenizer
         self.id = ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
+        self.sent = [0] * len(job.seqs)  # per choice: tokens whose log-probabilities are already sent
+        self.offset = [0] * len(job.seqs)  # per choice: characters of those tokens (completions' text_offset)
 
     def usage(self) -> dict:
         p, c = self.job.prompt_tokens, sum(len(seq.output_ids) for seq in self.job.seqs)
@@ -364,29 +366,59 @@ class _Reply:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def full(self, texts: list[str], finish: list[str]) -> dict:
-        if self.job.chat:
-            choices = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": t},
-                    "logprobs": None,
-                    "finish_reason": f,
-                }
-                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
-            ]
-        else:
-            choices = [
-                {"index": i, "text": t, "logprobs": None, "finish_reason": f}
-                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
-            ]
+        choices = []
+        for i, (text, reason) in enumerate(zip(texts, finish, strict=True)):
+            body = {"message": {"role": "assistant", "content": text}} if self.job.chat else {"text": text}
+            choices.append({"index": i, **body, "logprobs": self.logprobs(i), "finish_reason": reason})
         return {**self.head(stream=False), "choices": choices, "usage": self.usage()}
 
-    def chunk(self, index: int, delta: dict, finish: str | None, text: str = "") -> dict:
+    def chunk(
+        self, index: int, delta: dict, finish: str | None, text: str = "", logprobs: bool = False
+    ) -> dict:
+        body = {"delta": delta} if self.job.chat else {"text": text}
+        lp = self.logprobs(index) if logprobs else None
+        return {**self.head(), "choices": [{"index": index, **body, "logprobs": lp, "finish_reason": finish}]}
+
+    def _token(self, before: int, token_id: int) -> str:
+        """The text `token_id` adds after `before` (decoded alone, a SentencePiece token loses its space)."""
+        head = self.tokenizer.decode([before], skip_special_tokens=False)
+        return self.tokenizer.decode([before, token_id], skip_special_tokens=False)[len(head) :]
+
+    def logprobs(self, index: int) -> dict | None:
+        """The log-probabilities of choice `index`'s tokens not sent yet, in OpenAI's shape for the endpoint;
+        None where the request did not ask. A stop token that ends the reply is not part of it."""
+        seq = self.job.seqs[index]
+        if seq.params.logprobs is None:
+            return None
+        end = len(seq.logprobs)  # the engine thread appends the token id first, then its log-probabilities
+        if end and seq.output_ids[end - 1] in seq.params.stop_token_ids:
+            end -= 1
+        start, self.sent[index] = self.sent[index], max(end, self.sent[index])
+        ids, entries = seq.output_ids[start:end], seq.logprobs[start:end]
+        befores = (seq.prompt_ids[-1:] + seq.output_ids)[start:end]  # the token before each one
+        tokens = [self._token(b, t) for b, t in zip(befores, ids)]
+        tops = [[(self._token(b, i), v) for i, v in top] for b, (_, top) in zip(befores, entries)]
         if self.job.chat:
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        else:
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**self.head(), "choices": [choice]}
+            return {
+                "content": [
+                    {**self._choice(token, lp), "top_logprobs": [self._choice(t, v) for t, v in top]}
+                    for token, (lp, _), top in zip(tokens, entries, tops, strict=True)
+                ]
+            }
+        offsets = []
+        for token in tokens:
+            offsets.append(self.offset[index])
+            self.offset[index] += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp for lp, _ in entries],
+            "top_logprobs": [dict(top) for top in tops],
+            "text_offset": offsets,
+        }
+
+    @staticmethod
+    def _choice(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
 # -- request parsing ----------------------------------------------------------------------------------------
@@ -431,6 +463,7 @@ def _job(
         repetition_penalty=body.repetition_penalty,
         seed=body.seed,
         stop=body.stops(),
+        logprobs=((body.top_logprobs or 0) if body.logprobs else None) if chat else body.logprobs,
     )
     seqs, prompt_tokens = [], 0
     for source in sources:

@@ -180,7 +180,7 @@ def test_validation_errors_name_the_field(http):
         "stream": {"prompt": "hi", "stream": "yes"},
         "stop": {"prompt": "hi", "stop": ["x"] * 17},
         "prompt": {"prompt": {"text": "hi"}},
-        "logprobs": {"prompt": "hi", "logprobs": 2},
+        "logprobs": {"prompt": "hi", "logprobs": 21},
         "stream_options": {"prompt": "hi", "stream_options": {"include_usage": True}},
     }
     for param, body in cases.items():

@@ -309,15 +309,9 @@ def refusal(url: str, body: dict, status: int = 400) -> dict:
         ("chat", {"messages": []}, "messages", "at least 1 item"),
         (
             "chat",
-            {"messages": [{"role": "user", "content": "x"}], "logprobs": True},
-            "logprobs",
-            "not supported",
-        ),
-        (
-            "chat",
             {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
             "top_logprobs",
-            "not supp",
+            "set logprobs: true",
         ),
         (
             "chat",
@@ -346,7 +340,7 @@ def refusal(url: str, body: dict, status: int = 400) -> dict:
         ("completions", {"prompt": "a", "stop": [1]}, "stop", "a list of strings"),
         ("completions", {"prompt": "a", "stop": "x" * 513}, "stop", "513 characters; the limit is 512"),
         ("completions", {"prompt": "a", "stream_options": {}}, "stream_options", "only allowed with stream"),
-        ("completions", {"prompt": "a", "logprobs": 2}, "logprobs", "not supported"),
+        ("completions", {"prompt": "a", "logprobs": 21}, "logprobs", "less than or equal to 20"),
         ("completions", {"prompt": "a", "echo": True}, "echo", "not supported"),
         ("completions", {"prompt": "a", "best_of": 2}, "best_of", "use n"),
     ],
@@ -463,3 +457,24 @@ def test_a_client_gone_before_its_plain_answer_frees_the_row_and_shutdown_ends_s
     )
     assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
     wait_for(lambda: threading.active_count() <= threads, what="the server's threads to end")
+
+
+def test_logprobs_follow_the_text_in_both_shapes(client, loaded):
+    kw = dict(model=loaded.name, prompt=PROMPT, max_tokens=8, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    got = client.completions.create(**kw, logprobs=3).choices[0]
+    assert got.text == plain and "".join(got.logprobs.tokens) == plain
+    assert got.logprobs.text_offset == [sum(map(len, got.logprobs.tokens[:i])) for i in range(8)]
+    for lp, top in zip(got.logprobs.token_logprobs, got.logprobs.top_logprobs, strict=True):
+        assert len(top) == 3 and max(top.values()) == pytest.approx(lp) and lp <= 0  # greedy took the top one
+    chunks = client.completions.create(**kw, logprobs=0, stream=True)
+    assert [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens
+    ] == (got.logprobs.tokens)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    chat = client.chat.completions.create(
+        model=loaded.name, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    ).choices[0]
+    content = chat.logprobs.content
+    assert "".join(e.token for e in content) == chat.message.content  # a stop token is not part of it
+    assert all(len(e.top_logprobs) == 2 and bytes(e.bytes).decode() == e.token for e in content)

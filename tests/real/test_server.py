@@ -36,8 +36,8 @@ def served(smollm2):
 
 
 @pytest.fixture(scope="module")
-def greedy(reference_model, reference_tokenizer) -> dict[str, tuple[int, list[int], str]]:
-    """question -> (prompt tokens, reply token ids, reply text), transformers' greedy, stopping at its eos."""
+def greedy(reference_model, reference_tokenizer) -> dict[str, tuple[list[int], list[int], str]]:
+    """question -> (prompt ids, reply ids, reply text), transformers' greedy, stopping at its eos."""
     out = {}
     for q in QUESTIONS:
         ids = reference_tokenizer.apply_chat_template(
@@ -51,7 +51,7 @@ def greedy(reference_model, reference_tokenizer) -> dict[str, tuple[int, list[in
                 ids, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=reference_tokenizer.eos_token_id
             )
         new = gen[0, ids.shape[1] :].tolist()
-        out[q] = (ids.shape[1], new, reference_tokenizer.decode(new, skip_special_tokens=True))
+        out[q] = (ids[0].tolist(), new, reference_tokenizer.decode(new, skip_special_tokens=True))
     return out
 
 
@@ -69,12 +69,12 @@ def test_chat_replies_usage_and_finish_equal_transformers(served, greedy, refere
     client, model, _ = served
     finishes = set()
     for q in QUESTIONS[:2]:
-        prompt_tokens, new, text = greedy[q]
+        prompt, new, text = greedy[q]
         finish = "stop" if new[-1] == reference_tokenizer.eos_token_id else "length"
         finishes.add(finish)
         r = ask(client, model, q)
         assert r.choices[0].message.content == text and r.choices[0].finish_reason == finish
-        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt_tokens, len(new))
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(prompt), len(new))
         deltas, chunks = streamed(client, model, q, stream_options={"include_usage": True})
         assert "".join(deltas) == text and chunks[-1].usage == r.usage
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == finish
@@ -125,3 +125,20 @@ def test_seeded_choices_repeat_and_limits_are_named(served):
                 model=model, messages=[{"role": "user", "content": "hi"}], **{key: 65}
             )
         assert above.value.body["param"] == key and "limit of 64" in above.value.body["message"]
+
+
+def test_logprobs_equal_transformers_log_softmax(served, greedy, reference_model, reference_tokenizer):
+    client, model, _ = served
+    prompt, new, text = greedy[QUESTIONS[0]]
+    with torch.no_grad():
+        logits = reference_model(torch.tensor([prompt + new])).logits[0, len(prompt) - 1 : -1]
+    want = torch.log_softmax(logits.float(), -1)
+    got = ask(client, model, QUESTIONS[0], logprobs=True, top_logprobs=3).choices[0].logprobs.content
+    assert new[-1] == reference_tokenizer.eos_token_id and len(got) == len(new) - 1  # <|im_end|> is not text
+    assert "".join(e.token for e in got) == text
+    for k, entry in enumerate(got):
+        top = want[k].topk(3)
+        # float32 on both sides from the same weights: logits agree to 5e-4 (test_smollm2), so these to 1e-3
+        assert entry.logprob == pytest.approx(want[k, new[k]].item(), abs=1e-3)
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-3)
+        assert entry.top_logprobs[0].token == entry.token
