@@ -3,8 +3,9 @@
 Every request is bounded before it reaches the model: the front door (bessemer.infer.guard) checks Host,
 Origin, the API key (401), the content type (415), body size (413) and JSON shape; the bodies are pydantic
 models (bessemer.infer.openai_api) so a bad field is a 400 naming it; prompt tokens and max_tokens are
-checked by the one request path (bessemer.infer.request); a full queue is a 429. Errors use OpenAI's body:
-{"error": {"message", "type", "param", "code"}}. Only a failure of the model itself is a 500.
+checked by the one request path (bessemer.infer.request); a full queue is a 429, a model other than the one
+served a 404. Errors use OpenAI's body: {"error": {"message", "type", "param", "code"}}. Only a failure of
+the model itself is a 500; during shutdown (SIGINT / SIGTERM) requests get a 503 or, streaming, an error event.
 """
 
 from __future__ import annotations
