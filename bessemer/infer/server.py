@@ -378,7 +378,8 @@ class _Reply:
     ) -> dict:
         body = {"delta": delta} if self.job.chat else {"text": text}
         lp = self.logprobs(index) if logprobs else None
-        return {**self.head(), "choices": [{"index": index, **body, "logprobs": lp, "finish_reason": finish}]}
+        out = {**self.head(), "choices": [{"index": index, **body, "logprobs": lp, "finish_reason": finish}]}
+        return {**out, "usage": None} if self.job.include_usage else out  # OpenAI: null until the last chunk
 
     def _token(self, before: int, token_id: int) -> str:
         """The text `token_id` adds after `before` (decoded alone, a SentencePiece token loses its space)."""

@@ -83,6 +83,7 @@ def test_completion_stream_equals_non_stream(client, loaded):
     assert text == full.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 24
+    assert all(c.usage is None for c in chunks[:-1]) and "usage" in chunks[0].model_dump(exclude_unset=True)
 
 
 def test_chat_greedy_equals_template_generate(client, loaded):
