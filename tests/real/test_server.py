@@ -19,7 +19,6 @@ pytestmark = pytest.mark.real
 QUESTIONS = [
     "What is the capital of France?",
     "Write a haiku about rain.",
-    "Name the three primary colors.",
     "What is 2 + 2?",
 ]
 NEW_TOKENS = 12
