@@ -80,10 +80,8 @@ def settings_from_args(args: argparse.Namespace, cfg=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from bessemer.cli.generate import load
-    from bessemer.infer.server import build_app, build_engine, uvicorn_config
+    from bessemer.infer.server import build_app, build_engine, uvicorn_server
 
     cfg = job_config(args)
     settings = settings_from_args(args, cfg)
@@ -94,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
             "serving on %s without --api-key: anyone who can reach it can use the model", settings.host
         )
     print(f"serving {loaded.name} on http://{settings.host}:{settings.port}/v1 (template {loaded.template})")
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    uvicorn_server(app, settings).run()
     return 0

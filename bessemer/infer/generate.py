@@ -80,6 +80,8 @@ class Sequence:
     text: str = ""
     finish_reason: str | None = None  # "stop" (stop token or string) or "length"
     seed: int | None = None  # the sampling seed used (params.seed, else drawn when the sequence starts)
+    # with params.logprobs: per output token, its log-probability and the top (id, log-probability) pairs
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -103,9 +105,11 @@ class Sequence:
             )
         return self.seed
 
-    def push(self, token: int) -> str:
-        """Record a sampled token; return the text it makes visible (may be "")."""
+    def push(self, token: int, logprob: tuple[float, list[tuple[int, float]]] | None = None) -> str:
+        """Record a sampled token (and its log-probabilities); return the text it makes visible (may be "")."""
         self.output_ids.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
         delta = ""
         if token in self._stop_ids:
             self.finish_reason = "stop"
@@ -360,13 +364,28 @@ class DecodeBatch:
         chosen = self.sampler.sample(rows, idx, logits, positions, self.seen)
         self.last_token[idx] = chosen
         self.seen[idx, chosen] = True
+        logprobs = _logprobs([self.rows[r].params.logprobs for r in rows], logits, chosen)
         events = []
-        for row, token in zip(rows, chosen.tolist()):  # the one read back: text needs the ids
+        for i, (row, token) in enumerate(zip(rows, chosen.tolist())):  # the one read back: text needs ids
             seq = self.rows[row]
-            events.append((seq, seq.push(token)))
+            events.append((seq, seq.push(token, logprobs.get(i))))
             if seq.finished:
                 self.release(row)
         return events
+
+
+def _logprobs(asked: list[int | None], logits: torch.Tensor, chosen: torch.Tensor) -> dict:
+    """{batch index: (chosen token's log-probability, top [(id, log-probability)])} for the rows that asked
+    (`asked[i]`: how many top ones; None: none), from the model's own distribution (before sampling settings)."""
+    want = [i for i, k in enumerate(asked) if k is not None]
+    if not want:
+        return {}
+    sel = torch.tensor(want, device=logits.device)
+    logp = torch.log_softmax(logits.index_select(0, sel).float(), -1)
+    picked = logp.gather(1, chosen.index_select(0, sel)[:, None]).squeeze(1).tolist()
+    top = logp.topk(max(asked[i] for i in want), -1)
+    ids, values = top.indices.tolist(), top.values.tolist()
+    return {i: (picked[j], list(zip(ids[j][: asked[i]], values[j][: asked[i]]))) for j, i in enumerate(want)}
 
 
 def _cache_dtype(model: Transformer) -> torch.dtype:

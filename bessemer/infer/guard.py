@@ -9,11 +9,13 @@ error body with a 4xx status.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from dataclasses import dataclass
 
 MAX_JSON_DEPTH = 32
+BODY_TIMEOUT_S = 60.0  # the whole body must arrive within this once the headers are in (a slow POST)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
@@ -91,10 +93,14 @@ def _check_text(text: str, path: str) -> None:
 def parse_json_body(body: bytes):
     """The JSON object in `body`, or BadBody (400) saying what is wrong with it."""
     try:
-        data = json.loads(body)
+        text = body.decode("utf-8-sig")  # JSON on the wire is UTF-8 (RFC 8259); a leading BOM is tolerated
+    except UnicodeDecodeError as exc:
+        raise BadBody(400, f"request body is not UTF-8 text ({str(exc)[:200]})") from exc
+    try:
+        data = json.loads(text)
     except RecursionError as exc:
         raise BadBody(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of more digits than Python converts
         raise BadBody(400, f"request body is not valid JSON ({str(exc)[:200]})") from exc
     if not isinstance(data, dict):
         raise BadBody(400, "request body must be a JSON object")
@@ -162,8 +168,15 @@ async def _read_body(receive, declared: bytes | None, limit: int) -> bytes:
             413, f"request body of {int(declared)} bytes exceeds the limit of {limit}", code="body_too_large"
         )
     body = bytearray()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_TIMEOUT_S
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except asyncio.TimeoutError as exc:
+            raise BadBody(
+                408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s", code="body_timeout"
+            ) from exc
         if message["type"] == "http.disconnect":
             raise BadBody(400, "the client went away before sending the whole body")
         body += message.get("body", b"")
@@ -189,5 +202,7 @@ def _replay(body: bytes, receive):
 async def _reply(send, status: int, body: dict) -> None:
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if status in (408, 413):  # the rest of the body is still on its way: drop the connection
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})

@@ -32,6 +32,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # generation ends before any of these strings
     stop_token_ids: list[int] = field(default_factory=list)  # ... and after any of these ids (not shown)
+    logprobs: int | None = None  # record each chosen token's log-probability and this many top ones
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:

@@ -3,22 +3,24 @@
 Every request is bounded before it reaches the model: the front door (bessemer.infer.guard) checks Host,
 Origin, the API key (401), the content type (415), body size (413) and JSON shape; the bodies are pydantic
 models (bessemer.infer.openai_api) so a bad field is a 400 naming it; prompt tokens and max_tokens are
-checked by the one request path (bessemer.infer.request); a full queue is a 429. Errors use OpenAI's body:
-{"error": {"message", "type", "param", "code"}}. Only a failure of the model itself is a 500.
+checked by the one request path (bessemer.infer.request); a full queue is a 429, a model other than the one
+served a 404. Errors use OpenAI's body: {"error": {"message", "type", "param", "code"}}. Only a failure of
+the model itself is a 500; during shutdown (SIGINT / SIGTERM) requests get a 503 or, streaming, an error event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -31,11 +33,13 @@ from bessemer.infer.guard import GuardSettings, RequestGuard, allowed_hosts, err
 from bessemer.infer.loading import InferenceModel
 from bessemer.infer.openai_api import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
+    MAX_CHOICES,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    ModelCard,
     ModelList,
 )
 from bessemer.infer.request import RequestError, build_request
@@ -43,7 +47,7 @@ from bessemer.infer.sampling import SamplingParams
 
 PUBLIC_PATHS = ("/", "/health", "/openapi.json")  # the chat page asks for the key itself
 log = logging.getLogger(__name__)
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 429)}
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 429, 503)}
 
 
 class APIError(Exception):
@@ -123,12 +127,28 @@ def uvicorn_config(app, settings: ServeSection, **kw):
 
 @dataclass
 class _Job:
-    """A parsed request: the sequence to run and how to answer."""
+    """A parsed request: one sequence per choice (prompts in order, `n` each) and how to answer."""
 
-    seq: Sequence
+    seqs: list[Sequence]
+    prompt_tokens: int  # each prompt counted once, however many choices it has (as OpenAI counts)
     stream: bool
     include_usage: bool
     chat: bool
+
+
+def uvicorn_server(app, settings: ServeSection, **kw):
+    """A uvicorn server for `app` whose first SIGINT / SIGTERM also stops the engine: requests in flight end
+    at once (a stream with an error event, a plain request with a 503) instead of holding the exit until
+    they finish. A second SIGINT forces the exit, as uvicorn does."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if not self.should_exit:
+                app.state.shut_down()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn_config(app, settings, **kw))
 
 
 def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
@@ -144,6 +164,13 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
             engine.stop()
 
     app = FastAPI(title="Bessemer", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.stopping = False
+
+    def shut_down() -> None:
+        app.state.stopping = True  # new requests get 503
+        engine.stop()  # requests in flight get an error event now
+
+    app.state.shut_down = shut_down
     created = int(time.time())
     ctx = engine_context_len(loaded, settings)
 
@@ -152,18 +179,21 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(_request, exc: HTTPException):
+    async def _http_error(request, exc: HTTPException):
         status = exc.status_code if exc.status_code < 500 else 400
-        return JSONResponse(error_body(str(exc.detail)), status_code=status)
+        message = (
+            f"{exc.detail}: {request.method} {request.url.path}" if status in (404, 405) else str(exc.detail)
+        )
+        return JSONResponse(error_body(message), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request body"}
-        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-        param = loc[0] if loc else None  # OpenAI names the top-level field
-        where = ".".join(loc)
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg"))
-        return JSONResponse(error_body(message, param=param), status_code=400)
+        loc = [part for part in first.get("loc", ()) if part != "body"]
+        param = str(loc[0]) if loc else None  # OpenAI names the top-level field
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        return JSONResponse(error_body(f"{where}: {msg}" if where else msg, param=param), status_code=400)
 
     guard = GuardSettings(
         allowed_hosts=allowed_hosts(settings.host, settings.allowed_hosts),
@@ -201,69 +231,115 @@ def build_app(loaded: InferenceModel, engine: Engine, settings: ServeSection):
     async def models():
         return {"data": [{"id": loaded.name, "created": created}]}
 
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
+    async def model(model_id: str):
+        if model_id != loaded.name:
+            raise APIError(
+                404,
+                f"model {model_id!r} is not served here; this server serves {loaded.name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return {"id": loaded.name, "created": created}
+
     @app.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
-    async def completions(body: CompletionRequest):
-        return await run(_job(body, loaded, settings, ctx, chat=False))
+    async def completions(body: CompletionRequest, request: Request):
+        return await run(_job(body, loaded, settings, ctx, chat=False), request)
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERROR_RESPONSES)
-    async def chat_completions(body: ChatCompletionRequest):
-        return await run(_job(body, loaded, settings, ctx, chat=True))
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await run(_job(body, loaded, settings, ctx, chat=True), request)
 
-    async def run(job: _Job):
+    def failure(message: str) -> APIError:
+        if app.state.stopping:
+            return APIError(503, message, "server_error", code="shutting_down")
+        return APIError(500, message, "server_error")
+
+    async def run(job: _Job, request: Request):
+        if app.state.stopping:
+            raise failure("the server is shutting down")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
-        def on_event(kind: str, value: str) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        def on_event(index: int, kind: str, value: str) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (index, kind, value))
 
+        reqs = []
         try:
-            req = engine.submit(job.seq, on_event)
-        except QueueFull as exc:
+            for i, seq in enumerate(job.seqs):
+                reqs.append(engine.submit(seq, functools.partial(on_event, i)))
+        except (QueueFull, ValueError) as exc:
+            for req in reqs:
+                engine.cancel(req)
+            if isinstance(exc, ValueError):
+                raise APIError(400, str(exc), code="context_length_exceeded") from exc
             raise APIError(429, f"server busy: {exc}", "rate_limit_error", code="queue_full") from exc
-        except ValueError as exc:
-            raise APIError(400, str(exc), code="context_length_exceeded") from exc
-        reply = _Reply(job, loaded.name)
+        if app.state.stopping:  # the engine stopped while these were submitted: nothing will run them
+            raise failure("the server is shutting down")
+        reply = _Reply(job, loaded.name, loaded.tokenizer)
         if job.stream:
             return StreamingResponse(
-                _sse(reply, events, engine, req),
+                _sse(reply, events, engine, reqs, failure),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:
-            text = []
-            while True:
-                kind, value = await events.get()
+
+        async def collect() -> dict:
+            texts, finish = [[] for _ in reqs], [None] * len(reqs)
+            while None in finish:
+                index, kind, value = await events.get()
                 if kind == "text":
-                    text.append(value)
+                    texts[index].append(value)
                 elif kind == "done":
-                    return reply.full("".join(text), value)
+                    finish[index] = value
                 else:
-                    raise APIError(500, value, "server_error")
+                    raise failure(value)
+            return reply.full(["".join(t) for t in texts], finish)
+
+        # a client that gives up (a timeout, Ctrl-C) must not leave its generation running to max_tokens
+        answer, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                raise APIError(400, "the client went away before the answer was ready")
+            return answer.result()
         finally:
-            engine.cancel(req)  # no-op once done; frees the row if the client went away
+            answer.cancel()
+            gone.cancel()
+            for req in reqs:
+                engine.cancel(req)  # no-op once done; frees the rows if the client went away
 
     return app
 
 
-async def _sse(reply: _Reply, events: asyncio.Queue, engine: Engine, req) -> AsyncIterator[str]:
+async def _sse(reply: _Reply, events: asyncio.Queue, engine: Engine, reqs, failure) -> AsyncIterator[str]:
     try:
         if reply.job.chat:
-            yield _data(reply.chunk({"role": "assistant", "content": ""}, None))
-        while True:
-            kind, value = await events.get()
+            for i in range(len(reqs)):
+                yield _data(reply.chunk(i, {"role": "assistant", "content": ""}, None))
+        left = len(reqs)
+        while left:
+            index, kind, value = await events.get()
             if kind == "text":
-                yield _data(reply.chunk({"content": value}, None, text=value))
+                yield _data(reply.chunk(index, {"content": value}, None, text=value, logprobs=True))
             elif kind == "done":
-                yield _data(reply.chunk({}, value, text=""))
-                if reply.job.include_usage:
-                    yield _data({**reply.chunk({}, None), "choices": [], "usage": reply.usage()})
-                break
+                yield _data(reply.chunk(index, {}, value, text="", logprobs=True))
+                left -= 1
             else:
-                yield _data(APIError(500, value, "server_error").body())
+                yield _data(failure(value).body())
                 break
+        if not left and reply.job.include_usage:
+            yield _data({**reply.head(), "choices": [], "usage": reply.usage()})
         yield "data: [DONE]\n\n"
     finally:
-        engine.cancel(req)  # the client disconnected mid-stream: free the row now
+        for req in reqs:
+            engine.cancel(req)  # the client disconnected mid-stream: free the rows now
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed its connection (the body is already read, so nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _data(obj: dict) -> str:
@@ -273,31 +349,78 @@ def _data(obj: dict) -> str:
 class _Reply:
     """Builds OpenAI response objects for one request."""
 
-    def __init__(self, job: _Job, model: str):
-        self.job, self.model = job, model
+    def __init__(self, job: _Job, model: str, tokenizer):
+        self.job, self.model, self.tokenizer = job, model, tokenizer
         self.id = ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
+        self.sent = [0] * len(job.seqs)  # per choice: tokens whose log-probabilities are already sent
+        self.offset = [0] * len(job.seqs)  # per choice: characters of those tokens (completions' text_offset)
 
     def usage(self) -> dict:
-        p, c = len(self.job.seq.prompt_ids), len(self.job.seq.output_ids)
+        p, c = self.job.prompt_tokens, sum(len(seq.output_ids) for seq in self.job.seqs)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-    def _head(self, obj: str) -> dict:
+    def head(self, stream: bool = True) -> dict:
+        obj = (
+            ("chat.completion.chunk" if stream else "chat.completion") if self.job.chat else "text_completion"
+        )
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def full(self, text: str, finish: str) -> dict:
-        if self.job.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": self.usage()}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**self._head("text_completion"), "choices": [choice], "usage": self.usage()}
+    def full(self, texts: list[str], finish: list[str]) -> dict:
+        choices = []
+        for i, (text, reason) in enumerate(zip(texts, finish, strict=True)):
+            body = {"message": {"role": "assistant", "content": text}} if self.job.chat else {"text": text}
+            choices.append({"index": i, **body, "logprobs": self.logprobs(i), "finish_reason": reason})
+        return {**self.head(stream=False), "choices": choices, "usage": self.usage()}
 
-    def chunk(self, delta: dict, finish: str | None, text: str = "") -> dict:
+    def chunk(
+        self, index: int, delta: dict, finish: str | None, text: str = "", logprobs: bool = False
+    ) -> dict:
+        body = {"delta": delta} if self.job.chat else {"text": text}
+        lp = self.logprobs(index) if logprobs else None
+        out = {**self.head(), "choices": [{"index": index, **body, "logprobs": lp, "finish_reason": finish}]}
+        return {**out, "usage": None} if self.job.include_usage else out  # OpenAI: null until the last chunk
+
+    def _token(self, before: int, token_id: int) -> str:
+        """The text `token_id` adds after `before` (decoded alone, a SentencePiece token loses its space)."""
+        head = self.tokenizer.decode([before], skip_special_tokens=False)
+        return self.tokenizer.decode([before, token_id], skip_special_tokens=False)[len(head) :]
+
+    def logprobs(self, index: int) -> dict | None:
+        """The log-probabilities of choice `index`'s tokens not sent yet, in OpenAI's shape for the endpoint;
+        None where the request did not ask. A stop token that ends the reply is not part of it."""
+        seq = self.job.seqs[index]
+        if seq.params.logprobs is None:
+            return None
+        end = len(seq.logprobs)  # the engine thread appends the token id first, then its log-probabilities
+        if end and seq.output_ids[end - 1] in seq.params.stop_token_ids:
+            end -= 1
+        start, self.sent[index] = self.sent[index], max(end, self.sent[index])
+        ids, entries = seq.output_ids[start:end], seq.logprobs[start:end]
+        befores = (seq.prompt_ids[-1:] + seq.output_ids)[start:end]  # the token before each one
+        tokens = [self._token(b, t) for b, t in zip(befores, ids)]
+        tops = [[(self._token(b, i), v) for i, v in top] for b, (_, top) in zip(befores, entries)]
         if self.job.chat:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**self._head("text_completion"), "choices": [choice]}
+            return {
+                "content": [
+                    {**self._choice(token, lp), "top_logprobs": [self._choice(t, v) for t, v in top]}
+                    for token, (lp, _), top in zip(tokens, entries, tops, strict=True)
+                ]
+            }
+        offsets = []
+        for token in tokens:
+            offsets.append(self.offset[index])
+            self.offset[index] += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp for lp, _ in entries],
+            "top_logprobs": [dict(top) for top in tops],
+            "text_offset": offsets,
+        }
+
+    @staticmethod
+    def _choice(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
 # -- request parsing ----------------------------------------------------------------------------------------
@@ -310,10 +433,29 @@ def _job(
     ctx: int,
     chat: bool,
 ) -> _Job:
+    if body.model is not None and body.model != loaded.name:
+        raise APIError(
+            404,
+            f"model {body.model!r} is not served here; this server serves {loaded.name!r} (GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
     key = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
     asked = getattr(body, key)
     if asked is not None and asked > settings.max_tokens:
         raise APIError(400, f"{key}={asked} is above this server's limit of {settings.max_tokens}", param=key)
+    sources = (
+        [{"messages": [m.as_template_message() for m in body.messages]}]
+        if chat
+        else [{"prompt": p} for p in body.prompt_values()]
+    )
+    if len(sources) * body.n > MAX_CHOICES:
+        raise APIError(
+            400,
+            f"n={body.n} for {len(sources)} prompts asks for {len(sources) * body.n} choices; "
+            f"the limit is {MAX_CHOICES}",
+            param="n",
+        )
     default = settings.max_tokens if chat else min(COMPLETIONS_DEFAULT_MAX_TOKENS, settings.max_tokens)
     params = SamplingParams(
         max_new_tokens=asked if asked is not None else default,
@@ -323,25 +465,36 @@ def _job(
         repetition_penalty=body.repetition_penalty,
         seed=body.seed,
         stop=body.stops(),
+        logprobs=((body.top_logprobs or 0) if body.logprobs else None) if chat else body.logprobs,
     )
-    if chat:
-        source = {"messages": [m.as_template_message() for m in body.messages]}
-    else:
-        source = {"prompt": body.prompt_value()}
-    try:
-        request = build_request(
-            loaded.tokenizer,
-            loaded.template,
-            params,
-            context_len=ctx,
-            max_prompt_tokens=settings.max_prompt_tokens,
-            fit_max_new_tokens=asked is None,
-            ignore_eos=body.ignore_eos,
-            **source,
-        )
-    except RequestError as exc:
-        param = key if exc.param == "max_tokens" else exc.param
-        raise APIError(400, str(exc), param=param, code=exc.code) from exc
+    seqs, prompt_tokens = [], 0
+    for source in sources:
+        try:
+            request = build_request(
+                loaded.tokenizer,
+                loaded.template,
+                params,
+                context_len=ctx,
+                max_prompt_tokens=settings.max_prompt_tokens,
+                fit_max_new_tokens=asked is None,
+                ignore_eos=body.ignore_eos,
+                **source,
+            )
+        except RequestError as exc:
+            param = key if exc.param == "max_tokens" else exc.param
+            message = f"prompt[{len(seqs) // body.n}]: {exc}" if len(sources) > 1 else str(exc)
+            raise APIError(400, message, param=param, code=exc.code) from exc
+        prompt_tokens += len(request.prompt_ids)
+        for i in range(body.n):
+            choice = replace(request.params, seed=choice_seed(body.seed, i))
+            seqs.append(Sequence(request.prompt_ids, choice, loaded.tokenizer))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    seq = Sequence(request.prompt_ids, request.params, loaded.tokenizer)
-    return _Job(seq, body.stream, include_usage, chat)
+    return _Job(seqs, prompt_tokens, body.stream, include_usage, chat)
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """The seed of choice `index` of a request seeded `seed`: choice 0 uses the seed itself, so n=1 draws as
+    before, and each further choice a different one derived from it (the same for the same request)."""
+    if seed is None or index == 0:
+        return seed
+    return (seed ^ (index * 0x9E3779B97F4A7C15)) & ((1 << 63) - 1)

@@ -14,16 +14,14 @@ class BackgroundServer:
     """Serve `app` with uvicorn on a thread; port 0 picks a free port. Use as a context."""
 
     def __init__(self, app, settings: ServeSection | None = None, host: str = "127.0.0.1", port: int = 0):
-        import uvicorn
-
-        from bessemer.infer.server import uvicorn_config
+        from bessemer.infer.server import uvicorn_server
 
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self._server = uvicorn.Server(uvicorn_config(app, settings or ServeSection(), lifespan="on"))
+        self._server = uvicorn_server(app, settings or ServeSection(), lifespan="on")
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )

@@ -104,3 +104,32 @@ def test_chat_page_streams_answers_in_english_and_chinese(browser, loaded):
         ask(page, "hello")
         assert "API key" in page.locator(".error").last.text_content()
         page.close()
+
+
+def test_the_page_calls_only_routes_the_server_has_with_fields_it_accepts(loaded):
+    """Without a browser: every URL the page's script fetches is a route, and its request body validates."""
+    import re
+
+    from starlette.testclient import TestClient
+
+    from bessemer.config.schema import ServeSection
+    from bessemer.infer.openai_api import ChatCompletionRequest
+    from bessemer.infer.server import build_app, build_engine
+
+    cfg = ServeSection()
+    app = build_app(loaded, build_engine(loaded, cfg), cfg)
+    html = TestClient(app, base_url="http://127.0.0.1").get("/")  # no lifespan: the engine stays off
+    assert html.status_code == 200 and "script-src 'unsafe-inline'" in html.headers["content-security-policy"]
+    urls = set(re.findall(r'fetch\("([^"]+)"', html.text))
+    assert urls == {"/v1/chat/completions", "/health"}
+    assert urls <= {route.path for route in app.routes}
+    body = re.search(r"const body = \{(.*?)\};", html.text, re.S).group(1)
+    keys = set(re.findall(r"^\s*(\w+):", body, re.M))
+    assert keys == {"messages", "stream", "temperature", "max_tokens"}
+    sample = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "temperature": 0.7,
+        "max_tokens": 16,
+    }
+    ChatCompletionRequest.model_validate(sample)

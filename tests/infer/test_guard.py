@@ -150,6 +150,28 @@ def test_deep_nesting_and_lone_surrogates_are_400(http):
     assert http.post("/v1/completions", content=key, headers=headers).status_code == 400
 
 
+def test_bodies_json_cannot_read_are_400_and_a_slow_body_is_408(http, server, monkeypatch):
+    headers = {**AUTH, "Content-Type": "application/json"}
+    huge_int = b'{"prompt": "hi", "max_tokens": 1' + b"0" * 5000 + b"}"  # past Python's int-from-text limit
+    r = http.post("/v1/completions", content=huge_int, headers=headers)
+    assert r.status_code == 400 and "not valid JSON" in error_of(r)["message"]
+    r = http.post("/v1/completions", content='{"prompt": "hi"}'.encode("utf-16"), headers=headers)
+    assert r.status_code == 400 and "not UTF-8" in error_of(r)["message"]
+    bom = http.post("/v1/completions", content=b'\xef\xbb\xbf{"prompt": "hi"}', headers=headers)
+    assert bom.status_code == 200
+    # headers promise 100 bytes, 10 come: answered 408 when the body deadline passes, and the socket closed
+    monkeypatch.setattr("bessemer.infer.guard.BODY_TIMEOUT_S", 0.5)
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        sock.sendall(f"{head}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n".encode())
+        sock.sendall(b'{"prompt":')
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply
+
+
 def test_validation_errors_name_the_field(http):
     cases = {
         "temperature": {"prompt": "hi", "temperature": 3},
@@ -158,7 +180,8 @@ def test_validation_errors_name_the_field(http):
         "stream": {"prompt": "hi", "stream": "yes"},
         "stop": {"prompt": "hi", "stop": ["x"] * 17},
         "prompt": {"prompt": {"text": "hi"}},
-        "logprobs": {"prompt": "hi", "logprobs": 2},
+        "logprobs": {"prompt": "hi", "logprobs": 21},
+        "stream_options": {"prompt": "hi", "stream_options": {"include_usage": True}},
     }
     for param, body in cases.items():
         r = http.post("/v1/completions", json=body, headers=AUTH)

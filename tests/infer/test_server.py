@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +14,7 @@ import pytest
 from bessemer.infer.generate import generate
 from bessemer.infer.request import stop_token_ids
 from bessemer.infer.sampling import SamplingParams
-from tests.infer.server_helpers import running_server, wait_for
+from tests.infer.server_helpers import BackgroundServer, running_server, wait_for
 
 openai = pytest.importorskip("openai")
 
@@ -81,6 +83,7 @@ def test_completion_stream_equals_non_stream(client, loaded):
     assert text == full.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 24
+    assert all(c.usage is None for c in chunks[:-1]) and "usage" in chunks[0].model_dump(exclude_unset=True)
 
 
 def test_chat_greedy_equals_template_generate(client, loaded):
@@ -156,7 +159,7 @@ def test_bad_requests_get_openai_errors(server):
     assert too_many.status_code == 400 and error_of(too_many)["param"] == "max_tokens"
     long_prompt = httpx.post(url, json={"prompt": "word " * 400, "max_tokens": 4}, headers=AUTH)
     assert long_prompt.status_code == 400 and error_of(long_prompt)["code"] == "context_length_exceeded"
-    assert httpx.post(url, json={"prompt": "hi", "n": 2}, headers=AUTH).status_code == 400
+    assert httpx.post(url, json={"prompt": "hi", "n": 17}, headers=AUTH).status_code == 400
     assert httpx.post(url, json={"prompt": "hi", "temperature": "hot"}, headers=AUTH).status_code == 400
     assert httpx.post(url, json={"prompt": ""}, headers=AUTH).status_code == 400
     chat = httpx.post(server[0] + "/v1/chat/completions", json={"messages": [{"role": "bot"}]}, headers=AUTH)
@@ -280,3 +283,199 @@ def test_requests_sharing_a_system_prompt_reuse_its_blocks(loaded):
             )
             assert reply.choices[0].message.content == text
         assert engine.stats()["prefix_hit_tokens"] == 0
+
+
+def refusal(url: str, body: dict, status: int = 400) -> dict:
+    r = httpx.post(url, json=body, headers=AUTH, timeout=60)
+    assert r.status_code == status, r.text
+    return error_of(r)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "says"),
+    [
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": 5}]},
+            "messages",
+            "messages[0].content: give a string",
+        ),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages",
+            "type 'image_url'; this model reads only 'text' parts",
+        ),
+        ("chat", {"messages": [{"role": "tool", "content": "x"}]}, "messages", "messages[0].role"),
+        ("chat", {"messages": []}, "messages", "at least 1 item"),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+            "top_logprobs",
+            "set logprobs: true",
+        ),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+            "response_format",
+            "only {'type': 'text'}",
+        ),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+            "tools",
+            "no tool calls",
+        ),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5},
+            "presence_penalty",
+            "",
+        ),
+        ("chat", {"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 1}}, "logit_bias", ""),
+        ("completions", {"prompt": None}, "prompt", "give a string, a list of token ids"),
+        ("completions", {"prompt": ["a"] * 17}, "prompt", "the limit is 16"),
+        ("completions", {"prompt": ["a", "b"], "n": 9}, "n", "asks for 18 choices"),
+        ("completions", {"prompt": ["a", ""]}, "prompt", "prompt[1]: prompt is empty"),
+        ("completions", {"prompt": "a", "stop": ["x"] * 17}, "stop", "17 stop strings"),
+        ("completions", {"prompt": "a", "stop": [1]}, "stop", "a list of strings"),
+        ("completions", {"prompt": "a", "stop": "x" * 513}, "stop", "513 characters; the limit is 512"),
+        ("completions", {"prompt": "a", "stream_options": {}}, "stream_options", "only allowed with stream"),
+        ("completions", {"prompt": "a", "logprobs": 21}, "logprobs", "less than or equal to 20"),
+        ("completions", {"prompt": "a", "echo": True}, "echo", "not supported"),
+        ("completions", {"prompt": "a", "best_of": 2}, "best_of", "use n"),
+    ],
+)
+def test_unsupported_or_malformed_fields_get_a_400_naming_them(server, path, body, param, says):
+    err = refusal(f"{server[0]}/v1/{'chat/completions' if path == 'chat' else 'completions'}", body)
+    assert err["param"] == param and says in err["message"], err
+
+
+def test_unknown_model_is_404_and_neutral_fields_are_accepted(client, server, loaded):
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-4o' is not served here"):
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert client.models.retrieve(loaded.name).id == loaded.name
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    missing = httpx.get(server[0] + "/v1/nothing", headers=AUTH)
+    assert missing.status_code == 404 and "GET /v1/nothing" in error_of(missing)["message"]
+    # what clients send by default, and text parts, are the plain request
+    plain = [{"role": "user", "content": "Name a colour."}]
+    parts = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}],
+        }
+    ]
+    want = client.chat.completions.create(model=loaded.name, messages=plain, max_tokens=6, temperature=0)
+    got = client.chat.completions.create(
+        model=loaded.name,
+        messages=parts,
+        max_tokens=6,
+        temperature=0,
+        response_format={"type": "text"},
+        tools=[],
+        tool_choice="none",
+        logprobs=False,
+    )
+    assert got.choices[0].message.content == want.choices[0].message.content
+
+
+def test_n_choices_and_prompt_batches(client, loaded):
+    prompts = ["Story number 1:", "Story number 2:"]
+    want = [reference(loaded, loaded.tokenizer.encode(p), 8).text for p in prompts]
+    r = client.completions.create(model=loaded.name, prompt=prompts, n=2, max_tokens=8, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert [c.text for c in r.choices] == [want[0], want[0], want[1], want[1]]
+    assert r.usage.prompt_tokens == sum(len(loaded.tokenizer.encode(p)) for p in prompts)
+    assert r.usage.completion_tokens == 4 * 8
+    chunks = list(
+        client.completions.create(
+            model=loaded.name,
+            prompt=prompts,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = ["", ""]
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.text
+    assert texts == want and chunks[-1].usage.completion_tokens == 16
+    # sampled choices: each its own draw, the set repeated by the same seed; choice 0 is the n=1 draw
+    kw = dict(model=loaded.name, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=5)
+    three = [c.text for c in client.completions.create(**kw, n=3).choices]
+    assert len(set(three)) == 3
+    assert [c.text for c in client.completions.create(**kw, n=3).choices] == three
+    assert client.completions.create(**kw).choices[0].text == three[0]
+    messages = [{"role": "user", "content": "Name a colour."}]
+    chat = client.chat.completions.create(
+        model=loaded.name, messages=messages, n=2, max_tokens=6, temperature=0
+    )
+    assert len(chat.choices) == 2 and chat.choices[0].message.content == chat.choices[1].message.content
+
+
+def test_a_client_gone_before_its_plain_answer_frees_the_row_and_shutdown_ends_streams(loaded):
+    from starlette.testclient import TestClient
+
+    from bessemer.config.schema import ServeSection
+    from bessemer.infer.server import build_app, build_engine
+
+    cfg = ServeSection(max_tokens=1000, max_prompt_tokens=64)
+    engine = build_engine(loaded, cfg)
+    app = build_app(loaded, engine, cfg)
+    threads = threading.active_count()
+    server = BackgroundServer(app, cfg)
+    body = {"prompt": PROMPT, "max_tokens": 1000, "stream": True, "ignore_eos": True}
+    with server:
+        # a plain (not streamed) request whose client gives up is cancelled, not run to max_tokens
+        plain = json.dumps({**body, "stream": False}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            sock.sendall(f"{head}Content-Length: {len(plain)}\r\n\r\n".encode() + plain)
+            wait_for(lambda: engine.stats()["active"] == 1, what="the request to start")
+        wait_for(lambda: engine.stats()["active"] == 0, what="the row to be freed")
+        assert engine.stats()["cancelled"] == 1 and engine.stats()["generated_tokens"] < 1000
+        # SIGTERM / SIGINT with a stream in flight: the stream ends at once, with an error event and [DONE]
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", server.url + "/v1/completions", json=body) as r,
+        ):
+            lines = r.iter_lines()
+            first_event(lines)
+            server._server.handle_exit(signal.SIGTERM, None)  # what uvicorn calls on the signal
+            rest = [line for line in lines if line]
+            assert rest[-1] == "data: [DONE]"
+            assert json.loads(rest[-2][len("data: ") :])["error"]["code"] == "shutting_down"
+        wait_for(lambda: not server._thread.is_alive(), what="the server to exit")
+    assert engine.stats()["failed"] == 1
+    late = TestClient(app, base_url="http://127.0.0.1").post(
+        "/v1/completions", json={"prompt": "hi", "max_tokens": 2}
+    )
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+    wait_for(lambda: threading.active_count() <= threads, what="the server's threads to end")
+
+
+def test_logprobs_follow_the_text_in_both_shapes(client, loaded):
+    kw = dict(model=loaded.name, prompt=PROMPT, max_tokens=8, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    got = client.completions.create(**kw, logprobs=3).choices[0]
+    assert got.text == plain and "".join(got.logprobs.tokens) == plain
+    assert got.logprobs.text_offset == [sum(map(len, got.logprobs.tokens[:i])) for i in range(8)]
+    for lp, top in zip(got.logprobs.token_logprobs, got.logprobs.top_logprobs, strict=True):
+        assert len(top) == 3 and max(top.values()) == pytest.approx(lp) and lp <= 0  # greedy took the top one
+    chunks = client.completions.create(**kw, logprobs=0, stream=True)
+    assert [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens
+    ] == (got.logprobs.tokens)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    chat = client.chat.completions.create(
+        model=loaded.name, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    ).choices[0]
+    content = chat.logprobs.content
+    assert "".join(e.token for e in content) == chat.message.content  # a stop token is not part of it
+    assert all(len(e.top_logprobs) == 2 and bytes(e.bytes).decode() == e.token for e in content)
