@@ -183,10 +183,13 @@ def _read_csv(task: str, path: Path, subject: str, answered: bool) -> list[Quest
             f"{path}:{line}: not UTF-8 ({exc.reason} at byte {exc.start}); "
             "re-save it as UTF-8 (from GBK: iconv -f gbk -t utf-8)"
         ) from exc
+    # a long field is read, as prepare reads csv: the csv module's 128 KiB default is process-wide state, which
+    # bessemer/data/readers.py raises to the same limit
+    csv.field_size_limit(2**31 - 1)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         return _read_rows(task, path, subject, answered, reader)
-    except csv.Error as exc:  # an overlong field, a stray quote the dialect cannot read
+    except csv.Error as exc:  # what the dialect cannot read
         raise DataError(f"{path}:{reader.line_num}: not readable as CSV ({exc}); check the quoting") from exc
 
 

@@ -120,7 +120,6 @@ HOSTILE = {
         CEVAL_HEAD + "0,问题,甲,乙,丙,丁,C,多\n",
         r"net_val\.csv:2: 8 columns, the header has 7",
     ),
-    "overlong-field": (CEVAL_HEAD + '0,"' + "x" * 200_000 + '",a,b,c,d,C\n', r"net_val\.csv:2: not readable"),
     "header-only": (CEVAL_HEAD, r"net_val\.csv: no question rows"),
     "empty": ("", r"net_val\.csv: empty; the ceval layout starts with a header row"),
 }
@@ -140,3 +139,6 @@ def test_hostile_ceval_files_are_one_line_naming_file_and_row(tmp_path, name):
     assert "\n" not in str(err.value)
     val.write_text("\ufeff" + CEVAL_HEAD + "0,问题,甲,乙,丙,丁, b \n", encoding="utf-8")
     assert load_choice_task("ceval", tmp_path, shots=1).subjects[0].questions[0].answer == 1
+    # a field past the csv module's 128 KiB default reads (as in prepare), whichever ran first in the process
+    val.write_text(CEVAL_HEAD + '0,"' + "x" * 200_000 + '",a,b,c,d,C\n', encoding="utf-8")
+    assert len(load_choice_task("ceval", tmp_path, shots=1).subjects[0].questions[0].question) == 200_000
