@@ -43,3 +43,37 @@ def reference_tokenizer(smollm2):
             if getattr(tokenizer, f"{role}_token") != token:
                 setattr(tokenizer, f"{role}_token", token)
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def reference_greedy(reference_model, reference_tokenizer):
+    """(question, new tokens) -> (prompt ids, reply ids, reply text): transformers' greedy reply to one user
+    message through the model's chat template, stopping at its eos (computed once per pair)."""
+    import torch
+
+    cache = {}
+
+    def reply(question: str, new_tokens: int) -> tuple[list[int], list[int], str]:
+        if (question, new_tokens) not in cache:
+            ids = reference_tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )["input_ids"]
+            with torch.no_grad():
+                gen = reference_model.generate(
+                    ids,
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    eos_token_id=reference_tokenizer.eos_token_id,
+                )
+            new = gen[0, ids.shape[1] :].tolist()
+            cache[question, new_tokens] = (
+                ids[0].tolist(),
+                new,
+                reference_tokenizer.decode(new, skip_special_tokens=True),
+            )
+        return cache[question, new_tokens]
+
+    return reply

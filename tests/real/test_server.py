@@ -35,23 +35,9 @@ def served(smollm2):
 
 
 @pytest.fixture(scope="module")
-def greedy(reference_model, reference_tokenizer) -> dict[str, tuple[list[int], list[int], str]]:
+def greedy(reference_greedy) -> dict[str, tuple[list[int], list[int], str]]:
     """question -> (prompt ids, reply ids, reply text), transformers' greedy, stopping at its eos."""
-    out = {}
-    for q in QUESTIONS:
-        ids = reference_tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )["input_ids"]
-        with torch.no_grad():
-            gen = reference_model.generate(
-                ids, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=reference_tokenizer.eos_token_id
-            )
-        new = gen[0, ids.shape[1] :].tolist()
-        out[q] = (ids[0].tolist(), new, reference_tokenizer.decode(new, skip_special_tokens=True))
-    return out
+    return {q: reference_greedy(q, NEW_TOKENS) for q in QUESTIONS}
 
 
 def ask(client, model: str, q: str, **kw):

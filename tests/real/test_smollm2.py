@@ -29,22 +29,9 @@ LOGITS_ATOL = 5e-4
 
 
 @pytest.fixture(scope="module")
-def replies(smollm2, reference_model, reference_tokenizer) -> dict[str, str]:
+def replies(reference_greedy) -> dict[str, str]:
     """transformers' greedy reply to each question (its chat template, stopping at <|im_end|>)."""
-    out = {}
-    for q in QUESTIONS:
-        ids = reference_tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )["input_ids"]
-        with torch.no_grad():
-            gen = reference_model.generate(
-                ids, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=reference_tokenizer.eos_token_id
-            )
-        out[q] = reference_tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
-    return out
+    return {q: reference_greedy(q, NEW_TOKENS)[2] for q in QUESTIONS}
 
 
 def test_logits_equal_transformers(smollm2, reference_model, reference_tokenizer):
