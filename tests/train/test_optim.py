@@ -16,28 +16,29 @@ transformers = pytest.importorskip("transformers")
 STEPS = 12
 
 
-def hf_lrs(name: str, warmup: int, **kwargs) -> list[float]:
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
-    sched = transformers.get_scheduler(
-        name, opt, num_warmup_steps=warmup, num_training_steps=STEPS, scheduler_specific_kwargs=kwargs
-    )
+def lrs(opt: torch.optim.Optimizer, sched) -> list[float]:
+    """The lr each of STEPS steps runs at."""
     out = []
     for _ in range(STEPS):
         out.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
     return out
+
+
+def hf_lrs(name: str, warmup: int, **kwargs) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    return lrs(
+        opt,
+        transformers.get_scheduler(
+            name, opt, num_warmup_steps=warmup, num_training_steps=STEPS, scheduler_specific_kwargs=kwargs
+        ),
+    )
 
 
 def our_lrs(schedule: ScheduleSection) -> list[float]:
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
-    sched = build_scheduler(opt, schedule, STEPS)
-    out = []
-    for _ in range(STEPS):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return lrs(opt, build_scheduler(opt, schedule, STEPS))
 
 
 @pytest.mark.parametrize(
