@@ -49,7 +49,7 @@ _COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 TXT_MODES = ("line", "paragraph")
 PARQUET_BATCH_ROWS = 1024
 _READ_BLOCK = 8 << 20
-_CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB) would refuse a long document
+CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB) would refuse a long document
 # errors of a damaged or unreadable input file (gzip.BadGzipFile is an OSError)
 _FILE_ERRORS = (OSError, EOFError, zlib.error)
 
@@ -485,7 +485,7 @@ def _csv(path: Path, delimiter: str, skip_bad: bool, stats: ReadStats):
     number of fields is one bad row named by row and line (skipped with --skip-bad); pyarrow's reader fails a whole
     block without saying which row. Quoted fields may hold newlines and delimiters; no field size limit applies.
     """
-    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     # surrogateescape: an undecodable byte becomes a lone surrogate, found in the row that holds it
     with _open_text(path, errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)

@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bessemer.data.readers import CSV_FIELD_LIMIT
 from bessemer.errors import ConfigError, DataError
 
 LETTERS = "ABCD"
@@ -183,9 +184,8 @@ def _read_csv(task: str, path: Path, subject: str, answered: bool) -> list[Quest
             f"{path}:{line}: not UTF-8 ({exc.reason} at byte {exc.start}); "
             "re-save it as UTF-8 (from GBK: iconv -f gbk -t utf-8)"
         ) from exc
-    # a long field is read, as prepare reads csv: the csv module's 128 KiB default is process-wide state, which
-    # bessemer/data/readers.py raises to the same limit
-    csv.field_size_limit(2**31 - 1)
+    # a long field is read, as prepare reads csv: the limit is process-wide state, so both set the same one
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         return _read_rows(task, path, subject, answered, reader)
