@@ -133,7 +133,7 @@ def encode_prompt(tokenizer, template: str, messages: list[dict]) -> list[int]:
     """Token ids of `messages` followed by the assistant header: what generation continues from."""
     if template == "tokenizer":  # no answer mask needed, so any chat_template the model ships will do
         return _encode_with_tokenizer_template(
-            tokenizer, _checked(messages, strip=False), True, need_mask=False
+            tokenizer, _checked(messages, template), True, need_mask=False
         )[0]
     return encode_chat(tokenizer, template, messages, add_generation_prompt=True)[0]
 
@@ -143,16 +143,18 @@ def encode_chat(
 ) -> tuple[list[int], list[int]]:
     """Encode a conversation; returns (ids, loss_mask) with 1 exactly on the assistant answers and their end marker."""
     check_template(template)
-    # the model's own template gets the contents as given, as transformers hands them over (a template that trims
-    # does so itself); the named templates strip them, as Meta's Llama-2 chat format does
-    messages = _checked(messages, strip=template != "tokenizer")
+    messages = _checked(messages, template)
     if template == "tokenizer":
         return _encode_with_tokenizer_template(tokenizer, messages, add_generation_prompt)
     pieces = _BUILDERS[template](tokenizer, messages, add_generation_prompt)
     return _encode_pieces(tokenizer, pieces)
 
 
-def _checked(messages: list[dict], *, strip: bool) -> list[dict]:
+def _checked(messages: list[dict], template: str) -> list[dict]:
+    """The messages as `template` renders them. The model's own template ("tokenizer") gets the contents as given,
+    as transformers hands them over (a template that trims does so itself); the named templates strip them, as
+    Meta's Llama-2 chat format does."""
+    strip = template != "tokenizer"
     if not isinstance(messages, list) or not messages:
         raise DataError("a conversation must be a non-empty list of {role, content} messages")
     out = []
